@@ -1,0 +1,35 @@
+# One-command set-up: `make demo` and `make test` create the virtualenv on first use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test check bench bench-sim soak clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## a job on the embedded simulator: no key, no network
+	rm -rf demo-out
+	$(BIN)/runner run samples/mixed.jsonl --out demo-out --provider sim --no-progress; \
+	  rc=$$?; $(BIN)/runner status demo-out; echo "results: demo-out/results.parquet (exit $$rc)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+check: $(STAMP)
+	$(BIN)/ruff check runner tests bench
+	$(BIN)/ruff format --check runner tests bench
+	$(BIN)/mypy
+
+bench-sim: $(STAMP)
+	$(BIN)/python bench/sim_bench.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_bench.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

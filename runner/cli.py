@@ -1,0 +1,280 @@
+"""The `runner` command: a thin shell over the library. No job logic lives here.
+
+Exit codes (the contract scripts rely on):
+    0  every row succeeded
+    1  the job finished, some rows failed (see `runner status`)
+    2  usage or spec error: nothing was sent
+    3  stopped early (signal, budget, the platform refused the account): resumable
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+
+from .cost import NANO, format_cost
+from .errors import CheckpointError, RunnerError, UsageError, redact
+from .export import write_results_jsonl, write_results_parquet
+from .job import EXIT_STOPPED, EXIT_USAGE, checkpoint_path, run_job
+from .providers import PROVIDERS
+from .settings import Settings, load_job_file
+from .spec import SpecDefaults, SpecError, validate_spec
+from .store import Store
+
+__all__ = ["main"]
+
+PathArg = click.Path(path_type=Path)
+
+
+def _run_async(fn: Any, *args: Any) -> Any:
+    try:
+        import uvloop  # noqa: F401
+
+        options = {"use_uvloop": True}
+    except ImportError:
+        options = {}
+    return anyio.run(fn, *args, backend="asyncio", backend_options=options)
+
+
+def _pairs(values: tuple[str, ...], flag: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        name, sep, num = v.rpartition("=")
+        if not sep or not name or not num.isdigit() or int(num) < 1:
+            raise click.BadParameter(f"expected MODEL=N with N >= 1, got {v!r}", param_hint=flag)
+        out[name] = int(num)
+    return out
+
+
+def _execute(settings: Settings) -> None:
+    try:
+        settings = settings.with_key_from_env()
+        result = _run_async(run_job, settings)
+    except UsageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except CheckpointError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except RunnerError as exc:
+        click.echo(f"error: {redact(str(exc), settings.api_key.reveal())}", err=True)
+        sys.exit(EXIT_STOPPED)
+    s = result.summary
+    cost = format_cost(s["cost_nano"], result.counters.currency)
+    click.echo(
+        f"{result.message}\n"
+        f"rows: {s['total']} total, {s['succeeded']} succeeded, {s['failed']} failed, "
+        f"{s['pending']} pending; cost {cost}\n"
+        f"results: {settings.out / 'results.parquet'}  (runner status {settings.out})",
+        err=True,
+    )
+    sys.exit(result.exit_code)
+
+
+@click.group()
+@click.version_option(package_name="glm-batch-runner")
+def cli() -> None:
+    """Batch runner for the Zhipu / Z.ai GLM platform and OpenAI-compatible APIs."""
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "-o", type=PathArg, help="Output folder (checkpoint and results).")
+@click.option("--provider", type=click.Choice(list(PROVIDERS)), help="Default: zai.")
+@click.option("--base-url", help="Override the provider's base URL.")
+@click.option("--model", help="Model for rows whose body names none.")
+@click.option("--endpoint", help="Endpoint for short rows, e.g. chat/completions.")
+@click.option("--tier", type=click.Choice(["V0", "V1", "V2", "V3"], case_sensitive=False))
+@click.option("--concurrency", type=click.IntRange(min=1), help="In-flight cap per model.")
+@click.option("--model-concurrency", multiple=True, help="MODEL=N cap for one model.")
+@click.option("--max-cost", help="Stop sending before spent cost could pass this amount.")
+@click.option("--strict", is_flag=True, default=None, help="Refuse the job if any row is invalid.")
+@click.option("--force", is_flag=True, default=None, help="Resume even if the spec changed.")
+@click.option("--no-progress", is_flag=True, default=False, help="No live progress display.")
+@click.option("--prices", type=click.Path(exists=True, path_type=Path), help="Price table.")
+@click.option("--transport", type=click.Choice(["fast", "httpx"]), help="HTTP transport.")
+@click.option("--timeout", type=float, help="Seconds to wait for one answer (default 300).")
+@click.option("--no-download", is_flag=True, default=None, help="Don't download artifacts.")
+def run(spec: Path, **opts: Any) -> None:
+    """Run SPEC (JSONL, Parquet, or a .toml job file); run again to resume."""
+    values: dict[str, Any] = {}
+    if spec.suffix.lower() == ".toml":
+        try:
+            values = load_job_file(spec)
+        except UsageError as exc:
+            raise click.UsageError(str(exc)) from exc
+        if "spec" not in values:
+            raise click.UsageError(f"{spec}: the job file must name a spec")
+        spec = values.pop("spec")
+        if "body" in values:
+            values["body_defaults"] = values.pop("body")
+    for name in ("provider", "base_url", "model", "endpoint", "tier", "concurrency", "prices",
+                 "transport", "strict", "force"):
+        if opts.get(name) is not None:
+            values[name] = opts[name]
+    if opts.get("out") is not None:
+        values["out"] = opts["out"]
+    if "out" not in values:
+        raise click.UsageError("--out DIR is required (the checkpoint and results go there)")
+    if opts.get("timeout") is not None:
+        values["request_timeout"] = opts["timeout"]
+    if opts.get("no_download"):
+        values["download"] = False
+    if opts["model_concurrency"]:
+        values["model_concurrency"] = {
+            **values.get("model_concurrency", {}),
+            **_pairs(opts["model_concurrency"], "--model-concurrency"),
+        }
+    raw_cost = opts.get("max_cost") if opts.get("max_cost") is not None else values.get("max_cost")
+    if raw_cost is not None:
+        try:
+            values["max_cost"] = Decimal(str(raw_cost))
+        except InvalidOperation:
+            raise click.BadParameter(f"not a number: {raw_cost!r}", param_hint="--max-cost")
+    if "tier" in values:
+        values["tier"] = str(values["tier"]).upper()
+    values["progress"] = not opts["no_progress"]
+    _execute(Settings(spec=Path(spec), **values))
+
+
+@cli.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--no-progress", is_flag=True, default=False)
+@click.option("--force", is_flag=True, default=False, help="Resume even if the spec changed.")
+def resume(out: Path, no_progress: bool, force: bool) -> None:
+    """Resume the job in OUT with the settings it was started with."""
+    try:
+        store = Store(checkpoint_path(out), create=False)
+        job = store.job()
+        store.close()
+    except CheckpointError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if job is None:
+        raise click.UsageError(f"{out} holds no job: start one with `runner run SPEC --out {out}`")
+    settings = Settings.from_record(
+        job["settings"], progress=not no_progress, force=force, out=out
+    )
+    _execute(settings)
+
+
+def _status_json(summary: dict[str, Any], currency: str) -> dict[str, Any]:
+    by_model = {
+        model: {**m, "cost": m["cost_nano"] / NANO} for model, m in summary["by_model"].items()
+    }
+    return {
+        "total": summary["total"],
+        "succeeded": summary["succeeded"],
+        "failed": summary["failed"],
+        "pending": summary["pending"],
+        "in_progress": summary["in_progress"],
+        "tokens": summary["tokens"],
+        "cost": {
+            "total": summary["cost_nano"] / NANO,
+            "total_exact": str(Decimal(summary["cost_nano"]) / NANO),
+            "currency": currency,
+            "by_model": by_model,
+        },
+        "errors": summary["errors"],
+        "runs": summary["runs"],
+        "spec": summary["spec"],
+    }
+
+
+@cli.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(out: Path, as_json: bool) -> None:
+    """Counts, cost and errors of the job in OUT."""
+    from .cost import load_prices
+    from .providers import get_provider
+
+    try:
+        store = Store(checkpoint_path(out), create=False)
+    except CheckpointError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        summary = store.summary()
+    finally:
+        store.close()
+    provider = summary["settings"].get("provider", "zai")
+    currency = load_prices(get_provider(provider).price_table).currency
+    data = _status_json(summary, currency)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(
+        f"spec: {data['spec']}\n"
+        f"rows: {data['total']} total, {data['succeeded']} succeeded, {data['failed']} failed, "
+        f"{data['pending']} pending ({data['in_progress']} async tasks in progress)\n"
+        f"cost: {format_cost(summary['cost_nano'], currency)}"
+    )
+    for model, m in data["cost"]["by_model"].items():
+        click.echo(
+            f"  {model}: {m['rows']} rows, {m['prompt_tokens']} prompt + "
+            f"{m['completion_tokens']} completion tokens, "
+            f"{format_cost(m['cost_nano'], currency)}"
+            + (f" ({m['unpriced']} rows with no price)" if m["unpriced"] else "")
+        )
+    if data["errors"]:
+        click.echo("errors:")
+        for e in data["errors"]:
+            click.echo(f"  {e['rows']:>6} × {e['code']}: {e['message']}")
+
+
+@cli.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet")
+@click.option("-o", "--output", type=PathArg, required=True, help="File to write.")
+def export(out: Path, fmt: str, output: Path) -> None:
+    """Write the results of OUT as Parquet or Batch-API JSONL."""
+    try:
+        store = Store(checkpoint_path(out), create=False)
+    except CheckpointError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        n = (write_results_parquet if fmt == "parquet" else write_results_jsonl)(store, output)
+    finally:
+        store.close()
+    click.echo(f"wrote {n} rows to {output}", err=True)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", help="Model for rows whose body names none.")
+@click.option("--endpoint", help="Endpoint for short rows.")
+@click.option("--json", "as_json", is_flag=True)
+def validate(spec: Path, model: str | None, endpoint: str | None, as_json: bool) -> None:
+    """Check every row of SPEC before anything is spent (exit 2 if any is invalid)."""
+    try:
+        report = validate_spec(spec, SpecDefaults(endpoint=endpoint, model=model))
+    except SpecError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(report.render())
+    sys.exit(EXIT_USAGE if report.invalid else 0)
+
+
+def _register_sim() -> None:
+    from .sim import sim_command
+
+    cli.add_command(sim_command, name="sim")
+
+
+try:
+    _register_sim()
+except ImportError:  # pragma: no cover
+    pass
+
+
+def main() -> None:
+    cli()
+

@@ -1,0 +1,113 @@
+"""Price tables as data, and usage → cost in exact integer nano-units of the currency.
+
+Costs are integers of 1e-9 currency units so that sums over a million rows are exact and
+the checkpoint, `runner status` and the Parquet results always agree to the last digit.
+A price of X per million tokens is X·1000 nano per token, exact for any price quoted with
+up to three decimals per million (every published GLM price is).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = ["NANO", "ModelPrice", "PriceTable", "Usage", "format_cost", "load_prices"]
+
+NANO = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    total_tokens: int = 0
+    images: int = 0
+    videos: int = 0
+    uses: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """Nano-units per token (input, cached input, output) and per item."""
+
+    input: int = 0
+    cached_input: int = 0
+    output: int = 0
+    image: int = 0
+    video: int = 0
+    use: int = 0
+
+    def cost(self, u: Usage) -> int:
+        cached = min(u.cached_tokens, u.prompt_tokens)
+        return (
+            (u.prompt_tokens - cached) * self.input
+            + cached * self.cached_input
+            + u.completion_tokens * self.output
+            + u.images * self.image
+            + u.videos * self.video
+            + u.uses * self.use
+        )
+
+
+def _per_token(value: Any) -> int:
+    return int((Decimal(str(value)) * 1000).to_integral_value())
+
+
+def _per_item(value: Any) -> int:
+    return int((Decimal(str(value)) * NANO).to_integral_value())
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    currency: str
+    models: Mapping[str, ModelPrice]
+    # Batch API discount, as a fraction of the online price.
+    batch_factor: Decimal = Decimal("0.5")
+
+    def price(self, model: str) -> ModelPrice | None:
+        return self.models.get(model.lower())
+
+    def cost(self, model: str, usage: Usage) -> int | None:
+        """Cost in nano-units, or None when the model has no known price."""
+        p = self.models.get(model.lower())
+        return None if p is None else p.cost(usage)
+
+
+def _parse_table(raw: Mapping[str, Any]) -> PriceTable:
+    models: dict[str, ModelPrice] = {}
+    for name, row in raw.get("models", {}).items():
+        models[name.lower()] = ModelPrice(
+            input=_per_token(row.get("input", 0)),
+            cached_input=_per_token(row.get("cached_input", row.get("input", 0))),
+            output=_per_token(row.get("output", 0)),
+            image=_per_item(row.get("image", 0)),
+            video=_per_item(row.get("video", 0)),
+            use=_per_item(row.get("use", 0)),
+        )
+    return PriceTable(currency=str(raw.get("currency", "USD")), models=models)
+
+
+def load_prices(table: str, override: Path | None = None) -> PriceTable:
+    """The shipped table for a provider, with the user's file (same shape) laid over it."""
+    shipped = json.loads(resources.files("runner").joinpath("data/prices.json").read_text())
+    base = dict(shipped.get(table, {"currency": "USD", "models": {}}))
+    if override is not None:
+        user = json.loads(override.read_text())
+        # Accept either {"zai": {...}} or a bare {"currency":..., "models": {...}}.
+        user = user.get(table, user) if "models" not in user else user
+        base = {
+            "currency": user.get("currency", base.get("currency", "USD")),
+            "models": {**base.get("models", {}), **user.get("models", {})},
+        }
+    return _parse_table(base)
+
+
+def format_cost(nano: int, currency: str) -> str:
+    value = Decimal(nano) / NANO
+    return f"{value:.6f} {currency}"

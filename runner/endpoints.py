@@ -1,0 +1,140 @@
+"""Per endpoint kind: where it is sent, and how its answer becomes a result, usage and errors.
+
+Everything here is pure (bytes in, values out) so it is cheap on the hot path and easy to
+test. The HTTP call itself lives in `call.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .cost import Usage
+from .errors import (
+    FatalAPIError,
+    RateLimited,
+    RetryableError,
+    RowError,
+    Verdict,
+    classify,
+)
+from .http import Response
+
+__all__ = ["Parsed", "parse_retry_after", "parse_success", "raise_for_answer"]
+
+# finish_reason values that arrive with HTTP 200 but mean the row did not get an answer.
+_ROW_FAIL_FINISH = {
+    "sensitive": (
+        "1301",
+        "the platform's content filter stopped the output (finish_reason 'sensitive')",
+    ),
+    "model_context_window_exceeded": (
+        "1261",
+        "the prompt plus output exceeded the model's context window",
+    ),
+}
+
+
+@dataclass(slots=True)
+class Parsed:
+    """A 200 answer: the body to keep, what it billed, and whether the row still failed."""
+
+    body: dict[str, Any]
+    text: str
+    usage: Usage
+    failure: RowError | None = None
+
+
+def parse_retry_after(resp: Response) -> float | None:
+    raw = resp.header(b"retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None  # an HTTP date: rare for APIs; fall back to our own backoff
+
+
+def _error_fields(body: Any) -> tuple[str | None, str]:
+    if not isinstance(body, dict):
+        return None, ""
+    err = body.get("error", body)
+    if not isinstance(err, dict):
+        return None, str(err)
+    code = err.get("code")
+    msg = err.get("message") or err.get("msg") or ""
+    return (None if code is None else str(code)), str(msg)
+
+
+def raise_for_answer(
+    resp: Response, *, balance_statuses: frozenset[int] = frozenset(), provider: str = ""
+) -> dict[str, Any]:
+    """Return the decoded body of a success; raise the right error for anything else.
+
+    A 200 whose body carries an `error` object is an error too (Zhipu sends 1305 that way
+    mid-stream, API-NOTES 3.7).
+    """
+    body: Any
+    try:
+        body = orjson.loads(resp.body) if resp.body else {}
+    except orjson.JSONDecodeError:
+        body = None
+    if resp.status == 200 and isinstance(body, dict) and "error" not in body:
+        return body
+    if resp.status == 200 and body is None:
+        raise RetryableError(
+            "the server answered 200 with a body that is not JSON", status=200, code=None
+        )
+    code, message = _error_fields(body)
+    if not message:
+        message = resp.body[:300].decode("utf-8", "replace").strip() or f"HTTP {resp.status}"
+    verdict = classify(resp.status, code, balance_statuses=balance_statuses)
+    text = f"{message} (HTTP {resp.status}" + (f", code {code})" if code else ")")
+    if verdict is Verdict.STOP_JOB:
+        raise FatalAPIError(text, code=code, status=resp.status)
+    if verdict is Verdict.RATE_LIMIT:
+        raise RateLimited(text, code=code, status=resp.status, retry_after=parse_retry_after(resp))
+    if verdict is Verdict.FAIL_ROW:
+        raise RowError(message, code=code or str(resp.status), status=resp.status)
+    raise RetryableError(text, code=code, status=resp.status, retry_after=parse_retry_after(resp))
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def usage_of(endpoint: str, body: dict[str, Any]) -> Usage:
+    """What the answer billed, from its own `usage` (and item counts for media)."""
+    u = body.get("usage")
+    prompt = completion = cached = total = 0
+    if isinstance(u, dict):
+        prompt = _int(u.get("prompt_tokens"))
+        completion = _int(u.get("completion_tokens"))
+        total = _int(u.get("total_tokens")) or prompt + completion
+        details = u.get("prompt_tokens_details")
+        if isinstance(details, dict):
+            cached = _int(details.get("cached_tokens"))
+    images = videos = uses = 0
+    if endpoint == "images/generations":
+        data = body.get("data")
+        images = len(data) if isinstance(data, list) else 0
+    elif endpoint == "web_search":
+        uses = 1
+    if endpoint == "tokenizer":
+        # Counting tokens is not billed as inference.
+        prompt = completion = cached = 0
+    return Usage(prompt, completion, cached, total, images, videos, uses)
+
+
+def parse_success(endpoint: str, raw: bytes, body: dict[str, Any]) -> Parsed:
+    usage = usage_of(endpoint, body)
+    failure: RowError | None = None
+    choices = body.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        if isinstance(reason, str) and reason in _ROW_FAIL_FINISH:
+            code, msg = _ROW_FAIL_FINISH[reason]
+            failure = RowError(msg, code=code, status=200)
+    return Parsed(body=body, text=raw.decode("utf-8", "replace"), usage=usage, failure=failure)

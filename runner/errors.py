@@ -1,0 +1,185 @@
+"""The runner's one error hierarchy, and the classifier that maps a platform answer onto it.
+
+    RunnerError
+    ├── UsageError            bad flags, job file or spec as a whole: nothing was sent (exit 2)
+    ├── CheckpointError       the output folder or its SQLite checkpoint can't be used (exit 2)
+    ├── JobStopped            the job stopped early and can be resumed (exit 3)
+    │   ├── FatalAPIError     the platform refused the account: auth, balance, quota
+    │   ├── BudgetExceeded    --max-cost reached
+    │   └── Interrupted       SIGINT / SIGTERM
+    └── RequestFailed         one request's final outcome when it did not succeed
+        ├── RowError          the platform rejected this row (bad parameter, content filter)
+        └── RetryableError    worth another attempt (rate limit, 5xx, dropped connection)
+            └── RateLimited   the account's concurrency / frequency limit: also shrink the pool
+
+Business codes are classified before HTTP status because Zhipu sends several different
+conditions as HTTP 429: a concurrency limit (1302) must be retried, while an empty balance
+(1113) must stop the job at once; a naive client that retries every 429 loops forever there.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+__all__ = [
+    "BudgetExceeded",
+    "CheckpointError",
+    "FatalAPIError",
+    "Interrupted",
+    "JobStopped",
+    "RateLimited",
+    "RequestFailed",
+    "RetryableError",
+    "RowError",
+    "RunnerError",
+    "UsageError",
+    "Verdict",
+    "classify",
+    "redact",
+]
+
+
+class RunnerError(Exception):
+    """Base of every error the runner raises on purpose."""
+
+
+class UsageError(RunnerError):
+    """The command, job file or spec can't be run as given; nothing was sent."""
+
+
+class CheckpointError(RunnerError):
+    """The output folder or its checkpoint can't be used."""
+
+
+class JobStopped(RunnerError):
+    """The job stopped before every row was done; running it again resumes it."""
+
+
+class FatalAPIError(JobStopped):
+    """The platform refused the account itself (auth, balance, quota); retrying can't help."""
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class BudgetExceeded(JobStopped):
+    """Sending more rows could pass --max-cost."""
+
+
+class Interrupted(JobStopped):
+    """Stopped by a signal."""
+
+
+class RequestFailed(RunnerError):
+    """A request did not succeed; carries what the platform said."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+        self.retry_after = retry_after
+        self.attempts = 1
+
+
+class RowError(RequestFailed):
+    """The platform rejected this row; sending it again would fail the same way."""
+
+
+class RetryableError(RequestFailed):
+    """A transient failure: another attempt may succeed."""
+
+
+class RateLimited(RetryableError):
+    """The account's concurrency or frequency limit was hit (1302, 1303, 1305, 429)."""
+
+
+class Verdict(Enum):
+    OK = "ok"
+    RETRY = "retry"
+    RATE_LIMIT = "rate_limit"
+    FAIL_ROW = "fail_row"
+    STOP_JOB = "stop_job"
+
+
+# Zhipu / Z.ai business codes (API-NOTES section 4).
+_RATE_LIMIT_CODES = frozenset({1302, 1303, 1305, 1312})
+_RETRY_CODES = frozenset({500, 1230, 1234, 1120})
+_STOP_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1004, 1100, 1110, 1111, 1112, 1113, 1121}
+    | {1220, 1221, 1222, 1304, 1308, 1309, 1310, 1311, 1313}
+)
+_ROW_CODES = frozenset({1200, 1210, 1211, 1212, 1213, 1214, 1215, 1231, 1261, 1300, 1301})
+
+_ADVICE = {
+    "auth": "check that the API key in {env} is valid for this provider (and not expired)",
+    "balance": "top up the account balance or resource package, then run the same command "
+    "again to resume",
+    "quota": "the account's quota or plan limit was reached; wait for it to reset or raise it, "
+    "then resume",
+}
+
+
+def classify(
+    status: int, code: str | None, *, balance_statuses: frozenset[int] = frozenset()
+) -> Verdict:
+    """Decide what a non-success answer means: business code first, HTTP status second."""
+    icode: int | None
+    try:
+        icode = int(code) if code is not None else None
+    except ValueError:
+        icode = None
+    if icode is not None:
+        if icode in _STOP_CODES:
+            return Verdict.STOP_JOB
+        if icode in _RATE_LIMIT_CODES:
+            return Verdict.RATE_LIMIT
+        if icode in _RETRY_CODES:
+            return Verdict.RETRY
+        if icode in _ROW_CODES:
+            return Verdict.FAIL_ROW
+    if status in balance_statuses:
+        return Verdict.STOP_JOB
+    if status == 401:
+        return Verdict.STOP_JOB
+    if status == 429:
+        return Verdict.RATE_LIMIT
+    if status in (408, 409) or status >= 500:
+        return Verdict.RETRY
+    if 400 <= status < 500:
+        return Verdict.FAIL_ROW
+    return Verdict.RETRY
+
+
+def advice_for(code: str | None, status: int | None, key_env: str) -> str:
+    """What the user should do when the platform stops the job."""
+    try:
+        icode = int(code) if code is not None else None
+    except ValueError:
+        icode = None
+    if status == 401 or (icode is not None and 1000 <= icode <= 1004):
+        return _ADVICE["auth"].format(env=key_env)
+    if icode in (1113, 1110, 1112, 1121) or status == 403:
+        return _ADVICE["balance"]
+    return _ADVICE["quota"]
+
+
+_SECRETISH = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]+")
+
+
+def redact(text: str, *secrets: str) -> str:
+    """Remove every known secret and any bearer token from text meant for a log or a user."""
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return _SECRETISH.sub(r"\1***", text)

@@ -1,0 +1,362 @@
+"""A job from start to finish: checkpoint, reader, lanes, writer, progress, signals, export.
+
+The job is one task group. The reader streams the spec (in a thread, a batch at a time)
+past the rows the checkpoint already holds, into per-model lanes; workers send outcomes
+to one writer that commits them in batches; when the reader ends or the job stops, the
+lanes drain, the writer makes its last commit in a shielded scope, and the results are
+exported. Nothing outlives `run_job`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from .cost import PriceTable, load_prices
+from .errors import (
+    CheckpointError,
+    FatalAPIError,
+    Interrupted,
+    UsageError,
+    advice_for,
+    redact,
+)
+from .export import write_results_parquet
+from .http import make_transport
+from .pool import Budget, Control, Lanes, Outcome
+from .progress import Counters, render_loop
+from .settings import Settings
+from .spec import (
+    Request,
+    RowError,
+    SpecDefaults,
+    SpecError,
+    read_spec,
+    spec_fingerprint,
+    validate_spec,
+)
+from .store import Store
+
+__all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "EXIT_STOPPED", "EXIT_USAGE", "JobResult", "run_job"]
+
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+
+CHECKPOINT = "checkpoint.sqlite"
+RESULTS = "results.parquet"
+
+
+@dataclass
+class JobResult:
+    exit_code: int
+    message: str
+    summary: dict[str, Any]
+    counters: Counters
+
+
+def checkpoint_path(out: Path) -> Path:
+    return out / CHECKPOINT
+
+
+def count_rows(path: Path) -> int:
+    """Rows in the spec, for progress and `pending`, without parsing them.
+
+    A JSONL row is a line that is not blank; Parquet says its row count in the footer.
+    """
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    n = 0
+    with path.open("rb") as f:
+        for line in f:
+            if line.strip():
+                n += 1
+    return n
+
+
+def _defaults(settings: Settings) -> SpecDefaults:
+    return SpecDefaults(
+        endpoint=settings.endpoint, model=settings.model, body=dict(settings.body_defaults)
+    )
+
+
+def _check_job(store: Store, settings: Settings, fingerprint: str) -> str:
+    """Refuse a changed spec on resume (unless forced); return the job's stable id."""
+    job = store.job()
+    if job is None:
+        return uuid.uuid4().hex[:12]
+    if job["spec_fingerprint"] != fingerprint and not settings.force:
+        raise UsageError(
+            f"the spec changed since this job started in {settings.out} "
+            f"(was {job['spec_path']}, fingerprint {job['spec_fingerprint'][:12]}; now "
+            f"{fingerprint[:12]}). Rows are matched by position, so resuming could mix "
+            "results. Use a new --out folder, or pass --force to resume anyway."
+        )
+    return str(job["settings"].get("job_id") or uuid.uuid4().hex[:12])
+
+
+@contextlib.asynccontextmanager
+async def _backend(settings: Settings) -> AsyncIterator[Settings]:
+    """For provider 'sim' with no --base-url, serve the embedded simulator for the job."""
+    if settings.base_url:
+        yield settings
+        return
+    if settings.provider != "sim":
+        base = settings.provider_info.base_url
+        if not base:
+            raise UsageError(f"provider {settings.provider!r} needs --base-url")
+        yield replace(settings, base_url=base)
+        return
+    from .sim import SimConfig, Simulator
+
+    async with Simulator(SimConfig(latency=0.05, seed=0)) as sim:
+        yield replace(settings, base_url=sim.base_url)
+
+
+async def _writer(
+    store: Store,
+    results: MemoryObjectReceiveStream[Outcome],
+    counters: Counters,
+    budget: Budget,
+    settings: Settings,
+) -> None:
+    """The single writer: batch outcomes, commit, and only then count them as done."""
+    lock = anyio.CapacityLimiter(1)
+    batch: list[Outcome] = []
+
+    async def flush() -> None:
+        nonlocal batch
+        if not batch:
+            return
+        pending, batch = batch, []
+        await anyio.to_thread.run_sync(store.record, pending, limiter=lock)
+        for o in pending:
+            if o["status"] == "succeeded":
+                counters.succeeded += 1
+            elif o["status"] == "failed":
+                counters.failed += 1
+            counters.cost_nano += o.get("cost_nano") or 0
+
+    async with results:
+        try:
+            deadline = time.monotonic() + settings.commit_interval
+            while True:
+                timeout = max(0.0, deadline - time.monotonic())
+                with anyio.move_on_after(timeout):
+                    try:
+                        item = await results.receive()
+                    except anyio.EndOfStream:
+                        break
+                    batch.append(item)
+                    if len(batch) < settings.commit_batch:
+                        continue
+                await flush()
+                deadline = time.monotonic() + settings.commit_interval
+        finally:
+            with anyio.CancelScope(shield=True):
+                await flush()
+
+
+async def _signals(control: Control, scope: anyio.CancelScope, grace: float) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if control.reason is None:
+                name = signal.Signals(signum).name
+                control.stop(
+                    Interrupted(f"stopped by {name}: in-flight requests are finishing")
+                )
+                print(
+                    f"\n{name}: finishing in-flight requests (up to {grace:g}s); "
+                    "press Ctrl-C again to stop at once",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:
+                scope.cancel()
+                return
+
+
+async def _grace(control: Control, scope: anyio.CancelScope, grace: float) -> None:
+    await control.stopping.wait()
+    await anyio.sleep(grace)
+    scope.cancel()
+
+
+def _invalid_outcome(err: RowError) -> Outcome:
+    now = time.time()
+    return {
+        "seq": err.seq,
+        "custom_id": err.custom_id or f"line-{err.line}",
+        "line": err.line,
+        "status": "failed",
+        "attempts": 0,
+        "error_code": "invalid_row",
+        "error_message": str(err),
+        "started_at": now,
+        "finished_at": now,
+        "latency_s": 0.0,
+    }
+
+
+async def run_job(
+    settings: Settings, *, handle_signals: bool = True, grace: float = 30.0
+) -> JobResult:
+    """Run (or resume) a job; the exit code follows the CLI contract (0/1/2/3)."""
+    spec = settings.spec
+    defaults = _defaults(settings)
+    try:
+        fingerprint = await anyio.to_thread.run_sync(spec_fingerprint, spec)
+        total = await anyio.to_thread.run_sync(count_rows, spec)
+        if settings.strict:
+            report = await anyio.to_thread.run_sync(validate_spec, spec, defaults)
+            if report.invalid:
+                raise UsageError(
+                    f"--strict: {report.invalid} invalid rows, nothing was sent:\n"
+                    + report.render()
+                )
+    except SpecError as exc:
+        raise UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read spec {spec}: {exc}") from exc
+    store = Store(checkpoint_path(settings.out))
+    try:
+        return await _run(settings, store, fingerprint, total, handle_signals, grace)
+    finally:
+        store.close()
+
+
+async def _run(
+    settings: Settings,
+    store: Store,
+    fingerprint: str,
+    total: int,
+    handle_signals: bool,
+    grace: float,
+) -> JobResult:
+    job_id = _check_job(store, settings, fingerprint)
+    record = {**settings.to_record(), "job_id": job_id}
+    prices: PriceTable = load_prices(settings.provider_info.price_table, settings.prices)
+    store.init_job(str(settings.spec), fingerprint, total, record)
+    done = store.done_bitmap(total)
+    already = sum(bin(b).count("1") for b in done)
+    counters = Counters(total=total, already_done=already, currency=prices.currency)
+    control = Control()
+    budget_limit = (
+        None if settings.max_cost is None else int(settings.max_cost * 1_000_000_000)
+    )
+    spent = store.summary()["cost_nano"]
+    budget = Budget(budget_limit, spent_nano=spent)
+    run_id = store.start_run()
+    defaults = _defaults(settings)
+
+    async with _backend(settings) as settings, anyio.create_task_group() as outer:
+        transport = make_transport(
+            settings.transport,
+            settings.base_url,
+            settings.api_key.reveal(),
+            dict(settings.provider_info.extra_headers),
+        )
+        if settings.progress:
+            outer.start_soon(render_loop, counters)
+        work_scope = anyio.CancelScope()
+        if handle_signals:
+            outer.start_soon(_signals, control, work_scope, grace)
+        outer.start_soon(_grace, control, work_scope, grace)
+        results_send, results_recv = anyio.create_memory_object_stream[Outcome](4096)
+        try:
+            async with anyio.create_task_group() as work:
+                work.start_soon(_writer, store, results_recv, counters, budget, settings)
+                with work_scope:
+                    async with anyio.create_task_group() as lanes_tg:
+                        lanes = Lanes(
+                            settings, transport, prices, counters, control, budget,
+                            results_send, lanes_tg,
+                        )
+                        reader_scope = anyio.CancelScope()
+                        control.on_stop(reader_scope.cancel)
+                        with reader_scope:
+                            await _read(settings, defaults, done, lanes)
+                        lanes.close()
+                # If the lanes were cancelled (hard stop), the writer still owns its stream.
+                results_send.close()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await transport.aclose()
+            outer.cancel_scope.cancel()
+
+    summary = store.summary()
+    await anyio.to_thread.run_sync(
+        write_results_parquet, store, settings.out / "results.parquet"
+    )
+    return _finish(settings, store, run_id, control, counters, summary)
+
+
+async def _read(
+    settings: Settings, defaults: SpecDefaults, done: bytearray, lanes: Lanes
+) -> None:
+    batches = read_spec(settings.spec, defaults)
+    invalid: list[Outcome] = []
+    while True:
+        batch = await anyio.to_thread.run_sync(next, batches, None)
+        if batch is None:
+            break
+        for item in batch:
+            seq = item.seq
+            if seq >> 3 < len(done) and done[seq >> 3] & (1 << (seq & 7)):
+                continue
+            if isinstance(item, Request):
+                await lanes.feed(item)
+            else:
+                invalid.append(_invalid_outcome(item))
+        if invalid:
+            for o in invalid:
+                await lanes.results.send(o)
+            invalid.clear()
+
+
+def _finish(
+    settings: Settings,
+    store: Store,
+    run_id: int,
+    control: Control,
+    counters: Counters,
+    summary: dict[str, Any],
+) -> JobResult:
+    key = settings.api_key.reveal()
+    reason = control.reason
+    if reason is not None:
+        message = redact(str(reason), key)
+        if isinstance(reason, FatalAPIError):
+            message = (
+                f"stopped: the platform refused the account: {message}. "
+                f"{advice_for(reason.code, reason.status, settings.provider_info.key_env)}"
+            )
+        message += f"\nresume with: runner resume {settings.out}"
+        outcome, code = "stopped", EXIT_STOPPED
+    elif summary["pending"] > 0 or summary["in_progress"] > 0:
+        message = (
+            f"{summary['pending']} rows still pending; resume with: runner resume {settings.out}"
+        )
+        outcome, code = "stopped", EXIT_STOPPED
+    elif summary["failed"]:
+        message = f"finished: {summary['succeeded']} succeeded, {summary['failed']} failed"
+        outcome, code = "finished_with_failures", EXIT_FAILED_ROWS
+    else:
+        message = f"finished: all {summary['succeeded']} rows succeeded"
+        outcome, code = "finished", EXIT_OK
+    try:
+        store.end_run(run_id, outcome, message, counters.sent, counters.retries)
+    except Exception as exc:  # noqa: BLE001 - the run's own record is best effort
+        raise CheckpointError(f"cannot record the end of the run: {exc}") from exc
+    return JobResult(code, message, store.summary(), counters)
+

@@ -1,0 +1,64 @@
+"""The retry policy as data: tenacity strategies built once from the job's RetryConfig.
+
+Two budgets, because they fail for different reasons: a transient fault (5xx, timeout,
+dropped connection) gets `max_attempts` tries, while a rate limit is the platform asking us
+to slow down, so it is waited out for up to `max_elapsed` seconds (the pool also shrinks
+its concurrency meanwhile). A server's Retry-After wins over our own jittered curve.
+"""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from .errors import RateLimited, RetryableError
+from .settings import RetryConfig
+
+__all__ = ["RATE_LIMIT_ATTEMPTS", "build_retrying"]
+
+# A 429 storm at 30 % gives 8 consecutive 429s once in ~15,000 rows; rate limits get a much
+# larger attempt budget so such rows wait instead of failing.
+RATE_LIMIT_ATTEMPTS = 60
+
+
+def _wait(cfg: RetryConfig):  # type: ignore[no-untyped-def]
+    def wait(state: RetryCallState) -> float:
+        if cfg.testing:
+            return 0.0
+        exc = state.outcome.exception() if state.outcome else None
+        after = getattr(exc, "retry_after", None)
+        if isinstance(after, int | float) and after > 0:
+            return float(min(after, cfg.max_wait * 4))
+        n = state.attempt_number - 1
+        base = min(cfg.max_wait, cfg.initial_wait * (2**n))
+        return base + random.uniform(0, cfg.jitter)
+
+    return wait
+
+
+def _stop(cfg: RetryConfig):  # type: ignore[no-untyped-def]
+    def stop(state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimited):
+            limit = RATE_LIMIT_ATTEMPTS
+        else:
+            limit = cfg.max_attempts
+        if state.attempt_number >= limit:
+            return True
+        return not cfg.testing and state.seconds_since_start >= cfg.max_elapsed
+
+    return stop
+
+
+def build_retrying(cfg: RetryConfig, *, on_retry=None, sleep=anyio.sleep) -> AsyncRetrying:  # type: ignore[no-untyped-def]
+    """A fresh AsyncRetrying for one row; `on_retry(state)` runs before each wait."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(RetryableError),
+        stop=_stop(cfg),
+        wait=_wait(cfg),
+        sleep=sleep,
+        reraise=True,
+        before_sleep=on_retry,
+    )

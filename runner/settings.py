@@ -1,0 +1,186 @@
+"""Frozen job settings: everything a run needs, built once from flags and the job file.
+
+The API key is read from the provider's environment variable and held in a `Secret`, whose
+repr and str are masked, so a traceback, a log line or `Settings` printed by accident never
+shows it; `to_record()` (what the checkpoint stores) leaves it out entirely.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .providers import Provider, get_provider, tier_limit
+
+__all__ = ["RetryConfig", "Secret", "Settings", "load_job_file"]
+
+
+class Secret:
+    """A string that never shows itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """Defaults: 8 attempts, 0.5 s first wait doubling to a 30 s cap, 10 min per row overall.
+
+    Rate limits are waited out rather than failed: an overnight job that meets a busy
+    hour should slow down, not fail rows. `testing=True` zeroes every wait (the stamina
+    idea: a switch for tests instead of patching sleep).
+    """
+
+    max_attempts: int = 8
+    initial_wait: float = 0.5
+    max_wait: float = 30.0
+    jitter: float = 1.0
+    max_elapsed: float = 600.0
+    testing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    spec: Path
+    out: Path
+    provider: str = "zai"
+    base_url: str = ""
+    api_key: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    model: str | None = None
+    endpoint: str | None = None
+    body_defaults: Mapping[str, Any] = field(default_factory=dict)
+    tier: str | None = None
+    concurrency: int | None = None
+    model_concurrency: Mapping[str, int] = field(default_factory=dict)
+    max_cost: Decimal | None = None
+    strict: bool = False
+    force: bool = False
+    progress: bool = True
+    transport: str = "fast"
+    request_timeout: float = 300.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    prices: Path | None = None
+    # Async tasks (videos, async images, async chat).
+    poll_initial: float = 2.0
+    poll_max: float = 30.0
+    poll_concurrency: int = 16
+    task_max_age: float = 3600.0
+    download: bool = True
+    max_artifact_bytes: int = 512 * 1024 * 1024
+    # Rows whose results are committed in one SQLite transaction.
+    commit_batch: int = 512
+    commit_interval: float = 0.2
+
+    @property
+    def provider_info(self) -> Provider:
+        return get_provider(self.provider)
+
+    def cap_for(self, model: str) -> int:
+        """The in-flight cap for one model: explicit per-model, then --concurrency, then tier."""
+        if model in self.model_concurrency:
+            return self.model_concurrency[model]
+        if self.concurrency is not None:
+            return self.concurrency
+        return tier_limit(model, self.tier or self.provider_info.default_tier)
+
+    def to_record(self) -> dict[str, Any]:
+        """What the checkpoint stores: every setting that shapes the job, never the key."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "api_key":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, RetryConfig):
+                value = {g.name: getattr(value, g.name) for g in fields(value)}
+            elif isinstance(value, Path | Decimal):
+                value = str(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], **overrides: Any) -> Settings:
+        """Rebuild settings from the checkpoint (for `runner resume`); the key comes from env."""
+        kw = dict(record)
+        kw["spec"] = Path(kw["spec"])
+        kw["out"] = Path(kw["out"])
+        if kw.get("max_cost") is not None:
+            kw["max_cost"] = Decimal(kw["max_cost"])
+        if kw.get("prices"):
+            kw["prices"] = Path(kw["prices"])
+        kw["retry"] = RetryConfig(**kw.get("retry", {}))
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in kw.items() if k in known}
+        kw.update(overrides)
+        return cls(**kw)
+
+    def with_key_from_env(self, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the API key from the provider's variable; the simulator takes any key."""
+        env = os.environ if env is None else env
+        info = self.provider_info
+        key = env.get(info.key_env, "")
+        if not key and self.provider == "sim":
+            key = "sim-key"
+        if not key:
+            raise UsageError(
+                f"no API key: set {info.key_env} in the environment for provider "
+                f"{self.provider!r} (keys are never read from files or flags)"
+            )
+        return replace(self, api_key=Secret(key))
+
+
+def load_job_file(path: Path) -> dict[str, Any]:
+    """Read a declarative job file (TOML); relative paths are relative to the file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read job file {path}: {exc}") from exc
+    allowed = {
+        "spec",
+        "out",
+        "provider",
+        "base_url",
+        "model",
+        "endpoint",
+        "body",
+        "tier",
+        "concurrency",
+        "model_concurrency",
+        "max_cost",
+        "prices",
+        "transport",
+        "request_timeout",
+        "download",
+        "task_max_age",
+    }
+    unknown = set(data) - allowed
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+    for key in ("spec", "out", "prices"):
+        if key in data:
+            p = Path(data[key])
+            data[key] = p if p.is_absolute() else (path.parent / p)
+    return data

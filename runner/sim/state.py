@@ -1,0 +1,56 @@
+"""The simulated platform's state: knobs, ledger, admission gate, tasks and URL signer.
+
+One object owns all of it so the HTTP control plane (``/_sim/*``) and the in-process
+``Simulator`` API change the same things the same way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from runner.sim.config import SimConfig, apply_updates, public_view
+from runner.sim.faults import Gate
+from runner.sim.ledger import Ledger
+from runner.sim.tasks import Signer, TaskStore
+
+__all__ = ["SimState"]
+
+
+class SimState:
+    """Everything a request may read or change; lives in the server's event loop."""
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config if config is not None else SimConfig()
+        self.ledger = Ledger(track_ids=self.config.ledger_ids)
+        self.gate = Gate(self.config, self.ledger)
+        self.tasks = TaskStore(self.ledger)
+        self.signer = Signer(self.config.seed)
+        # Ids are unique per simulator process: a random instance prefix plus a counter.
+        self._id_prefix = os.urandom(4).hex()
+        self._counter = itertools.count(1)
+
+    def new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._counter):012d}"
+
+    def update(self, updates: Mapping[str, Any]) -> SimConfig:
+        """Apply knob changes (validated; raises ValueError) and return the new config."""
+        config = apply_updates(self.config, updates)
+        self.config = config
+        self.gate.configure(config)
+        self.ledger.track_ids = config.ledger_ids
+        return config
+
+    def reset(self) -> None:
+        """Zero the ledger and the account's consumption; keep in-flight work and tasks."""
+        self.ledger.reset()
+        self.gate.reset_usage()
+
+    def stats(self, now: float) -> dict[str, Any]:
+        self.tasks.settle(now)
+        return self.ledger.snapshot()
+
+    def public_config(self) -> dict[str, Any]:
+        return public_view(self.config)
