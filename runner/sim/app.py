@@ -90,7 +90,9 @@ def _auth_and_host(scope: Scope) -> tuple[str, str | None]:
     for name, value in scope["headers"]:
         if name == b"authorization":
             text = value.decode("latin-1").strip()
-            key = text[7:].strip() if text[:7].lower() == "bearer " else text
+            scheme, _, token = text.partition(" ")
+            # A bare token (no scheme) is accepted too, as some clients send it that way.
+            key = token.strip() if scheme.lower() == "bearer" else text
         elif name == b"host":
             host = value.decode("latin-1")
     return key, host
@@ -234,20 +236,20 @@ class SimApp:
                     # so a retry is not a duplicate. (A stall, by contrast, is billed.)
                     state.ledger.fault("drop")
                     await _drop(send)
-                # The fingerprint ignores request_id: a resubmission of the same work under
-                # a fresh id is still a duplicate. The content digest adds the seed.
+                # Both hashes ignore request_id: a resubmission of the same work under a
+                # fresh id is still a duplicate and still gets the same answer. The answer
+                # also ignores the endpoint, so async chat matches sync chat.
                 canon = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-                hashed = hashlib.sha256(endpoint.name.encode() + b"\n" + canon)
                 rid = request_id or state.new_id()
-                digest = hashlib.sha256(state.config.seed.to_bytes(8, "big", signed=True))
-                digest.update(hashed.digest())
-                call = Call(body, model, rid, digest.digest(), kid, root, markers, seen.prompt)
+                digest = hashlib.sha256(state.seed_bytes + canon).digest()
+                call = Call(body, model, rid, digest, kid, root, markers, seen.prompt)
                 answer = endpoint.answer(call, state)
                 data = orjson.dumps(answer.payload)
                 if answer.bill is not None:
                     state.ledger.bill(model, answer.bill)
                     billed = True
                 if state.ledger.track_ids:
+                    hashed = hashlib.sha256(endpoint.name.encode() + b"\n" + canon)
                     state.ledger.accepted(rid, hashed.hexdigest()[:16])
                 await _send(send, 200, data)
                 return 200

@@ -24,6 +24,7 @@ class SimState:
 
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config if config is not None else SimConfig()
+        self.seed_bytes = self._seed_bytes(self.config.seed)
         self.ledger = Ledger(track_ids=self.config.ledger_ids)
         self.gate = Gate(self.config, self.ledger)
         self.tasks = TaskStore(self.ledger)
@@ -32,6 +33,10 @@ class SimState:
         self._id_prefix = os.urandom(4).hex()
         self._counter = itertools.count(1)
 
+    @staticmethod
+    def _seed_bytes(seed: int) -> bytes:
+        return f"{seed}\n".encode()
+
     def new_id(self) -> str:
         return f"{self._id_prefix}{next(self._counter):012d}"
 
@@ -39,6 +44,7 @@ class SimState:
         """Apply knob changes (validated; raises ValueError) and return the new config."""
         config = apply_updates(self.config, updates)
         self.config = config
+        self.seed_bytes = self._seed_bytes(config.seed)
         self.gate.configure(config)
         self.ledger.track_ids = config.ledger_ids
         return config

@@ -1,0 +1,233 @@
+"""The CLI contract: every exit code, status JSON against the simulator's ledger, and kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from runner.cli import cli
+from runner.job import checkpoint_path
+from runner.store import Store
+
+KEY = "cli-test-key-0d9e8f7a"
+
+
+class SimProcess:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runner.sim", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.base_url = self.proc.stdout.readline().strip()
+        assert self.base_url.startswith("http://127.0.0.1:"), self.base_url
+        self.root = self.base_url.split("/api/")[0]
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.root + "/_sim/stats") as r:
+            return dict(json.loads(r.read()))
+
+    def configure(self, **knobs: Any) -> None:
+        req = urllib.request.Request(
+            self.root + "/_sim/config", data=json.dumps(knobs).encode(), method="POST"
+        )
+        urllib.request.urlopen(req).read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sim() -> Iterator[SimProcess]:
+    s = SimProcess("--latency", "0.02")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def write_spec(path: Path, n: int, marker: dict[int, str] | None = None) -> Path:
+    marker = marker or {}
+    with path.open("wb") as f:
+        for i in range(n):
+            text = f"prompt {i} {marker.get(i, '')}"
+            row = {
+                "custom_id": f"c{i}",
+                "url": "/v4/chat/completions",
+                "body": {"model": "glm-4.5-air", "messages": [{"role": "user", "content": text}]},
+            }
+            f.write(orjson.dumps(row) + b"\n")
+    return path
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(cli, list(args), env={"ZAI_API_KEY": KEY, **(env or {})})
+
+
+def test_exit_0_and_status_json_matches_ledger(tmp_path: Path, sim: SimProcess) -> None:
+    spec = write_spec(tmp_path / "s.jsonl", 60)
+    out = tmp_path / "out"
+    r = invoke("run", str(spec), "--out", str(out), "--base-url", sim.base_url, "--no-progress")
+    assert r.exit_code == 0, r.output
+    status = json.loads(invoke("status", str(out), "--json").output)
+    stats = sim.stats()
+    assert (status["total"], status["succeeded"], status["failed"], status["pending"]) == (
+        60, 60, 0, 0,
+    )
+    assert status["tokens"]["prompt_tokens"] == stats["billed"]["prompt_tokens"]
+    assert status["tokens"]["completion_tokens"] == stats["billed"]["completion_tokens"]
+    assert status["cost"]["currency"] == "USD"
+    assert set(status["cost"]["by_model"]) == {"glm-4.5-air"}
+    assert status["cost"]["total"] > 0
+    assert KEY not in r.output
+
+
+def test_exit_1_with_failed_rows_and_export(tmp_path: Path, sim: SimProcess) -> None:
+    spec = write_spec(tmp_path / "s.jsonl", 10, {4: "[[sim:1301]]"})
+    out = tmp_path / "out"
+    r = invoke("run", str(spec), "--out", str(out), "--base-url", sim.base_url, "--no-progress")
+    assert r.exit_code == 1, r.output
+    human = invoke("status", str(out)).output
+    assert "1301" in human
+    r = invoke("export", str(out), "--format", "jsonl", "-o", str(tmp_path / "o.jsonl"))
+    assert r.exit_code == 0
+    lines = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(lines) == 10
+    assert [x["custom_id"] for x in lines if x.get("error")] == ["c4"]
+    r = invoke("export", str(out), "--format", "parquet", "-o", str(tmp_path / "o.parquet"))
+    assert r.exit_code == 0 and (tmp_path / "o.parquet").stat().st_size > 0
+
+
+def test_exit_2_strict_sends_nothing(tmp_path: Path, sim: SimProcess) -> None:
+    spec = write_spec(tmp_path / "s.jsonl", 5)
+    with spec.open("ab") as f:
+        f.write(b'{"url": "/v4/chat/completions", "body": {"messages": []}}\n')
+    r = invoke(
+        "run", str(spec), "--out", str(tmp_path / "out"), "--base-url", sim.base_url,
+        "--strict", "--no-progress",
+    )
+    assert r.exit_code == 2, r.output
+    assert "line 6" in r.output
+    assert sum(sim.stats()["requests"].values()) == 0
+
+
+def test_exit_2_validate_and_usage_errors(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.jsonl", 3)
+    assert invoke("validate", str(spec)).exit_code == 0
+    with spec.open("ab") as f:
+        f.write(b"not json\n")
+    r = invoke("validate", str(spec))
+    assert r.exit_code == 2 and "line 4" in r.output
+    r = invoke("run", str(spec), "--no-progress")
+    assert r.exit_code == 2 and "--out" in r.output
+    r = CliRunner().invoke(
+        cli, ["run", str(spec), "--out", str(tmp_path / "o"), "--provider", "zhipu"], env={}
+    )
+    assert r.exit_code == 2 and "ZHIPUAI_API_KEY" in r.output
+
+
+def test_exit_3_on_balance_then_resume(tmp_path: Path) -> None:
+    sim = SimProcess("--balance-requests", "20")
+    try:
+        spec = write_spec(tmp_path / "s.jsonl", 50)
+        out = tmp_path / "out"
+        r = invoke(
+            "run", str(spec), "--out", str(out), "--base-url", sim.base_url,
+            "--concurrency", "4", "--no-progress",
+        )
+        assert r.exit_code == 3, r.output
+        assert "runner resume" in r.output and "recharge" in r.output.lower()
+        sim.configure(balance_requests=None)
+        r = invoke("resume", str(out), "--no-progress")
+        assert r.exit_code == 0, r.output
+        stats = sim.stats()
+        assert stats["billed"]["requests"] == 50
+        assert not stats["duplicates"]["fingerprint"]
+    finally:
+        sim.stop()
+
+
+def test_job_file_runs(tmp_path: Path, sim: SimProcess) -> None:
+    spec = tmp_path / "short.jsonl"
+    spec.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n' * 3)
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'spec = "short.jsonl"\nout = "out"\nprovider = "zai"\nbase_url = "{sim.base_url}"\n'
+        'model = "glm-4.5-air"\nendpoint = "chat/completions"\ntier = "V0"\n'
+        "[body]\ntemperature = 0.2\n"
+    )
+    r = invoke("run", str(job), "--no-progress")
+    assert r.exit_code == 0, r.output
+    store = Store(checkpoint_path(tmp_path / "out"))
+    try:
+        assert store.summary()["succeeded"] == 3
+    finally:
+        store.close()
+
+
+def test_kill_9_and_resume_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL the runner at random moments, resume until done: one result per row."""
+    sim = SimProcess("--latency", "0.05")
+    n = 3000
+    spec = write_spec(tmp_path / "s.jsonl", n)
+    out = tmp_path / "out"
+    env = {**os.environ, "ZAI_API_KEY": KEY}
+    cmd = [
+        sys.executable, "-m", "runner", "run", str(spec), "--out", str(out),
+        "--base-url", sim.base_url, "--concurrency", "50", "--no-progress",
+    ]
+    rng = random.Random(1)
+    kills = 0
+    try:
+        for _ in range(40):
+            proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+            try:
+                rc = proc.wait(timeout=rng.uniform(0.6, 2.0))
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                continue
+            assert rc == 0
+            break
+        else:
+            pytest.fail("the job never finished")
+        stats = sim.stats()
+    finally:
+        sim.stop()
+    assert kills >= 3
+    store = Store(checkpoint_path(out))
+    try:
+        s = store.summary()
+        assert (s["succeeded"], s["failed"], s["pending"]) == (n, 0, 0)
+        assert store.integrity_check() == "ok"
+        rows = store.db.execute(
+            "SELECT COUNT(DISTINCT custom_id), SUM(cost_nano), "
+            "SUM(prompt_tokens * 200 + completion_tokens * 1100) FROM rows"
+        )
+        distinct, cost, recomputed = rows.fetchone()
+        assert distinct == n
+        # The bill is the sum of the recorded answers' usage, each row counted once.
+        assert cost == recomputed
+    finally:
+        store.close()
+    # Only answers lost with a killed process (in flight or not yet committed) are paid twice:
+    # at most one cap of rows plus one commit batch per kill.
+    dupes = sum(c - 1 for c in stats["submissions_by_fingerprint"].values() if c > 1)
+    assert dupes <= kills * (50 + 512)
+    assert stats["billed"]["requests"] == n + dupes
