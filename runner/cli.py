@@ -114,8 +114,18 @@ def run(spec: Path, **opts: Any) -> None:
         spec = values.pop("spec")
         if "body" in values:
             values["body_defaults"] = values.pop("body")
-    for name in ("provider", "base_url", "model", "endpoint", "tier", "concurrency", "prices",
-                 "transport", "strict", "force"):
+    for name in (
+        "provider",
+        "base_url",
+        "model",
+        "endpoint",
+        "tier",
+        "concurrency",
+        "prices",
+        "transport",
+        "strict",
+        "force",
+    ):
         if opts.get(name) is not None:
             values[name] = opts[name]
     if opts.get("out") is not None:
@@ -136,7 +146,9 @@ def run(spec: Path, **opts: Any) -> None:
         try:
             values["max_cost"] = Decimal(str(raw_cost))
         except InvalidOperation:
-            raise click.BadParameter(f"not a number: {raw_cost!r}", param_hint="--max-cost")
+            raise click.BadParameter(
+                f"not a number: {raw_cost!r}", param_hint="--max-cost"
+            ) from None
     if "tier" in values:
         values["tier"] = str(values["tier"]).upper()
     values["progress"] = not opts["no_progress"]
@@ -157,9 +169,7 @@ def resume(out: Path, no_progress: bool, force: bool) -> None:
         raise click.UsageError(str(exc)) from exc
     if job is None:
         raise click.UsageError(f"{out} holds no job: start one with `runner run SPEC --out {out}`")
-    settings = Settings.from_record(
-        job["settings"], progress=not no_progress, force=force, out=out
-    )
+    settings = Settings.from_record(job["settings"], progress=not no_progress, force=force, out=out)
     _execute(settings)
 
 
@@ -269,12 +279,8 @@ def _register_sim() -> None:
     cli.add_command(sim_command, name="sim")
 
 
-try:
-    _register_sim()
-except ImportError:  # pragma: no cover
-    pass
+_register_sim()
 
 
 def main() -> None:
     cli()
-

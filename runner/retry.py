@@ -9,6 +9,7 @@ its concurrency meanwhile). A server's Retry-After wins over our own jittered cu
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 
 import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
@@ -23,36 +24,39 @@ __all__ = ["RATE_LIMIT_ATTEMPTS", "build_retrying"]
 RATE_LIMIT_ATTEMPTS = 60
 
 
-def _wait(cfg: RetryConfig):  # type: ignore[no-untyped-def]
+def _wait(cfg: RetryConfig) -> Callable[[RetryCallState], float]:
     def wait(state: RetryCallState) -> float:
         if cfg.testing:
             return 0.0
         exc = state.outcome.exception() if state.outcome else None
         after = getattr(exc, "retry_after", None)
         if isinstance(after, int | float) and after > 0:
-            return float(min(after, cfg.max_wait * 4))
+            return min(float(after), cfg.max_wait * 4)
         n = state.attempt_number - 1
-        base = min(cfg.max_wait, cfg.initial_wait * (2**n))
+        base: float = min(cfg.max_wait, cfg.initial_wait * 2.0**n)
         return base + random.uniform(0, cfg.jitter)
 
     return wait
 
 
-def _stop(cfg: RetryConfig):  # type: ignore[no-untyped-def]
+def _stop(cfg: RetryConfig) -> Callable[[RetryCallState], bool]:
     def stop(state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RateLimited):
-            limit = RATE_LIMIT_ATTEMPTS
-        else:
-            limit = cfg.max_attempts
+        limit = RATE_LIMIT_ATTEMPTS if isinstance(exc, RateLimited) else cfg.max_attempts
         if state.attempt_number >= limit:
             return True
-        return not cfg.testing and state.seconds_since_start >= cfg.max_elapsed
+        elapsed = state.seconds_since_start or 0.0
+        return not cfg.testing and elapsed >= cfg.max_elapsed
 
     return stop
 
 
-def build_retrying(cfg: RetryConfig, *, on_retry=None, sleep=anyio.sleep) -> AsyncRetrying:  # type: ignore[no-untyped-def]
+def build_retrying(
+    cfg: RetryConfig,
+    *,
+    on_retry: Callable[[RetryCallState], None] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+) -> AsyncRetrying:
     """A fresh AsyncRetrying for one row; `on_retry(state)` runs before each wait."""
     return AsyncRetrying(
         retry=retry_if_exception_type(RetryableError),

@@ -21,9 +21,12 @@ import sqlite_utils
 
 from .errors import CheckpointError
 
-__all__ = ["COLUMNS", "TERMINAL", "Store"]
+__all__ = ["COLUMNS", "REOPEN_CODES", "TERMINAL", "Store"]
 
 TERMINAL = ("succeeded", "failed")
+# Failed async rows that a resume polls again (never resubmits): the task outlived
+# task_max_age, or its files could not be downloaded.
+REOPEN_CODES = ("task_timeout", "download_failed")
 
 # Column order of the rows table; every outcome dict carries these keys.
 COLUMNS: dict[str, type] = {
@@ -86,19 +89,22 @@ class Store:
         )
         self._cols = cols
 
+    def _table(self, name: str) -> sqlite_utils.db.Table:
+        return self.db.table(name)
+
     def _ensure_schema(self) -> None:
         db = self.db
         if "rows" not in db.table_names():
-            db["rows"].create(COLUMNS, pk="seq")
+            self._table("rows").create(COLUMNS, pk="seq")
             # Unique among real rows only: an invalid duplicate of a custom_id is kept as its
             # own failed row instead of replacing the valid one.
             db.execute(
                 "CREATE UNIQUE INDEX idx_rows_custom_id ON rows (custom_id) "
                 "WHERE error_code IS NOT 'invalid_row'"
             )
-            db["rows"].create_index(["status"])
+            self._table("rows").create_index(["status"])
         if "job" not in db.table_names():
-            db["job"].create(
+            self._table("job").create(
                 {
                     "key": str,
                     "spec_path": str,
@@ -111,7 +117,7 @@ class Store:
                 pk="key",
             )
         if "runs" not in db.table_names():
-            db["runs"].create(
+            self._table("runs").create(
                 {
                     "id": int,
                     "started_at": float,
@@ -139,7 +145,7 @@ class Store:
     ) -> None:
         now = time.time()
         existing = self.job()
-        self.db["job"].upsert(
+        self._table("job").upsert(
             {
                 "key": "job",
                 "spec_path": spec_path,
@@ -201,13 +207,25 @@ class Store:
         return bits
 
     def open_tasks(self) -> list[dict[str, Any]]:
-        """Async rows submitted (or about to be) but not terminal: resume polls these."""
+        """Async rows a resume must settle: submitted (or about to be) but not terminal, and
+        failures that are only "not yet" (`REOPEN_CODES`) and carry a task id to poll again."""
+        codes = ", ".join(f"'{c}'" for c in REOPEN_CODES)
         return [
             dict(r)
             for r in self.db.query(
-                "SELECT * FROM rows WHERE status IN ('submitting', 'submitted') ORDER BY seq"
+                "SELECT * FROM rows WHERE status IN ('submitting', 'submitted') OR "
+                f"(status = 'failed' AND task_id IS NOT NULL AND error_code IN ({codes})) "
+                "ORDER BY seq"
             )
         ]
+
+    def discard(self, seqs: Sequence[int]) -> None:
+        """Forget rows (an async row's submit intent once the platform refused it)."""
+        try:
+            with self.db.conn as conn:
+                conn.executemany("DELETE FROM rows WHERE seq = ?", [[s] for s in seqs])
+        except sqlite3.OperationalError as exc:
+            raise CheckpointError(f"cannot write checkpoint {self.path}: {exc}") from exc
 
     def get(self, custom_id: str) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM rows WHERE custom_id = ?", [custom_id]))

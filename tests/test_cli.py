@@ -87,7 +87,10 @@ def test_exit_0_and_status_json_matches_ledger(tmp_path: Path, sim: SimProcess) 
     status = json.loads(invoke("status", str(out), "--json").output)
     stats = sim.stats()
     assert (status["total"], status["succeeded"], status["failed"], status["pending"]) == (
-        60, 60, 0, 0,
+        60,
+        60,
+        0,
+        0,
     )
     assert status["tokens"]["prompt_tokens"] == stats["billed"]["prompt_tokens"]
     assert status["tokens"]["completion_tokens"] == stats["billed"]["completion_tokens"]
@@ -118,8 +121,14 @@ def test_exit_2_strict_sends_nothing(tmp_path: Path, sim: SimProcess) -> None:
     with spec.open("ab") as f:
         f.write(b'{"url": "/v4/chat/completions", "body": {"messages": []}}\n')
     r = invoke(
-        "run", str(spec), "--out", str(tmp_path / "out"), "--base-url", sim.base_url,
-        "--strict", "--no-progress",
+        "run",
+        str(spec),
+        "--out",
+        str(tmp_path / "out"),
+        "--base-url",
+        sim.base_url,
+        "--strict",
+        "--no-progress",
     )
     assert r.exit_code == 2, r.output
     assert "line 6" in r.output
@@ -147,8 +156,15 @@ def test_exit_3_on_balance_then_resume(tmp_path: Path) -> None:
         spec = write_spec(tmp_path / "s.jsonl", 50)
         out = tmp_path / "out"
         r = invoke(
-            "run", str(spec), "--out", str(out), "--base-url", sim.base_url,
-            "--concurrency", "4", "--no-progress",
+            "run",
+            str(spec),
+            "--out",
+            str(out),
+            "--base-url",
+            sim.base_url,
+            "--concurrency",
+            "4",
+            "--no-progress",
         )
         assert r.exit_code == 3, r.output
         assert "runner resume" in r.output and "recharge" in r.output.lower()
@@ -188,8 +204,18 @@ def test_kill_9_and_resume_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "ZAI_API_KEY": KEY}
     cmd = [
-        sys.executable, "-m", "runner", "run", str(spec), "--out", str(out),
-        "--base-url", sim.base_url, "--concurrency", "50", "--no-progress",
+        sys.executable,
+        "-m",
+        "runner",
+        "run",
+        str(spec),
+        "--out",
+        str(out),
+        "--base-url",
+        sim.base_url,
+        "--concurrency",
+        "50",
+        "--no-progress",
     ]
     rng = random.Random(1)
     kills = 0

@@ -76,8 +76,17 @@ async def test_chat_job_completes_and_reconciles_with_ledger(tmp_path: Path) -> 
 
     table = pq.read_table(tmp_path / "out" / "results.parquet")
     for col in (
-        "custom_id", "status", "model", "response", "error_code", "error_message",
-        "prompt_tokens", "completion_tokens", "total_tokens", "cost", "latency_s",
+        "custom_id",
+        "status",
+        "model",
+        "response",
+        "error_code",
+        "error_message",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cost",
+        "latency_s",
     ):
         assert col in table.column_names
     assert table.num_rows == 200
@@ -105,7 +114,10 @@ async def test_mixed_models_each_respect_their_cap(tmp_path: Path) -> None:
     cfg = SimConfig(latency=0.03, model_limits={"glm-4.5-air": 6, "glm-4.7": 9})
     async with Simulator(cfg) as sim:
         settings = settings_for(
-            tmp_path, spec, sim.base_url, concurrency=None,
+            tmp_path,
+            spec,
+            sim.base_url,
+            concurrency=None,
             model_concurrency={"glm-4.5-air": 6, "glm-4.7": 9},
         )
         result = await run_job(settings, handle_signals=False)
