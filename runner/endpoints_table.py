@@ -78,13 +78,6 @@ def endpoint_hint(url: Any) -> str:
     return "use /v4/<kind> with kind one of " + ", ".join(sorted(ENDPOINTS))
 
 
-Check = Callable[[dict[str, Any], str], tuple[str, str] | None]
-
-_ROLES = frozenset({"system", "user", "assistant", "tool"})
-_URL_PARTS = frozenset({"image_url", "video_url", "file_url"})
-_EMBEDDING_3_MAX_INPUTS = 64
-
-
 _JSON_KINDS = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
 
 
@@ -97,6 +90,14 @@ def short_repr(value: Any, limit: int = 60) -> str:
     """repr() cut to a readable length: rows are untrusted and a bad value may be megabytes long."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# A check returns (field, message) for the row's first problem, or None.
+Check = Callable[[dict[str, Any], str], tuple[str, str] | None]
+
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
+_URL_PARTS = frozenset({"image_url", "video_url", "file_url"})
+_EMBEDDING_3_MAX_INPUTS = 64  # a platform limit per request (API-NOTES §2.3)
 
 
 def _required_str(body: dict[str, Any], key: str) -> tuple[str, str] | None:

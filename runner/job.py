@@ -45,7 +45,8 @@ from .spec import (
     spec_fingerprint,
     validate_spec,
 )
-from .store import Store
+from .store import REOPEN_CODES, Store
+from .tasks import Tasks, prepare_resume
 
 __all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "EXIT_STOPPED", "EXIT_USAGE", "JobResult", "run_job"]
 
@@ -119,8 +120,14 @@ async def _backend(settings: Settings) -> AsyncIterator[Settings]:
         return
     from .sim import SimConfig, Simulator
 
-    async with Simulator(SimConfig(latency=0.05, seed=0)) as sim:
-        yield replace(settings, base_url=sim.base_url)
+    # Tasks finish in a second and are polled often, so a demo of videos takes seconds.
+    async with Simulator(SimConfig(latency=0.05, seed=0, task_seconds=1.0)) as sim:
+        yield replace(
+            settings,
+            base_url=sim.base_url,
+            poll_initial=min(settings.poll_initial, 0.25),
+            poll_max=min(settings.poll_max, 1.0),
+        )
 
 
 async def _writer(
@@ -129,9 +136,13 @@ async def _writer(
     counters: Counters,
     budget: Budget,
     settings: Settings,
+    lock: anyio.CapacityLimiter,
 ) -> None:
-    """The single writer: batch outcomes, commit, and only then count them as done."""
-    lock = anyio.CapacityLimiter(1)
+    """The single writer: batch outcomes, commit, and only then count them as done.
+
+    `lock` is shared with the async-task commits (`tasks.py`), so two threads never use
+    the SQLite connection at once.
+    """
     batch: list[Outcome] = []
 
     async def flush() -> None:
@@ -172,9 +183,7 @@ async def _signals(control: Control, scope: anyio.CancelScope, grace: float) -> 
         async for signum in signals:
             if control.reason is None:
                 name = signal.Signals(signum).name
-                control.stop(
-                    Interrupted(f"stopped by {name}: in-flight requests are finishing")
-                )
+                control.stop(Interrupted(f"stopped by {name}: in-flight requests are finishing"))
                 print(
                     f"\n{name}: finishing in-flight requests (up to {grace:g}s); "
                     "press Ctrl-C again to stop at once",
@@ -247,13 +256,19 @@ async def _run(
     record = {**settings.to_record(), "job_id": job_id}
     prices: PriceTable = load_prices(settings.provider_info.price_table, settings.prices)
     store.init_job(str(settings.spec), fingerprint, total, record)
+    # Async tasks from earlier runs: 'submitting' ones fail as submit_unknown, the rest are
+    # polled again; the reader must not send any of them.
+    open_rows = prepare_resume(store)
     done = store.done_bitmap(total)
     already = sum(bin(b).count("1") for b in done)
+    for row in open_rows:
+        seq = int(row["seq"])
+        if seq < total:
+            already -= row["status"] == "failed"  # reopened: it will be counted when done
+            done[seq >> 3] |= 1 << (seq & 7)
     counters = Counters(total=total, already_done=already, currency=prices.currency)
     control = Control()
-    budget_limit = (
-        None if settings.max_cost is None else int(settings.max_cost * 1_000_000_000)
-    )
+    budget_limit = None if settings.max_cost is None else int(settings.max_cost * 1_000_000_000)
     spent = store.summary()["cost_nano"]
     budget = Budget(budget_limit, spent_nano=spent)
     run_id = store.start_run()
@@ -273,15 +288,29 @@ async def _run(
             outer.start_soon(_signals, control, work_scope, grace)
         outer.start_soon(_grace, control, work_scope, grace)
         results_send, results_recv = anyio.create_memory_object_stream[Outcome](4096)
+        store_lock = anyio.CapacityLimiter(1)
+        tasks = Tasks(settings, store, store_lock, job_id)
         try:
             async with anyio.create_task_group() as work:
-                work.start_soon(_writer, store, results_recv, counters, budget, settings)
+                work.start_soon(
+                    _writer, store, results_recv, counters, budget, settings, store_lock
+                )
                 with work_scope:
-                    async with anyio.create_task_group() as lanes_tg:
+                    # Pollers run in lanes_tg, so the job waits for them; the downloader in
+                    # `tasks` closes only after they are done.
+                    async with tasks, anyio.create_task_group() as lanes_tg:
                         lanes = Lanes(
-                            settings, transport, prices, counters, control, budget,
-                            results_send, lanes_tg,
+                            settings,
+                            transport,
+                            prices,
+                            counters,
+                            control,
+                            budget,
+                            results_send,
+                            lanes_tg,
+                            submit_task=tasks.submit,
                         )
+                        tasks.start(lanes, lanes_tg, open_rows)
                         reader_scope = anyio.CancelScope()
                         control.on_stop(reader_scope.cancel)
                         with reader_scope:
@@ -295,15 +324,11 @@ async def _run(
             outer.cancel_scope.cancel()
 
     summary = store.summary()
-    await anyio.to_thread.run_sync(
-        write_results_parquet, store, settings.out / "results.parquet"
-    )
+    await anyio.to_thread.run_sync(write_results_parquet, store, settings.out / "results.parquet")
     return _finish(settings, store, run_id, control, counters, summary)
 
 
-async def _read(
-    settings: Settings, defaults: SpecDefaults, done: bytearray, lanes: Lanes
-) -> None:
+async def _read(settings: Settings, defaults: SpecDefaults, done: bytearray, lanes: Lanes) -> None:
     batches = read_spec(settings.spec, defaults)
     invalid: list[Outcome] = []
     while True:
@@ -350,13 +375,18 @@ def _finish(
         outcome, code = "stopped", EXIT_STOPPED
     elif summary["failed"]:
         message = f"finished: {summary['succeeded']} succeeded, {summary['failed']} failed"
+        reopen = sum(e["rows"] for e in summary["errors"] if e["code"] in REOPEN_CODES)
+        if reopen:
+            message += (
+                f"\n{reopen} async tasks are still running or their files were not fetched; "
+                f"resume to poll them again (never resubmitted): runner resume {settings.out}"
+            )
         outcome, code = "finished_with_failures", EXIT_FAILED_ROWS
     else:
         message = f"finished: all {summary['succeeded']} rows succeeded"
         outcome, code = "finished", EXIT_OK
     try:
         store.end_run(run_id, outcome, message, counters.sent, counters.retries)
-    except Exception as exc:  # noqa: BLE001 - the run's own record is best effort
+    except Exception as exc:  # the run's own record is best effort
         raise CheckpointError(f"cannot record the end of the run: {exc}") from exc
     return JobResult(code, message, store.summary(), counters)
-

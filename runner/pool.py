@@ -330,23 +330,32 @@ class Lanes:
             )
         except RowError as exc:
             return outcome_for(
-                req, "failed", attempts=exc.attempts, started=started, http_status=exc.status,
-                error=exc, request_fp=fp,
+                req,
+                "failed",
+                attempts=exc.attempts,
+                started=started,
+                http_status=exc.status,
+                error=exc,
+                request_fp=fp,
             )
         except RetryableError as exc:
             exc.message = f"gave up after {exc.attempts} attempts: {exc.message}"
             return outcome_for(
-                req, "failed", attempts=exc.attempts, started=started, http_status=exc.status,
-                error=exc, request_fp=fp,
+                req,
+                "failed",
+                attempts=exc.attempts,
+                started=started,
+                http_status=exc.status,
+                error=exc,
+                request_fp=fp,
             )
         except FatalAPIError as exc:
             self.control.stop(exc)
             return None
         except _Abandoned:
             return None
-        except Exception as exc:  # noqa: BLE001 - one row's surprise must not end the job
+        except Exception as exc:
             err = RowError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
-            return outcome_for(req, "failed", attempts=1, started=started, error=err,
-                               request_fp=fp)
+            return outcome_for(req, "failed", attempts=1, started=started, error=err, request_fp=fp)
         finally:
             self.budget.settle(worst, actual)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import ssl
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from runner.sim import SimConfig, Simulator
 
@@ -89,8 +92,13 @@ async def poll_until_done(client: httpx.AsyncClient, task_id: str) -> dict[str, 
             await anyio.sleep(0.05)
 
 
+# Building an SSL context loads the CA bundle (tens of ms); the loopback tests never use
+# TLS, so every client shares this one instead of building its own.
+TLS = ssl.create_default_context()
+
+
 def client_for(sim: Simulator) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=sim.base_url + "/", timeout=10)
+    return httpx.AsyncClient(base_url=sim.base_url + "/", timeout=10, verify=TLS)
 
 
 async def test_chat_completion_matches_spec_and_bills_usage(
@@ -124,7 +132,8 @@ async def test_vision_thinking_and_json_mode(sim: Simulator, zai_spec: ZaiSpec) 
     json_mode = chat_body(response_format={"type": "json_object"})
     async with client_for(sim) as client:
         answers = [
-            (await post(client, "chat/completions", b)).json() for b in (vision, thinking, json_mode)
+            (await post(client, "chat/completions", b)).json()
+            for b in (vision, thinking, json_mode)
         ]
     for answer in answers:
         zai_spec.validate(answer, "ChatCompletionResponse")
@@ -412,7 +421,7 @@ async def test_http_stats_equal_python_stats_and_never_show_the_key() -> None:
         assert over_http == sim.stats()
     assert bad.status_code == 401
     secret = KEY.split(".")[1]
-    for text in (orjson.dumps(over_http).decode(), shown_config, bad.text):
+    for text in (orjson.dumps(over_http).decode(), shown_config, bad.text, repr(config)):
         assert KEY not in text and secret not in text
     assert list(over_http["peak_concurrency"]) == [next(iter(orjson.loads(shown_config)["keys"]))]
 
@@ -423,3 +432,99 @@ async def test_ledger_ids_off_keeps_counts_only() -> None:
         stats = sim.stats()
     assert stats["billed"]["requests"] == 1
     assert stats["submissions_by_request_id"] == {} and stats["submissions_by_fingerprint"] == {}
+
+
+async def test_an_error_in_the_block_propagates_as_itself() -> None:
+    with pytest.raises(ValueError, match="boom"):
+        async with Simulator():
+            raise ValueError("boom")
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+SCHEMA = st.recursive(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.sampled_from(["string", "integer", "number", "boolean", "array", "x"])
+            | JSON,
+            "enum": JSON,
+            "minimum": JSON,
+            "maximum": JSON,
+            "minItems": JSON,
+        },
+    ),
+    lambda inner: (
+        st.fixed_dictionaries(
+            {"type": st.just("object")},
+            optional={"properties": st.dictionaries(st.text(max_size=5), inner, max_size=3) | JSON},
+        )
+        | st.fixed_dictionaries({"type": st.just("array")}, optional={"items": inner})
+    ),
+    max_leaves=6,
+)
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+VALID: dict[str, dict[str, Any]] = {
+    "chat/completions": chat_body(),
+    "async/chat/completions": chat_body(),
+    "embeddings": {"model": "embedding-3", "input": "x"},
+    "images/generations": {"model": "glm-image", "prompt": "x"},
+    "videos/generations": {"model": "cogvideox-3", "prompt": "x"},
+    "tokenizer": chat_body(),
+    "web_search": {"search_engine": "search-prime", "search_query": "x"},
+    "layout_parsing": {"model": "glm-ocr", "file": "https://example.com/a.png"},
+    "reader": {"url": "https://example.com"},
+}
+FIELDS = [
+    "model", "messages", "max_tokens", "tools", "thinking", "response_format", "temperature",
+    "input", "dimensions", "prompt", "image_url", "search_query", "count", "request_id", "url",
+    "file", "stream",
+]  # fmt: skip
+MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant", "tool", "x"])},
+    optional={"content": JSON, "tool_calls": JSON},
+)
+HOSTILE = {
+    "messages": st.lists(MESSAGE, max_size=3) | JSON,
+    "tools": st.lists(
+        st.builds(lambda schema: {**TOOL, "function": {"name": "f", "parameters": schema}}, SCHEMA)
+        | JSON,
+        max_size=2,
+    ),
+}
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    """A valid body for some endpoint with one or two fields replaced by hostile values."""
+    endpoint = draw(st.sampled_from(sorted(VALID)))
+    body = dict(VALID[endpoint])
+    for field in draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=2)):
+        body[field] = draw(HOSTILE.get(field, JSON))
+    return endpoint, body
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=mutated())
+async def test_hostile_bodies_get_200_or_a_400_never_a_crash(
+    sim: Simulator, case: tuple[str, dict[str, Any]]
+) -> None:
+    endpoint, body = case
+    async with client_for(sim) as client:
+        response = await post(client, endpoint, body)
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 400:
+        assert response.json()["error"]["code"] in ("1210", "1213", "1214")

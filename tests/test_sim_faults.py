@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +25,15 @@ def chat_body(text: str = "Hello there.", model: str = "glm-4.6", **extra: Any) 
     return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
 
 
+# Building an SSL context loads the CA bundle (tens of ms); share one for loopback.
+TLS = ssl.create_default_context()
+
+
 def client_for(sim: Simulator, timeout: float = 10) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=200)
-    return httpx.AsyncClient(base_url=sim.base_url + "/", timeout=timeout, limits=limits)
+    return httpx.AsyncClient(
+        base_url=sim.base_url + "/", timeout=timeout, limits=limits, verify=TLS
+    )
 
 
 async def chat(
@@ -86,18 +93,24 @@ async def test_concurrency_tier_refuses_the_excess_at_once() -> None:
 async def test_limits_are_per_key_and_per_model_with_overrides() -> None:
     other = "0a0b0c0d0e0f.third-secret"
     config = SimConfig(
-        latency=0.3, concurrency_limit=2, model_limits={"embedding-3": 1}, keys={KEY: None, other: 4}
+        latency=0.3,
+        concurrency_limit=2,
+        model_limits={"embedding-3": 1},
+        keys={KEY: None, other: 4},
     )
-    async with Simulator(config) as sim, client_for(sim) as client:
-        async with anyio.create_task_group() as group:
-            results: dict[str, list[httpx.Response]] = {}
+    results: dict[str, list[httpx.Response]] = {}
 
-            async def batch(name: str, body: dict[str, Any], key: str) -> None:
-                results[name] = await fire(client, 5, body, key)
+    async def batch(client: httpx.AsyncClient, name: str, body: dict[str, Any], key: str) -> None:
+        results[name] = await fire(client, 5, body, key)
 
-            group.start_soon(batch, "default", chat_body(), KEY)
-            group.start_soon(batch, "model", chat_body(model="embedding-3"), KEY)
-            group.start_soon(batch, "key", chat_body(), other)
+    async with (
+        Simulator(config) as sim,
+        client_for(sim) as client,
+        anyio.create_task_group() as group,
+    ):
+        group.start_soon(batch, client, "default", chat_body(), KEY)
+        group.start_soon(batch, client, "model", chat_body(model="embedding-3"), KEY)
+        group.start_soon(batch, client, "key", chat_body(), other)
     assert codes(results["default"]).count("200") == 2
     assert codes(results["model"]).count("200") == 1
     assert codes(results["key"]).count("200") == 4
@@ -248,16 +261,16 @@ async def test_result_urls_expire_and_each_poll_issues_fresh_ones() -> None:
 
 
 async def test_error_shapes(zai_spec: ZaiSpec) -> None:
-    async with Simulator(SimConfig(error_shape="flat", keys={KEY: None})) as sim:
-        async with client_for(sim) as client:
-            flat = [
-                await chat(client, chat_body("[[sim:1302]]")),
-                await chat(client, key="wrong"),
-                await client.get("async-result/missing", headers=AUTH),
-                await chat(client, {"model": "glm-4.6", "messages": []}),
-            ]
-            sim.update(error_shape="nested")
-            nested = await chat(client, chat_body("[[sim:1302]]"))
+    config = SimConfig(error_shape="flat", keys={KEY: None})
+    async with Simulator(config) as sim, client_for(sim) as client:
+        flat = [
+            await chat(client, chat_body("[[sim:1302]]")),
+            await chat(client, key="wrong"),
+            await client.get("async-result/missing", headers=AUTH),
+            await chat(client, {"model": "glm-4.6", "messages": []}),
+        ]
+        sim.update(error_shape="nested")
+        nested = await chat(client, chat_body("[[sim:1302]]"))
     for response in flat:
         zai_spec.validate(response.json(), "Error")
     assert flat[0].json() == {

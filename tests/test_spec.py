@@ -471,6 +471,21 @@ def test_file_level_errors(tmp_path: Path) -> None:
     assert only(fake, fmt="jsonl").custom_id == "a"
 
 
+def test_parquet_damaged_part_way_is_a_spec_error(tmp_path: Path) -> None:
+    path = tmp_path / "spec.parquet"
+    table = pa.table({"custom_id": [f"r{i}" for i in range(30)], "body": [json.dumps(BODY)] * 30})
+    pq.write_table(table, path, row_group_size=10)
+    offset = pq.read_metadata(path).row_group(2).column(1).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 40] = b"\xff" * 40
+    path.write_bytes(bytes(data))
+    seen = 0
+    with pytest.raises(SpecError, match="damaged after row 20"):
+        for batch in read_spec(path, batch_size=5):
+            seen += len(batch)
+    assert seen == 20
+
+
 def test_format_by_extension_or_override(tmp_path: Path) -> None:
     for name in ["a.jsonl", "b.JSON", "c.ndjson", "d.txt"]:
         path = write(tmp_path, [line("x")], name)

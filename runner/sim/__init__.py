@@ -10,6 +10,5 @@ from runner.sim.server import Simulator
 
 __all__ = ["SimConfig", "Simulator", "sim_command"]
 
-for _name in __all__:
-    globals()[_name].__module__ = "runner.sim"
-del _name
+# Reprs and tracebacks name the public home, not the private module.
+SimConfig.__module__ = Simulator.__module__ = "runner.sim"

@@ -60,7 +60,7 @@ ENDPOINTS: dict[str, Endpoint] = {
 
 
 class SimulatedDrop(Exception):
-    """Raised after half a response so the server closes the connection mid-body."""
+    """Raised mid-response so that uvicorn closes the connection before the body ends."""
 
 
 class _DropFilter(logging.Filter):
@@ -168,11 +168,13 @@ class SimApp:
         label = endpoint.name if endpoint else "async-result" if poll_id else "unknown"
         ledger = self.state.ledger
         ledger.received(label)
-        status: int | None = 500
+        status: int | None = None  # stays None for drops and cancellation at shutdown
         try:
             status = await self._api(scope, receive, send, endpoint, poll_id)
         except SimulatedDrop:
-            status = None
+            raise
+        except Exception:
+            status = 500  # a bug in the simulator: uvicorn answers 500
             raise
         finally:
             ledger.finished(status)

@@ -35,7 +35,7 @@ class SimConfig:
     model_limits: dict[str, int] = field(default_factory=dict)
     # None accepts any non-empty bearer; otherwise only these keys, each with an optional
     # per-key limit that overrides the model and default limits.
-    keys: dict[str, int | None] | None = None
+    keys: dict[str, int | None] | None = field(default=None, repr=False)  # secrets: no repr
     # Requests per minute per key (sliding 60 s window); None means unlimited.
     rpm_limit: int | None = None
     # Probabilities per request of each random fault (drawn from a seeded RNG).

@@ -217,6 +217,14 @@ class Completion:
     reasoning_tokens: int
 
 
+def _bound(schema: dict[str, Any], name: str, default: float) -> float:
+    """A numeric schema keyword, or ``default`` when it is absent or not a sane number."""
+    value = schema.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or abs(value) > 1e12:
+        return default
+    return float(value)
+
+
 def _sample(schema: Any, rng: random.Random, depth: int = 0) -> Any:
     """A value that fits a (simple) JSON Schema: enough to give tool calls real arguments."""
     if not isinstance(schema, dict) or depth > 8:
@@ -239,14 +247,15 @@ def _sample(schema: Any, rng: random.Random, depth: int = 0) -> Any:
             return {}
         return {str(k): _sample(v, rng, depth + 1) for k, v in props.items()}
     if kind == "array":
-        size = max(1, int(schema.get("minItems", 1) or 1))
-        return [_sample(schema.get("items"), rng, depth + 1) for _ in range(min(size, 3))]
+        size = min(3, max(1, int(_bound(schema, "minItems", 1))))
+        return [_sample(schema.get("items"), rng, depth + 1) for _ in range(size)]
     if kind == "integer":
-        low = int(schema.get("minimum", 0))
-        return low + rng.randrange(max(1, int(schema.get("maximum", low + 100)) - low + 1))
+        low = math.ceil(_bound(schema, "minimum", 0))
+        high = max(low, math.floor(_bound(schema, "maximum", low + 100)))
+        return rng.randint(low, high)
     if kind == "number":
-        floor = float(schema.get("minimum", 0.0))
-        ceiling = float(schema.get("maximum", floor + 100.0))
+        floor = _bound(schema, "minimum", 0.0)
+        ceiling = max(floor, _bound(schema, "maximum", floor + 100.0))
         return round(floor + rng.random() * (ceiling - floor), 3)
     if kind == "boolean":
         return rng.random() < 0.5

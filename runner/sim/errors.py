@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import orjson
 
-__all__ = ["CODES", "ApiError", "error_body", "status_for"]
+__all__ = ["CODES", "ApiError", "error_body"]
 
 # code -> (HTTP status, message). Messages are the English platform wording where known.
 CODES: dict[int, tuple[int, str]] = {
@@ -64,12 +64,6 @@ class ApiError(Exception):
         self.status = status if status is not None else (known[0] if known else 400)
         self.message = message if message is not None else (known[1] if known else "Error")
         super().__init__(f"{self.status} {code}: {self.message}")
-
-
-def status_for(code: int) -> int:
-    """The HTTP status the platform pairs with a business code (400 when undocumented)."""
-    known = CODES.get(code)
-    return known[0] if known else 400
 
 
 @lru_cache(maxsize=512)

@@ -19,7 +19,7 @@ from runner.sim.config import SimConfig, key_id
 from runner.sim.errors import ApiError
 from runner.sim.ledger import Ledger
 
-__all__ = ["Gate", "Markers", "read_markers"]
+__all__ = ["NO_MARKERS", "Gate", "Markers", "read_markers"]
 
 _MARKER_RE = re.compile(r"\[\[sim:([A-Za-z0-9_-]+)\]\]")
 _RPM_WINDOW = 60.0

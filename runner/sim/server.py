@@ -173,6 +173,12 @@ class Simulator:
         assert self._server is not None and self._group is not None
         self._server.should_exit = True
         self._server.wake.set()
+        if exc_type is not None and issubclass(exc_type, Exception):
+            # An error in the caller's block: let the server stop gracefully, then let
+            # the caller's exception propagate as itself, not wrapped in an ExceptionGroup.
+            await self._group.__aexit__(None, None, None)
+            return None
+        # Success or cancellation: the task group handles it the usual way.
         return await self._group.__aexit__(exc_type, exc, tb)
 
     async def serve_forever(self) -> None:

@@ -60,7 +60,9 @@ def inspect_web_search(body: dict[str, Any]) -> Inspected:
     engine = required_text(body, "search_engine")
     query = required_text(body, "search_query")
     count = body.get("count")
-    if count is not None and (isinstance(count, bool) or count not in range(1, 51)):
+    if count is not None and (
+        isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 50
+    ):
         raise ApiError(1214, "count must be an integer in [1, 50]")
     return Inspected(engine, with_markers(query))
 
