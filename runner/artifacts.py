@@ -197,11 +197,20 @@ class Downloader:
         # `sleep(n)` waits before the n-th retry of a failed download (the caller's backoff,
         # which also notices a stopping job).
         self._sleep = sleep
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            follow_redirects=True,
-            limits=httpx.Limits(max_connections=max(1, concurrency)),
-        )
+        self._timeout = timeout
+        self._concurrency = concurrency
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        # Built on first download: its TLS context costs milliseconds a chat-only job needn't pay.
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self._timeout, connect=10.0),
+                follow_redirects=True,
+                limits=httpx.Limits(max_connections=max(1, self._concurrency)),
+            )
+        return self._client
 
     def prepare(self) -> None:
         """Create the folder and remove temp files a killed run left behind."""
@@ -210,7 +219,8 @@ class Downloader:
             stale.unlink(missing_ok=True)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     async def fetch(
         self,

@@ -10,6 +10,7 @@ Exit codes (the contract scripts rely on):
 from __future__ import annotations
 
 import json
+import os
 import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -18,11 +19,14 @@ from typing import Any
 import anyio
 import click
 
-from .cost import NANO, format_cost
+from .batch import batch_summary
+from .cost import NANO, format_cost, load_prices
 from .errors import CheckpointError, RunnerError, UsageError, redact
+from .estimate import DEFAULT_OUTPUT_TOKENS, estimate_spec, render, transport_tokenizer
 from .export import write_results_jsonl, write_results_parquet
+from .http import make_transport
 from .job import EXIT_STOPPED, EXIT_USAGE, checkpoint_path, run_job
-from .providers import PROVIDERS
+from .providers import PROVIDERS, PROVIDERS_ENV, get_provider
 from .settings import Settings, load_job_file
 from .spec import SpecDefaults, SpecError, validate_spec
 from .store import Store
@@ -86,7 +90,14 @@ def cli() -> None:
 @cli.command()
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "-o", type=PathArg, help="Output folder (checkpoint and results).")
-@click.option("--provider", type=click.Choice(list(PROVIDERS)), help="Default: zai.")
+@click.option("--provider", help=f"{', '.join(PROVIDERS)}, or one from --providers (default: zai).")
+@click.option(
+    "--providers",
+    "providers_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar=PROVIDERS_ENV,
+    help=f"TOML file of extra providers (or ${PROVIDERS_ENV}).",
+)
 @click.option("--base-url", help="Override the provider's base URL.")
 @click.option("--model", help="Model for rows whose body names none.")
 @click.option("--endpoint", help="Endpoint for short rows, e.g. chat/completions.")
@@ -101,6 +112,20 @@ def cli() -> None:
 @click.option("--transport", type=click.Choice(["fast", "httpx"]), help="HTTP transport.")
 @click.option("--timeout", type=float, help="Seconds to wait for one answer (default 300).")
 @click.option("--no-download", is_flag=True, default=None, help="Don't download artifacts.")
+@click.option(
+    "--mode",
+    type=click.Choice(["online", "batch"]),
+    help="online (default) or batch: the provider's Batch API at half price, within 24 h.",
+)
+@click.option(
+    "--retry-failed-online",
+    is_flag=True,
+    default=None,
+    help="Batch mode: afterwards send rows the batches did not finish through online mode.",
+)
+@click.option("--batch-lines", type=click.IntRange(min=1), help="Most lines per batch file.")
+@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute per model.")
+@click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute per model.")
 def run(spec: Path, **opts: Any) -> None:
     """Run SPEC (JSONL, Parquet, or a .toml job file); run again to resume."""
     values: dict[str, Any] = {}
@@ -125,6 +150,12 @@ def run(spec: Path, **opts: Any) -> None:
         "transport",
         "strict",
         "force",
+        "providers_file",
+        "mode",
+        "retry_failed_online",
+        "batch_lines",
+        "rpm",
+        "tpm",
     ):
         if opts.get(name) is not None:
             values[name] = opts[name]
@@ -201,20 +232,24 @@ def _status_json(summary: dict[str, Any], currency: str) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(out: Path, as_json: bool) -> None:
     """Counts, cost and errors of the job in OUT."""
-    from .cost import load_prices
-    from .providers import get_provider
-
     try:
         store = Store(checkpoint_path(out), create=False)
     except CheckpointError as exc:
         raise click.UsageError(str(exc)) from exc
     try:
         summary = store.summary()
+        batches = batch_summary(store)
     finally:
         store.close()
     provider = summary["settings"].get("provider", "zai")
-    currency = load_prices(get_provider(provider).price_table).currency
+    providers_file = summary["settings"].get("providers_file")
+    try:
+        info = get_provider(provider, Path(providers_file) if providers_file else None)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
+    currency = load_prices(info.price_table).currency
     data = _status_json(summary, currency)
+    data["batches"] = batches
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -231,6 +266,14 @@ def status(out: Path, as_json: bool) -> None:
             f"{format_cost(m['cost_nano'], currency)}"
             + (f" ({m['unpriced']} rows with no price)" if m["unpriced"] else "")
         )
+    if data["batches"]:
+        click.echo("batches:")
+        for b in data["batches"]:
+            click.echo(
+                f"  file {b['key']}: {b['lines']} rows of {b['model']}, {b['state']}"
+                + (f", batch {b['batch_id']} {b['status']}" if b["batch_id"] else "")
+                + (f" ({b['message']})" if b["message"] else "")
+            )
     if data["errors"]:
         click.echo("errors:")
         for e in data["errors"]:
@@ -271,6 +314,71 @@ def validate(spec: Path, model: str | None, endpoint: str | None, as_json: bool)
     else:
         click.echo(report.render())
     sys.exit(EXIT_USAGE if report.invalid else 0)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", help="Model for rows whose body names none.")
+@click.option("--endpoint", help="Endpoint for short rows.")
+@click.option("--price-as", help="Price every row as this model (what-if).")
+@click.option("--provider", help="Price table and tokenizer of this provider (default: zai).")
+@click.option(
+    "--providers",
+    "providers_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar=PROVIDERS_ENV,
+    help="TOML file of extra providers.",
+)
+@click.option("--base-url", help="Where the tokenizer is (with --use-tokenizer).")
+@click.option(
+    "--use-tokenizer",
+    is_flag=True,
+    help="Count chat prompts with the provider's tokenizer endpoint (not billed; needs a key).",
+)
+@click.option("--prices", type=click.Path(exists=True, path_type=Path), help="Price table.")
+@click.option(
+    "--output-tokens",
+    type=click.IntRange(min=0),
+    default=DEFAULT_OUTPUT_TOKENS,
+    show_default=True,
+    help="Output tokens assumed for rows without max_tokens.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def estimate(spec: Path, **opts: Any) -> None:
+    """Estimate what SPEC costs online and in batch mode; nothing billable is sent."""
+    try:
+        info = get_provider(opts["provider"] or "zai", opts["providers_file"])
+        prices = load_prices(info.price_table, opts["prices"])
+        defaults = SpecDefaults(endpoint=opts["endpoint"], model=opts["model"])
+        est = _run_async(_estimate, spec, defaults, prices, info, opts)
+    except (UsageError, SpecError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if opts["as_json"]:
+        click.echo(json.dumps(est.to_json(), indent=2))
+    else:
+        click.echo(render(est))
+
+
+async def _estimate(
+    spec: Path, defaults: SpecDefaults, prices: Any, info: Any, opts: dict[str, Any]
+) -> Any:
+    kw = {"output_tokens": opts["output_tokens"], "price_as": opts["price_as"]}
+    if not opts["use_tokenizer"]:
+        return await estimate_spec(spec, defaults, prices, **kw)
+    base = opts["base_url"] or info.base_url
+    key = os.environ.get(info.key_env, "")
+    if not base or not key:
+        raise UsageError(
+            f"--use-tokenizer needs a base URL (--base-url) and a key in {info.key_env}"
+        )
+    transport = make_transport("httpx", base, key, dict(info.extra_headers))
+    try:
+        return await estimate_spec(
+            spec, defaults, prices, tokenizer=transport_tokenizer(transport), **kw
+        )
+    finally:
+        await transport.aclose()
 
 
 def _register_sim() -> None:

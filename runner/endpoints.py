@@ -22,7 +22,15 @@ from .errors import (
 )
 from .http import Response
 
-__all__ = ["Parsed", "parse_retry_after", "parse_success", "raise_for_answer"]
+__all__ = [
+    "Parsed",
+    "error_fields",
+    "error_shape_of",
+    "parse_retry_after",
+    "parse_success",
+    "raise_for_answer",
+    "usage_of",
+]
 
 # finish_reason values that arrive with HTTP 200 but mean the row did not get an answer.
 _ROW_FAIL_FINISH = {
@@ -57,7 +65,7 @@ def parse_retry_after(resp: Response) -> float | None:
         return None  # an HTTP date: rare for APIs; fall back to our own backoff
 
 
-def _error_fields(body: Any) -> tuple[str | None, str]:
+def error_fields(body: Any) -> tuple[str | None, str]:
     if not isinstance(body, dict):
         return None, ""
     err = body.get("error", body)
@@ -68,13 +76,31 @@ def _error_fields(body: Any) -> tuple[str | None, str]:
     return (None if code is None else str(code)), str(msg)
 
 
+def error_shape_of(body: Any, declared: str | None) -> str:
+    """The code table for an error body: the provider's, else guessed from the body.
+
+    Only SiliconFlow sends a flat body with a `data` key ({"code":20012,"message":..,
+    "data":null}); Zhipu's flat form has no `data`. The guess covers callers that do not
+    pass the provider's shape.
+    """
+    if declared:
+        return declared
+    if isinstance(body, dict) and "error" not in body and "data" in body and "code" in body:
+        return "siliconflow"
+    return "zhipu"
+
+
 def raise_for_answer(
-    resp: Response, *, balance_statuses: frozenset[int] = frozenset(), provider: str = ""
+    resp: Response,
+    *,
+    balance_statuses: frozenset[int] = frozenset(),
+    provider: str = "",
+    error_shape: str | None = None,
 ) -> dict[str, Any]:
     """Return the decoded body of a success; raise the right error for anything else.
 
     A 200 whose body carries an `error` object is an error too (Zhipu sends 1305 that way
-    mid-stream, API-NOTES 3.7).
+    mid-stream, API-NOTES 3.7). `error_shape` is the provider's (`Provider.error_shape`).
     """
     body: Any
     try:
@@ -87,10 +113,15 @@ def raise_for_answer(
         raise RetryableError(
             "the server answered 200 with a body that is not JSON", status=200, code=None
         )
-    code, message = _error_fields(body)
+    code, message = error_fields(body)
     if not message:
         message = resp.body[:300].decode("utf-8", "replace").strip() or f"HTTP {resp.status}"
-    verdict = classify(resp.status, code, balance_statuses=balance_statuses)
+    verdict = classify(
+        resp.status,
+        code,
+        balance_statuses=balance_statuses,
+        shape=error_shape_of(body, error_shape),
+    )
     text = f"{message} (HTTP {resp.status}" + (f", code {code})" if code else ")")
     if verdict is Verdict.STOP_JOB:
         raise FatalAPIError(text, code=code, status=resp.status)

@@ -130,24 +130,65 @@ _ADVICE = {
 }
 
 
+# SiliconFlow's flat numeric codes (API-NOTES 9). Only the documented one is listed; every
+# other answer is classified by its HTTP status (403 = balance via balance_statuses).
+# 20012 "model does not exist" fails the row (simple version: a systematic misconfiguration
+# then fails every row of that model, cheaply, since a 400 is not billed).
+_SILICONFLOW_CODES: dict[int | str, Verdict] = {20012: Verdict.FAIL_ROW}
+# OpenAI-style string codes: insufficient_quota arrives as HTTP 429 but means "out of money",
+# the same trap as Zhipu's 1113.
+_OPENAI_CODES: dict[int | str, Verdict] = {
+    "insufficient_quota": Verdict.STOP_JOB,
+    "invalid_api_key": Verdict.STOP_JOB,
+    "account_deactivated": Verdict.STOP_JOB,
+    "billing_hard_limit_reached": Verdict.STOP_JOB,
+    "rate_limit_exceeded": Verdict.RATE_LIMIT,
+    "model_not_found": Verdict.FAIL_ROW,
+    "context_length_exceeded": Verdict.FAIL_ROW,
+    "invalid_request_error": Verdict.FAIL_ROW,
+}
+_TABLES = {"siliconflow": _SILICONFLOW_CODES, "openai": _OPENAI_CODES}
+
+
+def _zhipu_code(icode: int) -> Verdict | None:
+    if icode in _STOP_CODES:
+        return Verdict.STOP_JOB
+    if icode in _RATE_LIMIT_CODES:
+        return Verdict.RATE_LIMIT
+    if icode in _RETRY_CODES:
+        return Verdict.RETRY
+    if icode in _ROW_CODES:
+        return Verdict.FAIL_ROW
+    return None
+
+
 def classify(
-    status: int, code: str | None, *, balance_statuses: frozenset[int] = frozenset()
+    status: int,
+    code: str | None,
+    *,
+    balance_statuses: frozenset[int] = frozenset(),
+    shape: str = "zhipu",
 ) -> Verdict:
-    """Decide what a non-success answer means: business code first, HTTP status second."""
-    icode: int | None
-    try:
-        icode = int(code) if code is not None else None
-    except ValueError:
-        icode = None
-    if icode is not None:
-        if icode in _STOP_CODES:
-            return Verdict.STOP_JOB
-        if icode in _RATE_LIMIT_CODES:
-            return Verdict.RATE_LIMIT
-        if icode in _RETRY_CODES:
-            return Verdict.RETRY
-        if icode in _ROW_CODES:
-            return Verdict.FAIL_ROW
+    """Decide what a non-success answer means: business code first, HTTP status second.
+
+    `shape` is the provider's error shape and picks the code table: a SiliconFlow code is
+    never read as a Zhipu one (their numbers could collide; only Zhipu's mean 1113 etc.).
+    """
+    verdict: Verdict | None = None
+    if code is not None:
+        if shape == "zhipu":
+            try:
+                verdict = _zhipu_code(int(code))
+            except ValueError:
+                verdict = None
+        else:
+            table = _TABLES.get(shape, {})
+            try:
+                verdict = table.get(int(code))
+            except ValueError:
+                verdict = table.get(code)
+    if verdict is not None:
+        return verdict
     if status in balance_statuses:
         return Verdict.STOP_JOB
     if status == 401:

@@ -5,6 +5,8 @@ Both stream the store in chunks, so exporting a million rows holds one chunk in 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .cost import NANO
+from .errors import CheckpointError
 from .store import Store
 
 __all__ = ["RESULT_SCHEMA", "write_results_jsonl", "write_results_parquet"]
@@ -48,30 +51,42 @@ RESULT_SCHEMA = pa.schema(
 )
 
 
-def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    cols: dict[str, list[Any]] = {name: [] for name in RESULT_SCHEMA.names}
-    for r in rows:
-        for name in RESULT_SCHEMA.names:
-            if name == "cost":
-                v = r.get("cost_nano")
-                cols[name].append(None if v is None else v / NANO)
-            elif name in ("started_at", "finished_at"):
-                v = r.get(name)
-                cols[name].append(None if v is None else int(v * 1000))
-            else:
-                cols[name].append(r.get(name))
-    return cols
+_STORED = [n for n in RESULT_SCHEMA.names if n != "cost"]
+
+
+def _table(chunk: list[tuple[Any, ...]]) -> pa.Table:
+    cols = dict(zip(_STORED, (list(c) for c in zip(*chunk, strict=True)), strict=True))
+    cols["cost"] = [None if v is None else v / NANO for v in cols["cost_nano"]]
+    for name in ("started_at", "finished_at"):
+        cols[name] = [None if v is None else int(v * 1000) for v in cols[name]]
+    return pa.table(cols, schema=RESULT_SCHEMA)
+
+
+@contextlib.contextmanager
+def _results_file(path: Path, tmp: Path) -> Iterator[None]:
+    """A failed write (disk full, read-only, a folder in the way) becomes a CheckpointError
+    that says the results are safe, instead of a traceback; no temp file is left behind."""
+    try:
+        yield
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"cannot write {path}: {exc}. Every result is safe in the checkpoint: fix the "
+            "cause, then export again (`runner export OUT -o FILE`) or run the job again."
+        ) from exc
 
 
 def write_results_parquet(store: Store, path: Path) -> int:
     """Write every stored row to Parquet atomically (temp file, then rename)."""
     tmp = path.with_suffix(".parquet.tmp")
     n = 0
-    with pq.ParquetWriter(tmp, RESULT_SCHEMA) as writer:
-        for chunk in store.iter_rows():
-            writer.write_table(pa.table(_columns(chunk), schema=RESULT_SCHEMA))
-            n += len(chunk)
-    tmp.replace(path)
+    with _results_file(path, tmp):
+        with pq.ParquetWriter(tmp, RESULT_SCHEMA) as writer:
+            for chunk in store.iter_columns(_STORED):
+                writer.write_table(_table(chunk))
+                n += len(chunk)
+        tmp.replace(path)
     return n
 
 
@@ -102,12 +117,13 @@ def batch_line(row: dict[str, Any]) -> dict[str, Any]:
 def write_results_jsonl(store: Store, path: Path) -> int:
     tmp = path.with_suffix(path.suffix + ".tmp")
     n = 0
-    with tmp.open("wb") as f:
-        for chunk in store.iter_rows():
-            for row in chunk:
-                if row["status"] not in ("succeeded", "failed"):
-                    continue
-                f.write(orjson.dumps(batch_line(row)) + b"\n")
-                n += 1
-    tmp.replace(path)
+    with _results_file(path, tmp):
+        with tmp.open("wb") as f:
+            for chunk in store.iter_rows():
+                for row in chunk:
+                    if row["status"] not in ("succeeded", "failed"):
+                        continue
+                    f.write(orjson.dumps(batch_line(row)) + b"\n")
+                    n += 1
+        tmp.replace(path)
     return n

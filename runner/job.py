@@ -160,19 +160,31 @@ async def _writer(
 
     async with results:
         try:
-            deadline = time.monotonic() + settings.commit_interval
+            last = time.monotonic()
             while True:
-                timeout = max(0.0, deadline - time.monotonic())
-                with anyio.move_on_after(timeout):
-                    try:
-                        item = await results.receive()
-                    except anyio.EndOfStream:
-                        break
-                    batch.append(item)
+                # Take whatever is ready without waiting. Commit when the batch is full, or
+                # when the stream runs dry and the last commit is `commit_interval` old: few
+                # large transactions under load, prompt ones when results trickle in.
+                try:
+                    batch.append(results.receive_nowait())
                     if len(batch) < settings.commit_batch:
                         continue
+                except anyio.WouldBlock:
+                    if batch:
+                        wait = settings.commit_interval - (time.monotonic() - last)
+                        if wait > 0:
+                            await anyio.sleep(wait)
+                            continue
+                    else:
+                        try:
+                            batch.append(await results.receive())
+                        except anyio.EndOfStream:
+                            break
+                        continue
+                except anyio.EndOfStream:
+                    break
                 await flush()
-                deadline = time.monotonic() + settings.commit_interval
+                last = time.monotonic()
         finally:
             with anyio.CancelScope(shield=True):
                 await flush()
@@ -239,6 +251,12 @@ async def run_job(
         raise UsageError(f"cannot read spec {spec}: {exc}") from exc
     store = Store(checkpoint_path(settings.out))
     try:
+        if settings.mode not in ("online", "batch"):
+            raise UsageError(f"unknown mode {settings.mode!r}: use 'online' or 'batch'")
+        if settings.mode == "batch":
+            from .batch import run_batch
+
+            return await run_batch(settings, store, fingerprint, total, handle_signals, grace)
         return await _run(settings, store, fingerprint, total, handle_signals, grace)
     finally:
         store.close()
@@ -265,6 +283,10 @@ async def _run(
         seq = int(row["seq"])
         if seq < total:
             already -= row["status"] == "failed"  # reopened: it will be counted when done
+            done[seq >> 3] |= 1 << (seq & 7)
+    # Rows a server-side batch may still answer (and bill) are not sent online.
+    for seq in store.open_batch_seqs():
+        if seq < total:
             done[seq >> 3] |= 1 << (seq & 7)
     counters = Counters(total=total, already_done=already, currency=prices.currency)
     control = Control()

@@ -1,9 +1,16 @@
 """The account tier as a limiter that gives way under 429s and grows back after them.
 
-Additive-increase / multiplicative-decrease on an anyio CapacityLimiter, whose
-`total_tokens` can be changed while borrowers hold tokens: lowering it makes new
-acquisitions wait, raising it wakes waiters. One cut per cool-down window, because the
-429s of one burst all describe the same overload and must not compound into a collapse.
+An anyio CapacityLimiter whose `total_tokens` is adjusted once per window of answers
+(at least half a second and a round of `current` answers): lowering it makes new
+acquisitions wait, raising it wakes waiters. Decisions look at the *fraction* of 429s in
+the window, not at single 429s, because the two kinds mean different things:
+
+- 1302 (or a bare 429) says we are over the account's concurrency: shrink in proportion
+  to the overshoot and remember the level, so growth past it is slow (one slot a window).
+- 1303 / 1305 / 1312 say the platform is busy: a few percent is noise that must not cost
+  throughput; a storm (over 15 %) shrinks the limit, to half the cap at most, since
+  random refusals don't stop when we slow down; a quieter window grows it back by a
+  twentieth of the cap, so recovery after a storm takes seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -14,25 +21,29 @@ import anyio
 
 __all__ = ["AdaptiveLimiter"]
 
+_STORM = 0.15  # busy-platform 429s above this fraction shrink the limit
+_QUIET = 0.08  # and below this fraction let it grow
+
 
 class AdaptiveLimiter:
-    def __init__(
-        self,
-        cap: int,
-        *,
-        decrease: float = 0.75,
-        cooldown: float = 1.0,
-        floor: int = 1,
-    ) -> None:
+    def __init__(self, cap: int, *, window: float = 0.5, floor: int = 1) -> None:
         self.cap = max(1, cap)
         self.limiter = anyio.CapacityLimiter(self.cap)
-        self._decrease = decrease
-        self._cooldown = cooldown
+        self._window = window
         self._floor = max(1, min(floor, self.cap))
-        self._step = max(1, self.cap // 50)
-        self._last_cut = -1e9
-        self._ok_since_change = 0
+        self._step = max(1, self.cap // 20)
+        self._ceiling: int | None = None  # where 1302s started, if they did
+        self._ceiling_at = 0.0
+        self._reset(time.monotonic())
         self.cuts = 0
+        # A moving average of successful requests' latency (capped at 5 s).
+        self.typical_latency = 0.0
+
+    def _reset(self, now: float) -> None:
+        self._start = now
+        self._ok = 0
+        self._busy = 0
+        self._over = 0
 
     @property
     def current(self) -> int:
@@ -42,23 +53,46 @@ class AdaptiveLimiter:
     def borrowed(self) -> int:
         return int(self.limiter.borrowed_tokens)
 
-    def rate_limited(self) -> None:
-        now = time.monotonic()
-        if now - self._last_cut < self._cooldown:
-            return
-        new = max(self._floor, int(self.current * self._decrease))
-        if new < self.current:
-            self.limiter.total_tokens = new
-            self.cuts += 1
-        self._last_cut = now
-        self._ok_since_change = 0
+    def rate_limited(self, over_limit: bool = True) -> bool:
+        """Note a 429 (`over_limit`: 1302 / bare 429); True when the limit changed."""
+        if over_limit:
+            self._over += 1
+        else:
+            self._busy += 1
+        return self._maybe_adjust()
 
-    def succeeded(self) -> None:
+    def succeeded(self, latency: float = 0.0) -> bool:
+        """Note a success and its latency; True when the limit changed."""
+        self._ok += 1
+        self.typical_latency += (min(latency, 5.0) - self.typical_latency) * 0.05
+        if self._ok < self.current:  # cheap exit on the hot path
+            return False
+        return self._maybe_adjust()
+
+    def _maybe_adjust(self) -> bool:
+        now = time.monotonic()
+        answers = self._ok + self._busy + self._over
+        if now - self._start < self._window or answers < min(20, self.current):
+            return False
         current = self.current
-        if current >= self.cap:
-            return
-        self._ok_since_change += 1
-        # One step per window of `current` successes: roughly one step per round trip.
-        if self._ok_since_change >= current and time.monotonic() - self._last_cut >= self._cooldown:
-            self.limiter.total_tokens = min(self.cap, current + self._step)
-            self._ok_since_change = 0
+        over, busy = self._over / answers, self._busy / answers
+        new = current
+        if self._over:
+            self._ceiling, self._ceiling_at = current, now
+            new = int(current * (1 - over / 2))
+        elif busy > _STORM:
+            # Random platform 429s don't fall as we shrink: never give up more than half.
+            new = max(self.cap // 2, int(current * (1 - busy / 2)))
+        elif busy < _QUIET:
+            # Probe past a known ceiling one slot at a time; forget it after a minute.
+            ceiling = self._ceiling if now - self._ceiling_at < 60 else None
+            step = 1 if ceiling is not None and current >= ceiling - 1 else self._step
+            new = current + step
+        self._reset(now)
+        new = max(self._floor, min(self.cap, new))
+        if new == current:
+            return False
+        if new < current:
+            self.cuts += 1
+        self.limiter.total_tokens = new
+        return True

@@ -32,9 +32,11 @@ from .errors import (
     RetryableError,
     RowError,
 )
-from .http import ConnectionDropped, Transport
+from .http import ConnectionDropped, ResponseTimeout, Transport
 from .limits import AdaptiveLimiter
 from .progress import Counters
+from .providers import Provider
+from .ratelimit import RateLimits, estimate_tokens
 from .retry import build_retrying
 from .settings import Settings
 from .spec import ASYNC_ENDPOINTS, Request
@@ -167,6 +169,14 @@ class Lanes:
     task_group: TaskGroup
     submit_task: Callable[..., Any] | None = None
     lanes: dict[str, Lane] = field(default_factory=dict)
+    rate: RateLimits | None = None
+    provider: Provider = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.rate is None:
+            self.rate = RateLimits.from_settings(self.settings)  # None without --rpm/--tpm
+        # Resolved once: a user's providers file must not be re-read per request.
+        self.provider = self.settings.provider_info
 
     def _lane(self, model: str) -> Lane:
         lane = self.lanes.get(model)
@@ -185,7 +195,11 @@ class Lanes:
         return lane
 
     async def feed(self, req: Request) -> None:
-        await self._lane(req.model).send.send(req)
+        send = self._lane(req.model).send
+        try:
+            send.send_nowait(req)
+        except anyio.WouldBlock:
+            await send.send(req)
 
     def close(self) -> None:
         for lane in self.lanes.values():
@@ -199,7 +213,18 @@ class Lanes:
         results: MemoryObjectSendStream[Outcome],
     ) -> None:
         async with rows, results:
-            async for req in rows:
+            while True:
+                # The non-blocking receive first: anyio's receive() yields to the loop even
+                # when a row is ready, and at thousands of rows per second that shows.
+                try:
+                    req = rows.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        req = await rows.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 if self.control.reason is not None:
                     continue  # stopping: leave the row pending for the resume
                 if req.endpoint in ASYNC_ENDPOINTS and self.submit_task is not None:
@@ -207,7 +232,10 @@ class Lanes:
                     continue
                 out = await self._run_row(req, lane)
                 if out is not None:
-                    await results.send(out)
+                    try:
+                        results.send_nowait(out)
+                    except anyio.WouldBlock:
+                        await results.send(out)
 
     def worst_cost(self, req: Request, body: bytes) -> int:
         price = self.prices.price(req.model)
@@ -238,37 +266,59 @@ class Lanes:
         self, lane: Lane, path: str, body: bytes, endpoint: str
     ) -> tuple[int, bytes, dict[str, Any]]:
         """One attempt: hold a slot only while on the wire; map every failure to our tree."""
+        if self.rate is not None:
+            await self.rate.acquire(lane.model, estimate_tokens(body))
         limiter = lane.limiter
         counters = self.counters
-        async with limiter.limiter:
+        tokens = limiter.limiter
+        # acquire_nowait skips the two loop checkpoints of `async with` when a slot is free.
+        try:
+            tokens.acquire_nowait()
+        except anyio.WouldBlock:
+            await tokens.acquire()
+        try:
             if self.control.reason is not None:
                 raise _Abandoned  # the job stopped while this row waited for a slot
             counters.in_flight += 1
             if counters.in_flight > counters.peak_in_flight:
                 counters.peak_in_flight = counters.in_flight
             counters.sent += 1
+            started = time.monotonic()
             try:
-                with anyio.fail_after(self.settings.request_timeout):
-                    resp = await self.transport.request("POST", path, body)
-            except TimeoutError:
-                raise RetryableError(
-                    f"no answer within {self.settings.request_timeout:g}s", code="timeout"
-                ) from None
+                resp = await self.transport.request(
+                    "POST", path, body, self.settings.request_timeout
+                )
+            except ResponseTimeout as exc:
+                raise RetryableError(str(exc), code="timeout") from exc
             except ConnectionDropped as exc:
                 raise RetryableError(str(exc), code="connection") from exc
             finally:
                 counters.in_flight -= 1
-        try:
-            answer = raise_for_answer(
-                resp,
-                balance_statuses=self.settings.provider_info.balance_statuses,
-            )
-        except RateLimited:
-            counters.rate_limited += 1
-            limiter.rate_limited()
-            raise
-        limiter.succeeded()
+            try:
+                info = self.provider
+                answer = raise_for_answer(
+                    resp, balance_statuses=info.balance_statuses, error_shape=info.error_shape
+                )
+            except RateLimited as exc:
+                counters.rate_limited += 1
+                over = exc.code in (None, "1302", "429")
+                if limiter.rate_limited(over_limit=over):
+                    self._show_caps()
+                if over:
+                    # The platform answers 1302 at once, so a released slot would be
+                    # refused again within a millisecond; keep it for about one request's
+                    # time, as if the refused request had been served.
+                    await anyio.sleep(limiter.typical_latency)
+                raise
+            if limiter.succeeded(time.monotonic() - started):
+                self._show_caps()
+        finally:
+            tokens.release()
         return resp.status, resp.body, answer
+
+    def _show_caps(self) -> None:
+        """The progress line shows the effective caps, which move under 429s."""
+        self.counters.cap = sum(lane.limiter.current for lane in self.lanes.values())
 
     async def call_with_retry(
         self, lane: Lane, path: str, body: bytes, endpoint: str

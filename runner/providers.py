@@ -1,15 +1,46 @@
 """Providers as data: where to send, which key to read, how errors and limits look.
 
 A provider is a value, not a code path: Zhipu (China), Z.ai (international), SiliconFlow
-and any OpenAI-compatible endpoint differ only in these fields.
+and any OpenAI-compatible endpoint differ only in these fields. Users add their own in a
+TOML file named by `--providers FILE` or the `RUNNER_PROVIDERS` variable (never an implicit
+file in the home folder: a job's behaviour should be visible in its command or job file):
+
+    [providers.myhost]
+    extends = "openai"            # start from a shipped provider (optional)
+    base_url = "https://llm.example.com/v1"
+    key_env = "MYHOST_API_KEY"
+    error_shape = "openai"        # zhipu | siliconflow | openai: picks the code table
+    balance_statuses = [402]
+    rpm = 600                     # default request/token budgets per model
+    tpm = 200000
 """
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
-__all__ = ["PROVIDERS", "TIERS", "Provider", "get_provider", "tier_limit"]
+from .errors import UsageError
+
+__all__ = [
+    "ERROR_SHAPES",
+    "PROVIDERS",
+    "PROVIDERS_ENV",
+    "TIERS",
+    "Provider",
+    "get_provider",
+    "load_providers",
+    "provider_names",
+    "tier_limit",
+]
+
+PROVIDERS_ENV = "RUNNER_PROVIDERS"
+# Error body shapes, each with its own business-code table in `errors.classify`.
+ERROR_SHAPES = ("zhipu", "siliconflow", "openai")
 
 # Concurrency tiers (in-flight requests per model per account), API-NOTES section 7.
 # The GLM-4-Plus page gives 50/100/300/500 for V0..V3; text and embedding models share it.
@@ -48,8 +79,9 @@ class Provider:
     base_url: str
     key_env: str
     currency: str
-    # The error body the provider sends: "zhipu" ({"error":{"code":"1302",...}} or flat
-    # {"code":1302,...}) or "openai_flat" (SiliconFlow: {"code":20012,"message":..,"data":..}).
+    # The error body the provider sends, which also picks the business-code table:
+    # "zhipu" ({"error":{"code":"1302",...}} or flat {"code":1302,...}), "siliconflow"
+    # (flat {"code":20012,"message":..,"data":null}) or "openai" ({"error":{"code":"..."}}).
     error_shape: str = "zhipu"
     # HTTP statuses that mean "out of money" whatever the body says (SiliconFlow: 403).
     balance_statuses: frozenset[int] = frozenset()
@@ -58,6 +90,13 @@ class Provider:
     price_table: str = "zai"
     default_tier: str = "V0"
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    # How a Batch-API line names its endpoint: Zhipu "/v4/chat/completions", OpenAI-style
+    # providers "/v1/chat/completions" (API-NOTES 5.1, 9).
+    batch_url_prefix: str = "/v4/"
+    # Default requests / tokens per minute per model (None: the provider limits by
+    # concurrency only). --rpm / --tpm override them.
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 PROVIDERS: Mapping[str, Provider] = {
@@ -74,27 +113,100 @@ PROVIDERS: Mapping[str, Provider] = {
         "https://api.siliconflow.cn/v1",
         "SILICONFLOW_API_KEY",
         "USD",
-        error_shape="openai_flat",
+        error_shape="siliconflow",
         balance_statuses=frozenset({403}),
         async_tasks=False,
         price_table="siliconflow",
+        batch_url_prefix="/v1/",
     ),
     "openai": Provider(
         "openai",
         "",
         "OPENAI_API_KEY",
         "USD",
-        error_shape="openai_flat",
+        error_shape="openai",
         async_tasks=False,
         price_table="zai",
+        batch_url_prefix="/v1/",
     ),
     # The embedded simulator: Z.ai's shapes and prices, any non-empty key.
     "sim": Provider("sim", "", "ZAI_API_KEY", "USD"),
 }
 
 
-def get_provider(name: str) -> Provider:
+_FIELDS = {f.name for f in fields(Provider)}
+
+
+def _provider_from(name: str, raw: Mapping[str, Any], known: Mapping[str, Provider]) -> Provider:
+    where = f"provider {name!r}"
+    data = dict(raw)
+    base_name = data.pop("extends", None)
+    unknown = set(data) - _FIELDS
+    if unknown:
+        raise UsageError(
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"allowed: extends, {', '.join(sorted(_FIELDS - {'name'}))}"
+        )
+    data.pop("name", None)
+    if "balance_statuses" in data:
+        data["balance_statuses"] = frozenset(int(x) for x in data["balance_statuses"])
+    if "extra_headers" in data:
+        data["extra_headers"] = {str(k): str(v) for k, v in dict(data["extra_headers"]).items()}
+    shape = data.get("error_shape")
+    if shape is not None and shape not in ERROR_SHAPES:
+        raise UsageError(f"{where}: error_shape must be one of {', '.join(ERROR_SHAPES)}")
+    if base_name is not None:
+        base = known.get(str(base_name))
+        if base is None:
+            raise UsageError(f"{where}: extends unknown provider {base_name!r}")
+        return replace(base, name=name, **data)
+    missing = {"key_env", "currency"} - set(data)
+    if missing:
+        raise UsageError(
+            f"{where}: needs {', '.join(sorted(missing))} (or `extends` a shipped provider)"
+        )
+    data.setdefault("base_url", "")
     try:
-        return PROVIDERS[name]
+        return Provider(name=name, **data)
+    except TypeError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+
+
+@lru_cache(maxsize=8)
+def _load(path: str) -> Mapping[str, Provider]:
+    """Read once per process: `Settings.provider_info` is looked up on the hot path."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read providers file {path}: {exc}") from exc
+    table = raw.get("providers", raw)
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: expected [providers.NAME] tables")
+    out: dict[str, Provider] = dict(PROVIDERS)
+    for name, body in table.items():
+        if not isinstance(body, dict):
+            raise UsageError(f"{path}: providers.{name} must be a table")
+        try:
+            out[name] = _provider_from(name, body, out)
+        except UsageError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+    return out
+
+
+def load_providers(path: Path | None) -> Mapping[str, Provider]:
+    """The shipped providers, with the user's file (if any) laid over them."""
+    if path is None:
+        return PROVIDERS
+    return _load(str(path))
+
+
+def provider_names(path: Path | None = None) -> list[str]:
+    return list(load_providers(path))
+
+
+def get_provider(name: str, providers_file: Path | None = None) -> Provider:
+    table = PROVIDERS if providers_file is None else load_providers(providers_file)
+    try:
+        return table[name]
     except KeyError:
-        raise ValueError(f"unknown provider {name!r}: use one of {', '.join(PROVIDERS)}") from None
+        raise UsageError(f"unknown provider {name!r}: use one of {', '.join(table)}") from None

@@ -89,10 +89,22 @@ class Settings:
     # Rows whose results are committed in one SQLite transaction.
     commit_batch: int = 512
     commit_interval: float = 0.2
+    # "online" (the worker pool) or "batch" (the provider's server-side Batch API, half price).
+    mode: str = "online"
+    # Batch mode: afterwards, send rows the batches did not finish through the online pool.
+    retry_failed_online: bool = False
+    # Batch mode: most lines per uploaded file (the platform allows 50,000; 10,000 for
+    # embeddings); smaller files finish and merge sooner.
+    batch_lines: int = 50_000
+    # Requests / tokens per minute per model (SiliconFlow-style limits); None: the provider's.
+    rpm: int | None = None
+    tpm: int | None = None
+    # The user's providers file (TOML); see `providers.py`.
+    providers_file: Path | None = None
 
     @property
     def provider_info(self) -> Provider:
-        return get_provider(self.provider)
+        return get_provider(self.provider, self.providers_file)
 
     def cap_for(self, model: str) -> int:
         """The in-flight cap for one model: explicit per-model, then --concurrency, then tier."""
@@ -126,8 +138,9 @@ class Settings:
         kw["out"] = Path(kw["out"])
         if kw.get("max_cost") is not None:
             kw["max_cost"] = Decimal(kw["max_cost"])
-        if kw.get("prices"):
-            kw["prices"] = Path(kw["prices"])
+        for name in ("prices", "providers_file"):
+            if kw.get(name):
+                kw[name] = Path(kw[name])
         kw["retry"] = RetryConfig(**kw.get("retry", {}))
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in kw.items() if k in known}
@@ -172,6 +185,12 @@ def load_job_file(path: Path) -> dict[str, Any]:
         "request_timeout",
         "download",
         "task_max_age",
+        "mode",
+        "retry_failed_online",
+        "batch_lines",
+        "rpm",
+        "tpm",
+        "providers",
     }
     unknown = set(data) - allowed
     if unknown:
@@ -179,8 +198,10 @@ def load_job_file(path: Path) -> dict[str, Any]:
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
             f"allowed: {', '.join(sorted(allowed))}"
         )
-    for key in ("spec", "out", "prices"):
+    for key in ("spec", "out", "prices", "providers"):
         if key in data:
             p = Path(data[key])
             data[key] = p if p.is_absolute() else (path.parent / p)
+    if "providers" in data:
+        data["providers_file"] = data.pop("providers")
     return data

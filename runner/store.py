@@ -10,6 +10,8 @@ thousands of rows per second.
 
 from __future__ import annotations
 
+import operator
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,12 +23,38 @@ import sqlite_utils
 
 from .errors import CheckpointError
 
-__all__ = ["COLUMNS", "REOPEN_CODES", "TERMINAL", "Store"]
+__all__ = ["BATCH_COLUMNS", "COLUMNS", "REOPEN_CODES", "TERMINAL", "Store"]
 
 TERMINAL = ("succeeded", "failed")
 # Failed async rows that a resume polls again (never resubmits): the task outlived
 # task_max_age, or its files could not be downloaded.
 REOPEN_CODES = ("task_timeout", "download_failed")
+
+# One row per batch file (batch mode); `state` is the runner's step, `status` the platform's.
+BATCH_COLUMNS: dict[str, type] = {
+    "key": int,
+    "endpoint": str,
+    "model": str,
+    "path": str,
+    "lines": int,
+    "bytes": int,
+    "worst_nano": int,
+    "state": str,
+    "file_id": str,
+    "batch_id": str,
+    "status": str,
+    "output_file_id": str,
+    "error_file_id": str,
+    "request_counts": str,
+    "message": str,
+    "created_at": float,
+    "updated_at": float,
+}
+_OPEN_BATCH_SQL = (
+    "SELECT {cols} FROM batch_rows b JOIN batches k ON k.key = b.key "
+    "LEFT JOIN rows r ON r.seq = b.seq "
+    "WHERE k.state != 'merged' AND (r.status IS NULL OR r.status NOT IN ('succeeded', 'failed'))"
+)
 
 # Column order of the rows table; every outcome dict carries these keys.
 COLUMNS: dict[str, type] = {
@@ -59,6 +87,33 @@ COLUMNS: dict[str, type] = {
 }
 
 
+def _advice(exc: sqlite3.DatabaseError, path: Path) -> str:
+    """What to do about a checkpoint SQLite refused, by what it said.
+
+    The advice differs on purpose: moving a checkpoint away re-sends (and re-bills) every
+    finished row, so it is offered only for a corrupt file, never for a locked or
+    read-only one, which is healthy and only needs the other process or the mount fixed.
+    """
+    text = str(exc).lower()
+    if "unable to open" in text and path.parent.is_dir() and not os.access(path.parent, os.W_OK):
+        text = "read-only"  # a WAL checkpoint can't even be opened without its -shm file
+    if "locked" in text or "busy" in text:
+        return (
+            "Another process holds it (a second `runner run` or `resume` on this folder, or an "
+            "open sqlite3 transaction): stop that process, then run again. Nothing is lost."
+        )
+    if "readonly" in text or "read-only" in text:
+        return "The folder or file is read-only: make it writable, then run again."
+    if "full" in text:
+        return "The disk is full: free some space, then run again. Nothing committed is lost."
+    if "not a database" in text or "malformed" in text:
+        return (
+            "The file is corrupt: move it (with its -wal and -shm files) away and run again; "
+            "finished rows in it would be sent again."
+        )
+    return "Check that it is a writable file (not a folder) on a working disk, then run again."
+
+
 class Store:
     """The checkpoint of one job folder. Not thread-safe: one user at a time."""
 
@@ -77,8 +132,7 @@ class Store:
             self._ensure_schema()
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(
-                f"cannot open checkpoint {path}: {exc}. If the file is corrupt, move it away "
-                "and run again (finished rows in it would be sent again)."
+                f"cannot open checkpoint {path}: {exc}. {_advice(exc, path)}"
             ) from exc
         except OSError as exc:
             raise CheckpointError(f"cannot create checkpoint folder {path.parent}: {exc}") from exc
@@ -88,6 +142,7 @@ class Store:
             f"VALUES ({', '.join('?' for _ in cols)})"
         )
         self._cols = cols
+        self._getter = operator.itemgetter(*cols)
 
     def _table(self, name: str) -> sqlite_utils.db.Table:
         return self.db.table(name)
@@ -116,6 +171,15 @@ class Store:
                 },
                 pk="key",
             )
+        if "batches" not in db.table_names():
+            # Batch mode (batch.py): one row per uploaded file, with its steps as they commit.
+            self._table("batches").create(BATCH_COLUMNS, pk="key")
+        if "batch_rows" not in db.table_names():
+            # Which spec rows a batch file carries, so a resume never plans them twice.
+            self._table("batch_rows").create(
+                {"seq": int, "custom_id": str, "line": int, "key": int}, pk="seq"
+            )
+            self._table("batch_rows").create_index(["key"])
         if "runs" not in db.table_names():
             self._table("runs").create(
                 {
@@ -144,26 +208,37 @@ class Store:
         self, spec_path: str, fingerprint: str, total_rows: int, settings: Mapping[str, Any]
     ) -> None:
         now = time.time()
-        existing = self.job()
-        self._table("job").upsert(
-            {
-                "key": "job",
-                "spec_path": spec_path,
-                "spec_fingerprint": fingerprint,
-                "total_rows": total_rows,
-                "settings": orjson.dumps(dict(settings), default=str).decode(),
-                "created_at": existing["created_at"] if existing else now,
-                "updated_at": now,
-            },
-            pk="key",
-        )
+        record = orjson.dumps(dict(settings), default=str).decode()
+        try:
+            # The first write of a run, so a lock, a read-only mount or a full disk shows
+            # here. One statement (sqlite-utils' upsert takes two), so a held lock is
+            # reported after one busy timeout instead of two.
+            with self.db.conn as conn:
+                conn.execute(
+                    "INSERT INTO job (key, spec_path, spec_fingerprint, total_rows, settings, "
+                    "created_at, updated_at) VALUES ('job', ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET spec_path = excluded.spec_path, "
+                    "spec_fingerprint = excluded.spec_fingerprint, "
+                    "total_rows = excluded.total_rows, settings = excluded.settings, "
+                    "updated_at = excluded.updated_at",
+                    [spec_path, fingerprint, total_rows, record, now, now],
+                )
+        except sqlite3.DatabaseError as exc:
+            raise CheckpointError(
+                f"cannot write checkpoint {self.path}: {exc}. {_advice(exc, self.path)}"
+            ) from exc
 
     def start_run(self) -> int:
-        cur = self.db.execute(
-            "INSERT INTO runs (started_at, outcome, sent, retries) VALUES (?, 'running', 0, 0)",
-            [time.time()],
-        )
-        self.db.conn.commit()
+        try:
+            cur = self.db.execute(
+                "INSERT INTO runs (started_at, outcome, sent, retries) VALUES (?, 'running', 0, 0)",
+                [time.time()],
+            )
+            self.db.conn.commit()
+        except sqlite3.DatabaseError as exc:
+            raise CheckpointError(
+                f"cannot write checkpoint {self.path}: {exc}. {_advice(exc, self.path)}"
+            ) from exc
         return int(cur.lastrowid or 0)
 
     def end_run(self, run_id: int, outcome: str, message: str, sent: int, retries: int) -> None:
@@ -180,11 +255,17 @@ class Store:
         """Commit a batch of row outcomes in one transaction; a replay overwrites, never adds."""
         if not outcomes:
             return
-        cols = self._cols
+        get, cols = self._getter, self._cols
+        values: list[tuple[Any, ...]] = []
+        for o in outcomes:
+            try:
+                values.append(get(o))  # one C call for the usual, complete outcome
+            except KeyError:
+                values.append(tuple(o.get(c) for c in cols))
         conn = self.db.conn
         try:
             with conn:
-                conn.executemany(self._insert_sql, [[o.get(c) for c in cols] for o in outcomes])
+                conn.executemany(self._insert_sql, values)
         except sqlite3.OperationalError as exc:
             raise CheckpointError(
                 f"cannot write checkpoint {self.path}: {exc}. Nothing after the last commit "
@@ -246,6 +327,88 @@ class Store:
             yield chunk
             last = chunk[-1]["seq"]
 
+    def iter_columns(
+        self, columns: Sequence[str], batch: int = 20_000
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """Every stored row as tuples of `columns`, in spec order and in chunks (Parquet)."""
+        for name in columns:
+            if name not in COLUMNS:
+                raise ValueError(f"unknown column {name!r}")
+        sql = f"SELECT seq, {', '.join(columns)} FROM rows WHERE seq > ? ORDER BY seq LIMIT ?"
+        last = -1
+        while True:
+            chunk = self.db.conn.execute(sql, [last, batch]).fetchall()
+            if not chunk:
+                return
+            last = chunk[-1][0]
+            yield [row[1:] for row in chunk]
+
+    # -- batches (batch mode) -------------------------------------------------------------
+
+    def plan_batch(
+        self, record: Mapping[str, Any], members: Sequence[tuple[int, str, int]]
+    ) -> None:
+        """Commit one planned batch file and the rows (seq, custom_id, line) it carries."""
+        row = {c: record.get(c) for c in BATCH_COLUMNS}
+        try:
+            with self.db.conn as conn:
+                conn.execute(
+                    f"INSERT INTO batches ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                    list(row.values()),
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO batch_rows (seq, custom_id, line, key) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(seq, cid, line, record["key"]) for seq, cid, line in members],
+                )
+        except sqlite3.OperationalError as exc:
+            raise CheckpointError(f"cannot write checkpoint {self.path}: {exc}") from exc
+
+    def batches(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.query("SELECT * FROM batches ORDER BY key")]
+
+    def update_batch(self, key: int, **values: Any) -> None:
+        """Commit one step of a batch (intent, file id, batch id, status, merged) at once."""
+        values["updated_at"] = time.time()
+        sets = ", ".join(f"{k} = ?" for k in values)
+        try:
+            with self.db.conn as conn:
+                conn.execute(f"UPDATE batches SET {sets} WHERE key = ?", [*values.values(), key])
+        except sqlite3.OperationalError as exc:
+            raise CheckpointError(f"cannot write checkpoint {self.path}: {exc}") from exc
+
+    def batch_members(self, key: int) -> dict[str, tuple[int, int]]:
+        """custom_id -> (seq, line) for the rows one batch file carries."""
+        return {
+            str(cid): (int(seq), int(line or 0))
+            for cid, seq, line in self.db.execute(
+                "SELECT custom_id, seq, line FROM batch_rows WHERE key = ?", [key]
+            )
+        }
+
+    def batch_failures(self) -> list[tuple[int, str | None, int | None]]:
+        """(seq, error_code, http_status) of failed rows that a batch answered (merged rows
+        carry the batch id in `task_id`; rows since failed online do not)."""
+        return [
+            (int(seq), code, status)
+            for seq, code, status in self.db.execute(
+                "SELECT r.seq, r.error_code, r.http_status FROM rows r "
+                "JOIN batch_rows b ON b.seq = r.seq "
+                "WHERE r.status = 'failed' AND r.task_id IS NOT NULL"
+            )
+        ]
+
+    def batched_seqs(self) -> Iterator[int]:
+        """Seqs already planned into some batch file (a resume plans only the others)."""
+        for (seq,) in self.db.execute("SELECT seq FROM batch_rows"):
+            yield int(seq)
+
+    def open_batch_seqs(self) -> Iterator[int]:
+        """Rows inside batches not yet merged and with no final result: the online pool
+        must not send them (the batch may still answer them, and bill them)."""
+        for (seq,) in self.db.execute(_OPEN_BATCH_SQL.format(cols="b.seq")):
+            yield int(seq)
+
     # -- totals ---------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
@@ -282,12 +445,15 @@ class Store:
             )
         ]
         terminal = counts["succeeded"] + counts["failed"]
+        in_batches = int(
+            self.db.execute(_OPEN_BATCH_SQL.format(cols="COUNT(*)")).fetchone()[0] or 0
+        )
         runs = [dict(r) for r in self.db.query("SELECT * FROM runs ORDER BY id")]
         return {
             "total": total,
             "succeeded": counts["succeeded"],
             "failed": counts["failed"],
-            "in_progress": counts["submitted"] + counts["submitting"],
+            "in_progress": counts["submitted"] + counts["submitting"] + in_batches,
             "pending": max(total - terminal, 0),
             "tokens": {k: v for k, v in tot.items() if k != "cost_nano"},
             "cost_nano": tot["cost_nano"],

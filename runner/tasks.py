@@ -292,14 +292,16 @@ class Tasks:
                 counters.in_flight -= 1
         try:
             answer = raise_for_answer(
-                resp, balance_statuses=self.settings.provider_info.balance_statuses
+                resp,
+                balance_statuses=self.lanes.provider.balance_statuses,
+                error_shape=self.lanes.provider.error_shape,
             )
         except RetryableError as exc:
             if resp.status == 200:  # accepted, but the answer is unreadable
                 raise _Unknown(_unknown(rid, exc.message)) from exc
             if isinstance(exc, RateLimited):
                 counters.rate_limited += 1
-                lane.limiter.rate_limited()
+                lane.limiter.rate_limited(over_limit=exc.code in (None, "1302", "429"))
             await self._discard(req.seq)  # refused: a crash from here leaves it pending
             raise
         except (FatalAPIError, RowError) as exc:
@@ -367,7 +369,9 @@ class Tasks:
                 with anyio.fail_after(self.settings.request_timeout):
                     resp = await self.lanes.transport.request("GET", path, None)
             answer = raise_for_answer(
-                resp, balance_statuses=self.settings.provider_info.balance_statuses
+                resp,
+                balance_statuses=self.lanes.provider.balance_statuses,
+                error_shape=self.lanes.provider.error_shape,
             )
         except (TimeoutError, ConnectionDropped, RetryableError):
             self.lanes.counters.retries += 1

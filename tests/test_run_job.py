@@ -172,8 +172,12 @@ async def test_transient_faults_are_retried_to_success(tmp_path: Path) -> None:
 async def test_rate_limit_below_configured_tier_converges(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "spec.jsonl", [chat_row(i) for i in range(300)])
     async with Simulator(SimConfig(latency=0.02, concurrency_limit=10)) as sim:
+        # Real (small) backoff: with zero waits a row could spend its whole rate-limit
+        # budget inside one cool-down window of the adaptive limiter.
+        retry = RetryConfig(initial_wait=0.02, max_wait=0.2, jitter=0.02)
         result = await run_job(
-            settings_for(tmp_path, spec, sim.base_url, concurrency=40), handle_signals=False
+            settings_for(tmp_path, spec, sim.base_url, concurrency=40, retry=retry),
+            handle_signals=False,
         )
         stats = sim.stats()
     assert result.exit_code == 0

@@ -18,12 +18,14 @@ from typing import Any
 
 import orjson
 
+from runner.sim import batches as b
 from runner.sim import handlers as h
 from runner.sim import tools_api as t
 from runner.sim.content import file_bytes
-from runner.sim.errors import ApiError, error_body
+from runner.sim.errors import ApiError, render_error
 from runner.sim.faults import NO_MARKERS, read_markers
 from runner.sim.handlers import Call, Endpoint, poll
+from runner.sim.ledger import Bill
 from runner.sim.state import SimState
 from runner.sim.tasks import UrlExpired
 
@@ -98,7 +100,7 @@ def _auth_and_host(scope: Scope) -> tuple[str, str | None]:
     return key, host
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, limit: int = _MAX_BODY) -> bytes:
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):
@@ -109,8 +111,8 @@ async def _read_body(receive: Receive) -> bytes:
         message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > _MAX_BODY:
-            raise ApiError(1210, "request body is too large")
+        if size > limit:
+            raise ApiError(1210, "request body is too large", status=413)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -161,6 +163,9 @@ class SimApp:
             await self._control(scope, receive, send, path[6:])
             return
         name = _api_name(path)
+        if name is not None and name.split("/", 1)[0] in ("files", "batches"):
+            await self._batches(scope, receive, send, name)
+            return
         endpoint = ENDPOINTS.get(name) if name is not None else None
         poll_id = None
         if endpoint is None and name is not None and name.startswith(_POLL):
@@ -180,9 +185,9 @@ class SimApp:
             ledger.finished(status)
 
     async def _error(self, send: Send, err: ApiError) -> int:
-        shape = self.state.config.error_shape
-        await _send(send, err.status, error_body(err.code, err.message, shape))
-        return err.status
+        status, body = render_error(err, self.state.config.error_shape)
+        await _send(send, status, body)
+        return status
 
     async def _api(
         self,
@@ -262,6 +267,68 @@ class SimApp:
         finally:
             if endpoint.billable:
                 state.gate.settle(billed)
+
+    async def _batches(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        """The File and Batch APIs (sim/batches.py); no admission gate, no faults."""
+        state = self.state
+        state.ledger.received(name.split("/", 1)[0])
+        status: int | None = None
+        try:
+            key, host = _auth_and_host(scope)
+            root = f"http://{host}" if host else self.root
+            content_type = ""
+            for header, value in scope["headers"]:
+                if header == b"content-type":
+                    content_type = value.decode("latin-1")
+            try:
+                kid = state.gate.authenticate(key)
+                body = await _read_body(receive, b.MAX_FILE_BYTES + (1 << 20))
+                reply = b.handle(
+                    state,
+                    scope["method"],
+                    name,
+                    scope["query_string"],
+                    content_type,
+                    body,
+                    kid,
+                    root,
+                    self.run_line,
+                )
+            except ApiError as err:
+                status = await self._error(send, err)
+                return
+            await _send(send, reply.status, reply.data, reply.kind)
+            status = reply.status
+        finally:
+            state.ledger.finished(status)
+
+    def run_line(
+        self, name: str, body: dict[str, Any], kid: str, root: str
+    ) -> tuple[int, dict[str, Any], Bill | None]:
+        """One batch line through the online handler code, minus admission and faults.
+
+        The answer hashes the body exactly as `_api` does, so a line gets the same choices
+        and usage as the same body sent online.
+        """
+        state = self.state
+        endpoint = ENDPOINTS[name]
+        try:
+            request_id = body.pop("request_id", None)
+            if request_id is not None and not isinstance(request_id, str):
+                raise ApiError(1214, "request_id must be a string")
+            seen = endpoint.inspect(body)
+            markers = read_markers(seen.marked) if seen.marked else NO_MARKERS
+            if markers.code is not None:
+                raise ApiError(markers.code)
+            canon = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+            digest = hashlib.sha256(state.seed_bytes + canon).digest()
+            rid = request_id or state.new_id()
+            call = Call(body, seen.model, rid, digest, kid, root, markers, seen.prompt)
+            answer = endpoint.answer(call, state)
+        except ApiError as err:
+            status, raw = render_error(err, state.config.error_shape)
+            return status, orjson.loads(raw), None
+        return 200, answer.payload, answer.bill
 
     async def _poll(self, send: Send, kid: str, task_id: str, root: str) -> int:
         state = self.state

@@ -17,7 +17,7 @@ from typing import Any, Literal
 __all__ = ["ErrorShape", "LatencyDist", "SimConfig", "apply_updates", "key_id", "public_view"]
 
 LatencyDist = Literal["fixed", "lognormal"]
-ErrorShape = Literal["nested", "flat"]
+ErrorShape = Literal["nested", "flat", "siliconflow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,12 @@ class SimConfig:
     error_shape: ErrorShape = "nested"
     # Seconds an async task stays PROCESSING after its submission.
     task_seconds: float = 0.5
+    # Seconds a server-side batch takes from creation to completed (validating for the
+    # first tenth, then in_progress, then a short finalizing).
+    batch_seconds: float = 1.0
+    # When set, a batch expires once this many of its lines are done: they are billed and
+    # downloadable, the rest are never run (the platform's 7-day auto-cancel, in small).
+    batch_expire_after: int | None = None
     # Seconds a result URL stays downloadable after it was issued; None means forever.
     url_ttl: float | None = None
     seed: int = 0
@@ -70,9 +76,9 @@ class SimConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SimConfig)}
-_FLOAT_FIELDS = {"latency", "latency_sigma", "stall_seconds", "task_seconds"}
+_FLOAT_FIELDS = {"latency", "latency_sigma", "stall_seconds", "task_seconds", "batch_seconds"}
 _RATE_FIELDS = {"rate_429", "rate_500", "rate_503", "rate_drop", "rate_stall"}
-_OPT_INT_FIELDS = {"concurrency_limit", "rpm_limit", "balance_requests"}
+_OPT_INT_FIELDS = {"concurrency_limit", "rpm_limit", "balance_requests", "batch_expire_after"}
 
 
 def _number(name: str, value: Any) -> float:
@@ -115,8 +121,8 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError("latency_dist must be 'fixed' or 'lognormal'")
         return value
     if name == "error_shape":
-        if value not in ("nested", "flat"):
-            raise ValueError("error_shape must be 'nested' or 'flat'")
+        if value not in ("nested", "flat", "siliconflow"):
+            raise ValueError("error_shape must be 'nested', 'flat' or 'siliconflow'")
         return value
     if name == "model_limits":
         if not isinstance(value, Mapping):

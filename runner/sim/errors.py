@@ -4,6 +4,12 @@ The real wire nests the error and sends the code as a string
 (``{"error": {"code": "1302", "message": "..."}}``) while the OpenAPI spec's ``Error``
 schema is flat with an integer code. Clients must parse both, so the simulator can emit
 either (``error_shape``); the code and HTTP status pairs follow API-NOTES section 4.
+
+``error_shape="siliconflow"`` plays SiliconFlow instead (API-NOTES 9): a flat body
+``{"code": 20012, "message": ..., "data": null}`` with a numeric code, and HTTP 403 for an
+empty balance. Only 20012 (model does not exist) is a documented SiliconFlow code; for
+everything else the simulated body repeats the HTTP status as its code, since clients are
+told to classify SiliconFlow answers by status.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from functools import lru_cache
 
 import orjson
 
-__all__ = ["CODES", "ApiError", "error_body"]
+__all__ = ["CODES", "ApiError", "error_body", "render_error"]
 
 # code -> (HTTP status, message). Messages are the English platform wording where known.
 CODES: dict[int, tuple[int, str]] = {
@@ -72,3 +78,19 @@ def error_body(code: int, message: str, shape: str) -> bytes:
     if shape == "flat":
         return orjson.dumps({"code": code, "message": message})
     return orjson.dumps({"error": {"code": str(code), "message": message}})
+
+
+# Zhipu codes meaning "the account has no money or is blocked": SiliconFlow answers 403.
+_SF_FORBIDDEN = frozenset({1110, 1112, 1113})
+_SF_MODEL_MISSING = (20012, "Model does not exist. Please check it carefully.")
+
+
+def render_error(err: ApiError, shape: str) -> tuple[int, bytes]:
+    """HTTP status and body of an error answer in the configured shape."""
+    if shape != "siliconflow":
+        return err.status, error_body(err.code, err.message, shape)
+    status = 403 if err.code in _SF_FORBIDDEN else err.status
+    code, message = (
+        _SF_MODEL_MISSING if err.code == 1211 else (status, f"{err.message} (simulated {status})")
+    )
+    return status, orjson.dumps({"code": code, "message": message, "data": None})

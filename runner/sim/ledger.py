@@ -52,6 +52,12 @@ class Ledger:
         self.tasks = {"submitted": 0, "succeeded": 0, "failed": 0, "polls": 0}
         self.downloads = 0
         self.faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
+        # The server-side Batch API, kept apart from online billing (it is priced apart).
+        self.batch: dict[str, Any] = {
+            **dict.fromkeys(("files", "batches", "requests", "failed"), 0),
+            **dict.fromkeys((*_BILL_FIELDS, "images"), 0),
+            "by_model": {},
+        }
 
     def received(self, endpoint: str) -> None:
         self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
@@ -108,6 +114,26 @@ class Ledger:
         row["images"] += bill.images
         row["videos"] += bill.videos
 
+    def bill_batch(self, model: str, bill: Bill | None) -> None:
+        """Count one batch line: billed (with its tokens) or failed (None)."""
+        batch = self.batch
+        if bill is None:
+            batch["failed"] += 1
+            return
+        total = bill.prompt_tokens + bill.completion_tokens
+        batch["requests"] += 1
+        batch["prompt_tokens"] += bill.prompt_tokens
+        batch["completion_tokens"] += bill.completion_tokens
+        batch["cached_tokens"] += bill.cached_tokens
+        batch["total_tokens"] += total
+        batch["images"] += bill.images
+        row = batch["by_model"].setdefault(
+            model, dict.fromkeys(("requests", "prompt_tokens", "completion_tokens"), 0)
+        )
+        row["requests"] += 1
+        row["prompt_tokens"] += bill.prompt_tokens
+        row["completion_tokens"] += bill.completion_tokens
+
     def accepted(self, request_id: str, fingerprint: str) -> None:
         """Count one accepted submission under its request id and its body fingerprint."""
         if self.track_ids:
@@ -136,4 +162,8 @@ class Ledger:
             "tasks": dict(self.tasks),
             "downloads": self.downloads,
             "faults": dict(self.faults),
+            "batch": {
+                **{k: v for k, v in self.batch.items() if k != "by_model"},
+                "by_model": {m: dict(r) for m, r in self.batch["by_model"].items()},
+            },
         }

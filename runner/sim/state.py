@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from runner.sim.batches import BatchStore
 from runner.sim.config import SimConfig, apply_updates, public_view
 from runner.sim.faults import Gate
 from runner.sim.ledger import Ledger
@@ -29,6 +30,7 @@ class SimState:
         self.gate = Gate(self.config, self.ledger)
         self.tasks = TaskStore(self.ledger)
         self.signer = Signer(self.config.seed)
+        self.batches = BatchStore()
         # Ids are unique per simulator process: a random instance prefix plus a counter.
         self._id_prefix = os.urandom(4).hex()
         self._counter = itertools.count(1)
