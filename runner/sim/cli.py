@@ -83,9 +83,14 @@ async def _serve(config: SimConfig, host: str, port: int) -> None:
 @click.option("--stall-seconds", default=30.0, show_default=True)
 @click.option("--balance-requests", type=int, default=None, help="1113 after N billed.")
 @click.option(
-    "--error-shape", type=click.Choice(["nested", "flat"]), default="nested", show_default=True
+    "--error-shape",
+    type=click.Choice(["nested", "flat", "siliconflow"]),
+    default="nested",
+    show_default=True,
 )
 @click.option("--task-seconds", default=0.5, show_default=True, help="Async task duration.")
+@click.option("--batch-seconds", default=1.0, show_default=True, help="Batch job duration.")
+@click.option("--batch-expire-after", type=int, help="Expire batches after N lines are done.")
 @click.option("--url-ttl", type=float, default=None, help="Seconds a result URL stays valid.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-ledger-ids", is_flag=True, help="Skip per-request-id maps (benchmarks).")
@@ -125,6 +130,8 @@ def sim_command(**options: Any) -> None:
         "balance_requests": options["balance_requests"],
         "error_shape": options["error_shape"],
         "task_seconds": options["task_seconds"],
+        "batch_seconds": options["batch_seconds"],
+        "batch_expire_after": options["batch_expire_after"],
         "url_ttl": options["url_ttl"],
         "seed": options["seed"],
         "ledger_ids": not options["no_ledger_ids"],
