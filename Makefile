@@ -31,5 +31,8 @@ bench-sim: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
 
+soak: $(STAMP)  ## 100+ SIGKILLs, a fault storm, 200 hostile specs; prints the figures
+	$(BIN)/python bench/soak.py
+
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -292,6 +292,9 @@ def export(out: Path, fmt: str, output: Path) -> None:
         raise click.UsageError(str(exc)) from exc
     try:
         n = (write_results_parquet if fmt == "parquet" else write_results_jsonl)(store, output)
+    except (CheckpointError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     finally:
         store.close()
     click.echo(f"wrote {n} rows to {output}", err=True)

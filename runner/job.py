@@ -10,11 +10,14 @@ exported. Nothing outlives `run_job`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import signal
+import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,7 @@ from .spec import (
     spec_fingerprint,
     validate_spec,
 )
-from .store import REOPEN_CODES, Store
+from .store import REOPEN_CODES, Store, advice
 from .tasks import Tasks, prepare_resume
 
 __all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "EXIT_STOPPED", "EXIT_USAGE", "JobResult", "run_job"]
@@ -249,17 +252,59 @@ async def run_job(
         raise UsageError(str(exc)) from exc
     except OSError as exc:
         raise UsageError(f"cannot read spec {spec}: {exc}") from exc
-    store = Store(checkpoint_path(settings.out))
-    try:
-        if settings.mode not in ("online", "batch"):
-            raise UsageError(f"unknown mode {settings.mode!r}: use 'online' or 'batch'")
-        if settings.mode == "batch":
-            from .batch import run_batch
+    if settings.mode not in ("online", "batch"):
+        raise UsageError(f"unknown mode {settings.mode!r}: use 'online' or 'batch'")
+    with _folder_lock(settings.out):
+        store = Store(checkpoint_path(settings.out))
+        try:
+            if settings.mode == "batch":
+                from .batch import run_batch
 
-            return await run_batch(settings, store, fingerprint, total, handle_signals, grace)
-        return await _run(settings, store, fingerprint, total, handle_signals, grace)
+                return await run_batch(settings, store, fingerprint, total, handle_signals, grace)
+            return await _run(settings, store, fingerprint, total, handle_signals, grace)
+        except sqlite3.DatabaseError as exc:
+            path = checkpoint_path(settings.out)
+            raise CheckpointError(
+                f"cannot use checkpoint {path}: {exc}. {advice(exc, path)}"
+            ) from exc
+        except BaseExceptionGroup as group:
+            # A task group wraps what its tasks raised; the writer's store failure is the
+            # one the user must act on (disk full, read-only), so it is the one we raise.
+            store_error = group.subgroup(CheckpointError)
+            if store_error is None:
+                raise
+            raise _first(store_error) from group
+        finally:
+            store.close()
+
+
+def _first(group: BaseExceptionGroup[CheckpointError]) -> CheckpointError:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, CheckpointError)
+    return exc
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path) -> Iterator[None]:
+    """One runner per output folder: two would both send the same pending rows."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / "checkpoint.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise CheckpointError(f"cannot create checkpoint folder {out}: {exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(
+                f"another runner is working on {out}: wait for it to finish (or stop it with "
+                "Ctrl-C), then resume; two runners would send the same rows twice"
+            ) from None
+        yield
     finally:
-        store.close()
+        os.close(fd)  # closing releases the lock
 
 
 async def _run(

@@ -40,10 +40,17 @@ def _wait(cfg: RetryConfig) -> Callable[[RetryCallState], float]:
 
 
 def _stop(cfg: RetryConfig) -> Callable[[RetryCallState], bool]:
+    """Stop when either budget is spent; each is counted on its own errors only."""
+    transient = rate_limited = 0
+
     def stop(state: RetryCallState) -> bool:
+        nonlocal transient, rate_limited
         exc = state.outcome.exception() if state.outcome else None
-        limit = RATE_LIMIT_ATTEMPTS if isinstance(exc, RateLimited) else cfg.max_attempts
-        if state.attempt_number >= limit:
+        if isinstance(exc, RateLimited):
+            rate_limited += 1
+        else:
+            transient += 1
+        if transient >= cfg.max_attempts or rate_limited >= RATE_LIMIT_ATTEMPTS:
             return True
         elapsed = state.seconds_since_start or 0.0
         return not cfg.testing and elapsed >= cfg.max_elapsed

@@ -23,7 +23,7 @@ import sqlite_utils
 
 from .errors import CheckpointError
 
-__all__ = ["BATCH_COLUMNS", "COLUMNS", "REOPEN_CODES", "TERMINAL", "Store"]
+__all__ = ["BATCH_COLUMNS", "COLUMNS", "REOPEN_CODES", "TERMINAL", "Store", "advice"]
 
 TERMINAL = ("succeeded", "failed")
 # Failed async rows that a resume polls again (never resubmits): the task outlived
@@ -87,7 +87,7 @@ COLUMNS: dict[str, type] = {
 }
 
 
-def _advice(exc: sqlite3.DatabaseError, path: Path) -> str:
+def advice(exc: sqlite3.DatabaseError, path: Path) -> str:
     """What to do about a checkpoint SQLite refused, by what it said.
 
     The advice differs on purpose: moving a checkpoint away re-sends (and re-bills) every
@@ -132,7 +132,7 @@ class Store:
             self._ensure_schema()
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(
-                f"cannot open checkpoint {path}: {exc}. {_advice(exc, path)}"
+                f"cannot open checkpoint {path}: {exc}. {advice(exc, path)}"
             ) from exc
         except OSError as exc:
             raise CheckpointError(f"cannot create checkpoint folder {path.parent}: {exc}") from exc
@@ -225,7 +225,7 @@ class Store:
                 )
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(
-                f"cannot write checkpoint {self.path}: {exc}. {_advice(exc, self.path)}"
+                f"cannot write checkpoint {self.path}: {exc}. {advice(exc, self.path)}"
             ) from exc
 
     def start_run(self) -> int:
@@ -237,7 +237,7 @@ class Store:
             self.db.conn.commit()
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(
-                f"cannot write checkpoint {self.path}: {exc}. {_advice(exc, self.path)}"
+                f"cannot write checkpoint {self.path}: {exc}. {advice(exc, self.path)}"
             ) from exc
         return int(cur.lastrowid or 0)
 

@@ -5,8 +5,8 @@ against a simulator process where a kill or a mount is involved, `run_job` in pr
 the test must watch the job while it runs. The harness (tests/reliability_harness.py) is
 the one `make soak` (bench/soak.py) drives for 100+ kills; here it runs a short version.
 
-Tests marked xfail(strict=True) pin runner bugs found while writing these (see their
-reasons); each flips to a failure the day the bug is fixed, so the mark gets removed.
+Four of these first failed on real bugs (two runners on one folder, disk full mid-run,
+damaged pages, rate limits spending the transient budget); they now guard the fixes.
 """
 
 from __future__ import annotations
@@ -113,12 +113,6 @@ async def test_fault_storm_completes_and_concurrency_drops_then_recovers(tmp_pat
     assert s.storm_in_flight <= 0.7 * s.calm_in_flight, detail
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner/retry.py _stop compares state.attempt_number (every attempt, rate-limited "
-    "ones included) with max_attempts when the last error is transient, so 7 rate limits "
-    "then one 500 fail the row after a single transient error",
-)
 def test_rate_limits_do_not_spend_the_transient_budget() -> None:
     """Seven 1302s then one 500: a row with one transient error must get another try."""
     answers: list[Exception] = [RateLimited("1302", code="1302", status=429)] * 7
@@ -367,12 +361,6 @@ def test_disk_full_mid_run_keeps_the_checkpoint_and_resumes(disk_full: dict[str,
     assert disk_full["stats"]["billed"]["requests"] == 800 + audit.rebilled_requests
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner/job.py _run: the writer's CheckpointError ('database or disk is full') "
-    "escapes the task groups as an ExceptionGroup that cli._execute does not catch: a "
-    "traceback and exit 1 (the 'finished with failed rows' code) instead of one error line",
-)
 def test_disk_full_mid_run_exits_with_one_clear_error(disk_full: dict[str, Any]) -> None:
     first = disk_full["first"]
     assert first.returncode in (2, 3)
@@ -454,12 +442,6 @@ def test_corrupt_checkpoint_is_exit_2_left_alone_then_moved_away(tmp_path: Path)
     assert h.read_rows(out)[-1]["custom_id"] == "c19"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a checkpoint with damaged pages (valid header) opens, then the first query raises "
-    "sqlite3.DatabaseError 'database disk image is malformed' from Store.summary() in "
-    "job._run; nothing maps it to CheckpointError: a traceback and exit 1 instead of exit 2",
-)
 def test_checkpoint_with_damaged_pages_is_exit_2(tmp_path: Path) -> None:
     spec = chat_spec(tmp_path / "spec.jsonl", 60)
     out = tmp_path / "out"
@@ -524,12 +506,6 @@ def test_results_file_that_cannot_be_written_is_exit_2_then_exports(tmp_path: Pa
     assert stats["billed"]["requests"] == 10  # the first run's answers were all kept
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nothing stops two runners on one --out: both read the same pending rows and send "
-    "them (chat rows billed twice, a video submitted twice under one request_id). Fix: take "
-    "an exclusive lock on the folder for the life of run_job and exit 2 if it is held",
-)
 def test_a_second_runner_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     rows = [h.chat_line(f"c{i}", f"q {i}") for i in range(150)] + [h.video_line("v0", "a boat")]
     spec = h.write_lines(tmp_path / "spec.jsonl", rows)
