@@ -37,12 +37,20 @@ import httpx
 import orjson
 
 from .batch_files import merge_file, missing_outcome, plan_files, retry_online
-from .cost import PriceTable, load_prices
+from .cost import PriceTable
 from .endpoints import raise_for_answer
 from .errors import BudgetExceeded, FatalAPIError, RetryableError, RunnerError, UsageError
 from .export import write_results_parquet
 from .http import ConnectionDropped, Response, Transport, make_transport
-from .job import JobResult, _backend, _check_job, _finish, _grace, _run, _signals
+from .job import (
+    JobResult,
+    begin_job,
+    finish_run,
+    run_online,
+    serve_backend,
+    watch_grace,
+    watch_signals,
+)
 from .pool import Budget, Control, Outcome
 from .progress import Counters, render_loop
 from .retry import build_retrying
@@ -361,10 +369,7 @@ async def run_batch(
     grace: float,
 ) -> JobResult:
     """Run (or resume) a job in batch mode; the exit code follows the CLI contract."""
-    job_id = _check_job(store, settings, fingerprint)
-    record = {**settings.to_record(), "job_id": job_id}
-    prices = load_prices(settings.provider_info.price_table, settings.prices)
-    store.init_job(str(settings.spec), fingerprint, total, record)
+    job_id, prices = begin_job(store, settings, fingerprint, total)
     run_id = store.start_run()
     done = store.done_bitmap(total)
     already = sum(bin(x).count("1") for x in done)
@@ -375,7 +380,7 @@ async def run_batch(
     plan = None
     # `live` has the base URL (the embedded simulator's, for provider "sim"); `settings`
     # stays as given, for the online pass after the batches.
-    async with _backend(settings) as live, anyio.create_task_group() as outer:
+    async with serve_backend(settings) as live, anyio.create_task_group() as outer:
         if not live.base_url:
             raise UsageError(f"provider {live.provider!r} needs --base-url")
         transport = make_transport(
@@ -389,8 +394,8 @@ async def run_batch(
             outer.start_soon(render_loop, counters)
         work_scope = anyio.CancelScope()
         if handle_signals:
-            outer.start_soon(_signals, control, work_scope, grace)
-        outer.start_soon(_grace, control, work_scope, grace)
+            outer.start_soon(watch_signals, control, work_scope, grace)
+        outer.start_soon(watch_grace, control, work_scope, grace)
         driver = _Driver(live, store, client, prices, counters, control, budget, job_id)
         try:
             with work_scope:
@@ -416,10 +421,10 @@ async def run_batch(
         summary = store.summary()
         if summary["pending"]:
             store.end_run(run_id, "batches_merged", "sending the rest online", 0, 0)
-            return await _run(settings, store, fingerprint, total, handle_signals, grace)
+            return await run_online(settings, store, fingerprint, total, handle_signals, grace)
     summary = store.summary()
     await anyio.to_thread.run_sync(write_results_parquet, store, settings.out / "results.parquet")
-    result = _finish(settings, store, run_id, control, counters, summary)
+    result = finish_run(settings, store, run_id, control, counters, summary)
     notes = []
     if open_batches and control.reason is None:
         refused = [b for b in open_batches if b.get("message")]

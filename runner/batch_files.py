@@ -24,7 +24,7 @@ import orjson
 from .cost import PriceTable, Usage
 from .endpoints import error_fields, parse_success
 from .errors import Verdict, classify
-from .pool import ASSUMED_MAX_OUTPUT, Outcome
+from .pool import ASSUMED_MAX_OUTPUT, Outcome, invalid_outcome
 from .settings import Settings
 from .spec import Request, RowError, SpecDefaults, read_spec
 from .store import Store
@@ -95,22 +95,6 @@ def _worst(prices: PriceTable, req: Request, line_bytes: int) -> int:
     return int(Decimal(online) * prices.batch_factor)
 
 
-def _invalid(err: RowError) -> Outcome:
-    now = time.time()
-    return {
-        "seq": err.seq,
-        "custom_id": err.custom_id or f"line-{err.line}",
-        "line": err.line,
-        "status": "failed",
-        "attempts": 0,
-        "error_code": "invalid_row",
-        "error_message": str(err),
-        "started_at": now,
-        "finished_at": now,
-        "latency_s": 0.0,
-    }
-
-
 def _bits(seqs: Iterator[int], total: int) -> bytearray:
     bits = bytearray((max(total, 0) + 8) // 8)
     for seq in seqs:
@@ -161,7 +145,7 @@ def plan_files(
                 if seq < total and (done[seq >> 3] & bit or held[seq >> 3] & bit):
                     continue
                 if isinstance(item, RowError):
-                    invalid.append(_invalid(item))
+                    invalid.append(invalid_outcome(item))
                     continue
                 if item.endpoint not in BATCH_ENDPOINTS:
                     plan.not_batchable += 1

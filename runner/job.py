@@ -36,12 +36,11 @@ from .errors import (
 )
 from .export import write_results_parquet
 from .http import make_transport
-from .pool import Budget, Control, Lanes, Outcome
+from .pool import Budget, Control, Lanes, Outcome, invalid_outcome
 from .progress import Counters, render_loop
 from .settings import Settings
 from .spec import (
     Request,
-    RowError,
     SpecDefaults,
     SpecError,
     read_spec,
@@ -94,6 +93,17 @@ def _defaults(settings: Settings) -> SpecDefaults:
     )
 
 
+def begin_job(
+    store: Store, settings: Settings, fingerprint: str, total: int
+) -> tuple[str, PriceTable]:
+    """Check the spec against the checkpoint and record the job; its id and prices."""
+    job_id = _check_job(store, settings, fingerprint)
+    store.init_job(
+        str(settings.spec), fingerprint, total, {**settings.to_record(), "job_id": job_id}
+    )
+    return job_id, load_prices(settings.provider_info.price_table, settings.prices)
+
+
 def _check_job(store: Store, settings: Settings, fingerprint: str) -> str:
     """Refuse a changed spec on resume (unless forced); return the job's stable id."""
     job = store.job()
@@ -110,7 +120,7 @@ def _check_job(store: Store, settings: Settings, fingerprint: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _backend(settings: Settings) -> AsyncIterator[Settings]:
+async def serve_backend(settings: Settings) -> AsyncIterator[Settings]:
     """For provider 'sim' with no --base-url, serve the embedded simulator for the job."""
     if settings.base_url:
         yield settings
@@ -193,7 +203,7 @@ async def _writer(
                 await flush()
 
 
-async def _signals(control: Control, scope: anyio.CancelScope, grace: float) -> None:
+async def watch_signals(control: Control, scope: anyio.CancelScope, grace: float) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             if control.reason is None:
@@ -210,26 +220,10 @@ async def _signals(control: Control, scope: anyio.CancelScope, grace: float) -> 
                 return
 
 
-async def _grace(control: Control, scope: anyio.CancelScope, grace: float) -> None:
+async def watch_grace(control: Control, scope: anyio.CancelScope, grace: float) -> None:
     await control.stopping.wait()
     await anyio.sleep(grace)
     scope.cancel()
-
-
-def _invalid_outcome(err: RowError) -> Outcome:
-    now = time.time()
-    return {
-        "seq": err.seq,
-        "custom_id": err.custom_id or f"line-{err.line}",
-        "line": err.line,
-        "status": "failed",
-        "attempts": 0,
-        "error_code": "invalid_row",
-        "error_message": str(err),
-        "started_at": now,
-        "finished_at": now,
-        "latency_s": 0.0,
-    }
 
 
 async def run_job(
@@ -261,7 +255,7 @@ async def run_job(
                 from .batch import run_batch
 
                 return await run_batch(settings, store, fingerprint, total, handle_signals, grace)
-            return await _run(settings, store, fingerprint, total, handle_signals, grace)
+            return await run_online(settings, store, fingerprint, total, handle_signals, grace)
         except sqlite3.DatabaseError as exc:
             path = checkpoint_path(settings.out)
             raise CheckpointError(
@@ -307,7 +301,7 @@ def _folder_lock(out: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-async def _run(
+async def run_online(
     settings: Settings,
     store: Store,
     fingerprint: str,
@@ -315,10 +309,7 @@ async def _run(
     handle_signals: bool,
     grace: float,
 ) -> JobResult:
-    job_id = _check_job(store, settings, fingerprint)
-    record = {**settings.to_record(), "job_id": job_id}
-    prices: PriceTable = load_prices(settings.provider_info.price_table, settings.prices)
-    store.init_job(str(settings.spec), fingerprint, total, record)
+    job_id, prices = begin_job(store, settings, fingerprint, total)
     # Async tasks from earlier runs: 'submitting' ones fail as submit_unknown, the rest are
     # polled again; the reader must not send any of them.
     open_rows = prepare_resume(store)
@@ -341,7 +332,7 @@ async def _run(
     run_id = store.start_run()
     defaults = _defaults(settings)
 
-    async with _backend(settings) as settings, anyio.create_task_group() as outer:
+    async with serve_backend(settings) as settings, anyio.create_task_group() as outer:
         transport = make_transport(
             settings.transport,
             settings.base_url,
@@ -352,8 +343,8 @@ async def _run(
             outer.start_soon(render_loop, counters)
         work_scope = anyio.CancelScope()
         if handle_signals:
-            outer.start_soon(_signals, control, work_scope, grace)
-        outer.start_soon(_grace, control, work_scope, grace)
+            outer.start_soon(watch_signals, control, work_scope, grace)
+        outer.start_soon(watch_grace, control, work_scope, grace)
         results_send, results_recv = anyio.create_memory_object_stream[Outcome](4096)
         store_lock = anyio.CapacityLimiter(1)
         tasks = Tasks(settings, store, store_lock, job_id)
@@ -392,7 +383,7 @@ async def _run(
 
     summary = store.summary()
     await anyio.to_thread.run_sync(write_results_parquet, store, settings.out / "results.parquet")
-    return _finish(settings, store, run_id, control, counters, summary)
+    return finish_run(settings, store, run_id, control, counters, summary)
 
 
 async def _read(settings: Settings, defaults: SpecDefaults, done: bytearray, lanes: Lanes) -> None:
@@ -409,14 +400,14 @@ async def _read(settings: Settings, defaults: SpecDefaults, done: bytearray, lan
             if isinstance(item, Request):
                 await lanes.feed(item)
             else:
-                invalid.append(_invalid_outcome(item))
+                invalid.append(invalid_outcome(item))
         if invalid:
             for o in invalid:
                 await lanes.results.send(o)
             invalid.clear()
 
 
-def _finish(
+def finish_run(
     settings: Settings,
     store: Store,
     run_id: int,

@@ -40,8 +40,9 @@ from .ratelimit import RateLimits, estimate_tokens
 from .retry import build_retrying
 from .settings import Settings
 from .spec import ASYNC_ENDPOINTS, Request
+from .spec import RowError as SpecRowError
 
-__all__ = ["Budget", "Control", "Lanes", "outcome_for"]
+__all__ = ["Budget", "Control", "Lanes", "invalid_outcome", "outcome_for"]
 
 Outcome = dict[str, Any]
 
@@ -145,6 +146,23 @@ def outcome_for(
         "finished_at": finished,
         "latency_s": round(finished - started, 6),
         "artifacts": artifacts,
+    }
+
+
+def invalid_outcome(err: SpecRowError) -> Outcome:
+    """A spec row that can't be sent: failed with its line-numbered reason, never sent."""
+    now = time.time()
+    return {
+        "seq": err.seq,
+        "custom_id": err.custom_id or f"line-{err.line}",
+        "line": err.line,
+        "status": "failed",
+        "attempts": 0,
+        "error_code": "invalid_row",
+        "error_message": str(err),
+        "started_at": now,
+        "finished_at": now,
+        "latency_s": 0.0,
     }
 
 
@@ -378,18 +396,9 @@ class Lanes:
                 cost_nano=cost,
                 request_fp=fp,
             )
-        except RowError as exc:
-            return outcome_for(
-                req,
-                "failed",
-                attempts=exc.attempts,
-                started=started,
-                http_status=exc.status,
-                error=exc,
-                request_fp=fp,
-            )
-        except RetryableError as exc:
-            exc.message = f"gave up after {exc.attempts} attempts: {exc.message}"
+        except (RowError, RetryableError) as exc:
+            if isinstance(exc, RetryableError):
+                exc.message = f"gave up after {exc.attempts} attempts: {exc.message}"
             return outcome_for(
                 req,
                 "failed",
