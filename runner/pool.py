@@ -281,7 +281,7 @@ class Lanes:
         self.counters.retries += 1
 
     async def call(
-        self, lane: Lane, path: str, body: bytes, endpoint: str
+        self, lane: Lane, path: str, body: bytes, endpoint: str, sent: list[float] | None = None
     ) -> tuple[int, bytes, dict[str, Any]]:
         """One attempt: hold a slot only while on the wire; map every failure to our tree."""
         if self.rate is not None:
@@ -301,6 +301,8 @@ class Lanes:
             if counters.in_flight > counters.peak_in_flight:
                 counters.peak_in_flight = counters.in_flight
             counters.sent += 1
+            if sent is not None and not sent:
+                sent.append(time.time())  # the row's latency counts from its first send
             started = time.monotonic()
             try:
                 resp = await self.transport.request(
@@ -339,11 +341,11 @@ class Lanes:
         self.counters.cap = sum(lane.limiter.current for lane in self.lanes.values())
 
     async def call_with_retry(
-        self, lane: Lane, path: str, body: bytes, endpoint: str
+        self, lane: Lane, path: str, body: bytes, endpoint: str, sent: list[float] | None = None
     ) -> tuple[int, bytes, dict[str, Any], int]:
         """The first attempt runs bare; tenacity is built only for rows that need a retry."""
         try:
-            status, raw, answer = await self.call(lane, path, body, endpoint)
+            status, raw, answer = await self.call(lane, path, body, endpoint, sent)
             return status, raw, answer, 1
         except RetryableError:
             pass
@@ -358,7 +360,7 @@ class Lanes:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    status, raw, answer = await self.call(lane, path, body, endpoint)
+                    status, raw, answer = await self.call(lane, path, body, endpoint, sent)
         except RequestFailed as exc:
             exc.attempts = attempts
             raise
@@ -375,12 +377,12 @@ class Lanes:
                 )
             )
             return None
-        started = time.time()
+        sent: list[float] = []
         fp = fingerprint(req.endpoint, body)
         actual = 0
         try:
             status, raw, answer, attempts = await self.call_with_retry(
-                lane, "/" + req.endpoint, body, req.endpoint
+                lane, "/" + req.endpoint, body, req.endpoint, sent
             )
             parsed = parse_success(req.endpoint, raw, answer)
             cost = self.prices.cost(req.model, parsed.usage)
@@ -389,7 +391,7 @@ class Lanes:
                 req,
                 "failed" if parsed.failure else "succeeded",
                 attempts=attempts,
-                started=started,
+                started=sent[0],
                 http_status=status,
                 error=parsed.failure,
                 parsed=parsed,
@@ -403,7 +405,7 @@ class Lanes:
                 req,
                 "failed",
                 attempts=exc.attempts,
-                started=started,
+                started=sent[0] if sent else time.time(),
                 http_status=exc.status,
                 error=exc,
                 request_fp=fp,
@@ -415,6 +417,7 @@ class Lanes:
             return None
         except Exception as exc:
             err = RowError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+            started = sent[0] if sent else time.time()
             return outcome_for(req, "failed", attempts=1, started=started, error=err, request_fp=fp)
         finally:
             self.budget.settle(worst, actual)
