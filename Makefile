@@ -28,7 +28,8 @@ check: $(STAMP)
 bench-sim: $(STAMP)
 	$(BIN)/python bench/sim_bench.py
 
-bench: $(STAMP)
+bench: $(STAMP)  ## the runner against its peers on the simulator (docs/BENCHMARKS.md)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run_bench.py
 
 soak: $(STAMP)  ## 100+ SIGKILLs, a fault storm, 200 hostile specs; prints the figures
