@@ -81,7 +81,21 @@ def _execute(settings: Settings) -> None:
     sys.exit(result.exit_code)
 
 
-@click.group()
+class _Commands(click.Group):
+    """Loads `runner sim` (uvicorn and the simulator) only when it is the command run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "sim"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "sim":
+            from .sim import sim_command
+
+            return sim_command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="glm-batch-runner")
 def cli() -> None:
     """Batch runner for the Zhipu / Z.ai GLM platform and OpenAI-compatible APIs."""
@@ -382,15 +396,6 @@ async def _estimate(
         )
     finally:
         await transport.aclose()
-
-
-def _register_sim() -> None:
-    from .sim import sim_command
-
-    cli.add_command(sim_command, name="sim")
-
-
-_register_sim()
 
 
 def main() -> None:
