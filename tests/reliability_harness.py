@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from simproc import SimProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "reliability-key-5c1e0b7d.DO-NOT-LEAK"
@@ -55,51 +55,6 @@ PHASES = ("startup", "pool", "commit", "submit", "poll", "download")
 
 
 # -- the simulator as a process -------------------------------------------------------------
-
-
-class SimProcess:
-    """`python -m runner.sim --port 0 ...`; the first stdout line is its base URL."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner.sim", "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-        )
-        assert self.proc.stdout is not None
-        self.base_url = self.proc.stdout.readline().strip()
-        if not self.base_url.startswith("http://"):
-            self.stop()
-            raise RuntimeError(f"the simulator did not start: {self.base_url!r}")
-        self.root = self.base_url.split("/api/")[0]
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.root + "/_sim/stats", timeout=10) as r:
-            return dict(json.loads(r.read()))
-
-    def configure(self, **knobs: Any) -> None:
-        req = urllib.request.Request(
-            self.root + "/_sim/config", data=json.dumps(knobs).encode(), method="POST"
-        )
-        with urllib.request.urlopen(req, timeout=10) as r:
-            r.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> SimProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # -- specs ------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from simproc import SimProcess
 
 from runner import RetryConfig, Settings, run_job
 from runner.cli import cli
@@ -241,36 +241,6 @@ async def test_sim_files_and_batches_api(tmp_path: Path) -> None:
             assert (await c.get(f"files/{file_id}/content")).status_code == 404
             r = await c.post("files", data={"purpose": "fine-tune"}, files={"file": ("x", b"")})
             assert r.status_code == 400
-
-
-class SimProcess:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner.sim", "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.base_url = self.proc.stdout.readline().strip()
-        self.root = self.base_url.split("/api/")[0]
-
-    def get(self, path: str, key: str | None = None) -> Any:
-        req = urllib.request.Request(path)
-        if key:
-            req.add_header("Authorization", f"Bearer {key}")
-        with urllib.request.urlopen(req) as r:
-            return json.loads(r.read())
-
-    def configure(self, **knobs: Any) -> None:
-        req = urllib.request.Request(
-            self.root + "/_sim/config", data=json.dumps(knobs).encode(), method="POST"
-        )
-        urllib.request.urlopen(req).read()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 def _batch_ids(out: Path) -> list[str | None]:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,40 +16,13 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
+from simproc import SimProcess
 
 from runner.cli import cli
 from runner.job import checkpoint_path
 from runner.store import Store
 
 KEY = "cli-test-key-0d9e8f7a"
-
-
-class SimProcess:
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner.sim", "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.base_url = self.proc.stdout.readline().strip()
-        assert self.base_url.startswith("http://127.0.0.1:"), self.base_url
-        self.root = self.base_url.split("/api/")[0]
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.root + "/_sim/stats") as r:
-            return dict(json.loads(r.read()))
-
-    def configure(self, **knobs: Any) -> None:
-        req = urllib.request.Request(
-            self.root + "/_sim/config", data=json.dumps(knobs).encode(), method="POST"
-        )
-        urllib.request.urlopen(req).read()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 @pytest.fixture
