@@ -9,8 +9,8 @@ the window, not at single 429s, because the two kinds mean different things:
   to the overshoot and remember the level, so growth past it is slow (one slot a window).
 - 1303 / 1305 / 1312 say the platform is busy: a few percent is noise that must not cost
   throughput; a storm (over 15 %) shrinks the limit, to half the cap at most, since
-  random refusals don't stop when we slow down; a quieter window grows it back by a
-  twentieth of the cap, so recovery after a storm takes seconds, not minutes.
+  random refusals don't stop when we slow down; a quieter window grows it back by an
+  eighth, so half the cap is regained in about six windows (three seconds).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ class AdaptiveLimiter:
         self.limiter = anyio.CapacityLimiter(self.cap)
         self._window = window
         self._floor = max(1, min(floor, self.cap))
-        self._step = max(1, self.cap // 20)
         self._ceiling: int | None = None  # where 1302s started, if they did
         self._ceiling_at = 0.0
         self._reset(time.monotonic())
@@ -86,7 +85,7 @@ class AdaptiveLimiter:
         elif busy < _QUIET:
             # Probe past a known ceiling one slot at a time; forget it after a minute.
             ceiling = self._ceiling if now - self._ceiling_at < 60 else None
-            step = 1 if ceiling is not None and current >= ceiling - 1 else self._step
+            step = 1 if ceiling is not None and current >= ceiling - 1 else max(1, current // 8)
             new = current + step
         self._reset(now)
         new = max(self._floor, min(self.cap, new))
