@@ -375,8 +375,7 @@ async def run_batch(
     already = sum(bin(x).count("1") for x in done)
     counters = Counters(total=total, already_done=already, currency=prices.currency)
     control = Control()
-    limit = None if settings.max_cost is None else int(settings.max_cost * 1_000_000_000)
-    budget = Budget(limit, spent_nano=store.summary()["cost_nano"])
+    budget = Budget.for_job(settings.max_cost, store.summary()["cost_nano"])
     plan = None
     # `live` has the base URL (the embedded simulator's, for provider "sim"); `settings`
     # stays as given, for the online pass after the batches.

@@ -326,9 +326,7 @@ async def run_online(
             done[seq >> 3] |= 1 << (seq & 7)
     counters = Counters(total=total, already_done=already, currency=prices.currency)
     control = Control()
-    budget_limit = None if settings.max_cost is None else int(settings.max_cost * 1_000_000_000)
-    spent = store.summary()["cost_nano"]
-    budget = Budget(budget_limit, spent_nano=spent)
+    budget = Budget.for_job(settings.max_cost, store.summary()["cost_nano"])
     run_id = store.start_run()
     defaults = _defaults(settings)
 

@@ -13,6 +13,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -21,7 +22,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from tenacity import RetryCallState
 
-from .cost import PriceTable
+from .cost import NANO, PriceTable
 from .endpoints import Parsed, parse_success, raise_for_answer
 from .errors import (
     BudgetExceeded,
@@ -81,6 +82,12 @@ class Budget:
     limit_nano: int | None
     spent_nano: int = 0
     reserved_nano: int = 0
+
+    @classmethod
+    def for_job(cls, max_cost: Decimal | None, spent_nano: int) -> Budget:
+        """The budget of a run: --max-cost in nano-units, less what earlier runs spent."""
+        limit = None if max_cost is None else int(max_cost * NANO)
+        return cls(limit, spent_nano=spent_nano)
 
     def reserve(self, worst: int) -> bool:
         if self.limit_nano is None:

@@ -48,6 +48,14 @@ def write_spec(path: Path, n: int, marker: dict[int, str] | None = None) -> Path
     return path
 
 
+def run_cmd(spec: Path, out: Path, base_url: str, *, concurrency: int) -> list[str]:
+    """`runner run` as a real process would be started by a user."""
+    return [
+        sys.executable, "-m", "runner", "run", str(spec), "--out", str(out),
+        "--base-url", base_url, "--concurrency", str(concurrency), "--no-progress",
+    ]  # fmt: skip
+
+
 def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
     return CliRunner().invoke(cli, list(args), env={"ZAI_API_KEY": KEY, **(env or {})})
 
@@ -176,20 +184,7 @@ def test_kill_9_and_resume_loses_nothing(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "s.jsonl", n)
     out = tmp_path / "out"
     env = {**os.environ, "ZAI_API_KEY": KEY}
-    cmd = [
-        sys.executable,
-        "-m",
-        "runner",
-        "run",
-        str(spec),
-        "--out",
-        str(out),
-        "--base-url",
-        sim.base_url,
-        "--concurrency",
-        "50",
-        "--no-progress",
-    ]
+    cmd = run_cmd(spec, out, sim.base_url, concurrency=50)
     rng = random.Random(1)
     kills = 0
     try:
@@ -244,20 +239,7 @@ def test_graceful_stop_exit_3_then_resume_bills_nothing_twice(
     spec = write_spec(tmp_path / "s.jsonl", n)
     out = tmp_path / "out"
     env = {**os.environ, "ZAI_API_KEY": KEY}
-    cmd = [
-        sys.executable,
-        "-m",
-        "runner",
-        "run",
-        str(spec),
-        "--out",
-        str(out),
-        "--base-url",
-        sim.base_url,
-        "--concurrency",
-        "20",
-        "--no-progress",
-    ]
+    cmd = run_cmd(spec, out, sim.base_url, concurrency=20)
     try:
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 20
