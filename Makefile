@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)  ## a job on the embedded simulator: no key, no network
 	rm -rf demo-out
-	$(BIN)/runner run samples/mixed.jsonl --out demo-out --provider sim --no-progress; \
-	  rc=$$?; $(BIN)/runner status demo-out; echo "results: demo-out/results.parquet (exit $$rc)"
+	@echo '$$ runner run samples/mixed.jsonl --out demo-out --provider sim --no-progress'
+	@$(BIN)/runner run samples/mixed.jsonl --out demo-out --provider sim --no-progress; \
+	  rc=$$?; echo '$$ runner status demo-out'; $(BIN)/runner status demo-out; \
+	  echo "(exit $$rc) runner is in $(BIN): '. $(BIN)/activate' puts it on your PATH"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -71,12 +71,15 @@ def _execute(settings: Settings) -> None:
         sys.exit(EXIT_STOPPED)
     s = result.summary
     cost = format_cost(s["cost_nano"], result.counters.currency)
+    # What a script reads goes to stdout: the counts and where the results are. Why a job
+    # stopped early or sent nothing (exit 2, 3) is a problem to act on, so it goes to stderr
+    # with the progress and warnings.
+    trouble = result.exit_code in (EXIT_USAGE, EXIT_STOPPED)
+    click.echo(result.message, err=trouble)
     click.echo(
-        f"{result.message}\n"
         f"rows: {s['total']} total, {s['succeeded']} succeeded, {s['failed']} failed, "
         f"{s['pending']} pending; cost {cost}\n"
-        f"results: {settings.out / 'results.parquet'}  (runner status {settings.out})",
-        err=True,
+        f"results: {settings.out / 'results.parquet'}  (runner status {settings.out})"
     )
     sys.exit(result.exit_code)
 
@@ -115,7 +118,12 @@ def cli() -> None:
 @click.option("--base-url", help="Override the provider's base URL.")
 @click.option("--model", help="Model for rows whose body names none.")
 @click.option("--endpoint", help="Endpoint for short rows, e.g. chat/completions.")
-@click.option("--tier", type=click.Choice(["V0", "V1", "V2", "V3"], case_sensitive=False))
+@click.option(
+    "--tier",
+    type=click.Choice(["V0", "V1", "V2", "V3"], case_sensitive=False),
+    metavar="[V0|V1|V2|V3]",
+    help="The account's tier, which sets each model's in-flight cap (text: V0 50 ... V3 500).",
+)
 @click.option("--concurrency", type=click.IntRange(min=1), help="In-flight cap per model.")
 @click.option("--model-concurrency", multiple=True, help="MODEL=N cap for one model.")
 @click.option("--max-cost", help="Stop sending before spent cost could pass this amount.")
@@ -202,7 +210,7 @@ def run(spec: Path, **opts: Any) -> None:
 
 @cli.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--no-progress", is_flag=True, default=False)
+@click.option("--no-progress", is_flag=True, default=False, help="No live progress display.")
 @click.option("--force", is_flag=True, default=False, help="Resume even if the spec changed.")
 def resume(out: Path, no_progress: bool, force: bool) -> None:
     """Resume the job in OUT with the settings it was started with."""
@@ -235,6 +243,7 @@ def _status_json(summary: dict[str, Any], currency: str) -> dict[str, Any]:
             "currency": currency,
             "by_model": by_model,
         },
+        "error_codes": summary["error_codes"],
         "errors": summary["errors"],
         "runs": summary["runs"],
         "spec": summary["spec"],
@@ -275,28 +284,54 @@ def status(out: Path, as_json: bool) -> None:
     )
     for model, m in data["cost"]["by_model"].items():
         click.echo(
-            f"  {model}: {m['rows']} rows, {m['prompt_tokens']} prompt + "
+            f"  {model}: {_rows(m['rows'])}, {m['prompt_tokens']} prompt + "
             f"{m['completion_tokens']} completion tokens, "
             f"{format_cost(m['cost_nano'], currency)}"
-            + (f" ({m['unpriced']} rows with no price)" if m["unpriced"] else "")
+            + (f" ({_rows(m['unpriced'])} with no price)" if m["unpriced"] else "")
         )
     if data["batches"]:
         click.echo("batches:")
         for b in data["batches"]:
             click.echo(
-                f"  file {b['key']}: {b['lines']} rows of {b['model']}, {b['state']}"
+                f"  file {b['key']}: {_rows(b['lines'])} of {b['model']}, {b['state']}"
                 + (f", batch {b['batch_id']} {b['status']}" if b["batch_id"] else "")
                 + (f" ({b['message']})" if b["message"] else "")
             )
     if data["errors"]:
-        click.echo("errors:")
+        click.echo("errors (one line per cause; an example message, then the first lines):")
         for e in data["errors"]:
-            click.echo(f"  {e['rows']:>6} × {e['code']}: {e['message']}")
+            click.echo(f"  {e['rows']:>6} × {e['code']}: {e['message']}{_lines_of(e)}")
+        shown = sum(e["rows"] for e in data["errors"])
+        if shown < data["failed"]:
+            click.echo(f"  ... and {data['failed'] - shown} more failed rows in smaller groups")
+        hint = ""
+        if "invalid_row" in data["error_codes"]:
+            hint = f"`runner validate {data['spec']}`, or "
+        click.echo(f"  every failed row: {hint}error_message in {out / 'results.parquet'}")
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def _lines_of(group: dict[str, Any]) -> str:
+    lines = group["lines"]
+    if group["rows"] < 2 or not lines:
+        return ""
+    more = ", …" if group["rows"] > len(lines) else ""
+    return f" (lines {', '.join(map(str, lines))}{more})"
 
 
 @cli.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["parquet", "jsonl"]),
+    default="parquet",
+    show_default=True,
+    help="Parquet results, or the provider's Batch-API output JSONL.",
+)
 @click.option("-o", "--output", type=PathArg, required=True, help="File to write.")
 def export(out: Path, fmt: str, output: Path) -> None:
     """Write the results of OUT as Parquet or Batch-API JSONL."""
@@ -311,14 +346,14 @@ def export(out: Path, fmt: str, output: Path) -> None:
         sys.exit(EXIT_USAGE)
     finally:
         store.close()
-    click.echo(f"wrote {n} rows to {output}", err=True)
+    click.echo(f"wrote {_rows(n)} to {output}")
 
 
 @cli.command()
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", help="Model for rows whose body names none.")
 @click.option("--endpoint", help="Endpoint for short rows.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def validate(spec: Path, model: str | None, endpoint: str | None, as_json: bool) -> None:
     """Check every row of SPEC before anything is spent (exit 2 if any is invalid)."""
     try:
@@ -360,7 +395,7 @@ def validate(spec: Path, model: str | None, endpoint: str | None, as_json: bool)
     show_default=True,
     help="Output tokens assumed for rows without max_tokens.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def estimate(spec: Path, **opts: Any) -> None:
     """Estimate what SPEC costs online and in batch mode; nothing billable is sent."""
     try:

@@ -109,5 +109,18 @@ def load_prices(table: str, override: Path | None = None) -> PriceTable:
 
 
 def format_cost(nano: int, currency: str) -> str:
+    """An amount for people: six decimals, or more where that would hide a small cost.
+
+    Costs are exact in nano-units, so a cheap row (2.8e-07) is shown with three significant
+    digits ("0.00000028 USD") instead of rounding to a misleading "0.000000".
+    """
     value = Decimal(nano) / NANO
-    return f"{value:.6f} {currency}"
+    if nano == 0:
+        return f"0 {currency}"
+    places = 6
+    while places < 9 and abs(value) < Decimal(10) ** (3 - places):
+        places += 1
+    text = f"{value:.{places}f}"
+    if places > 6:
+        text = text.rstrip("0")
+    return f"{text} {currency}"

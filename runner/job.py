@@ -208,7 +208,7 @@ async def watch_signals(control: Control, scope: anyio.CancelScope, grace: float
         async for signum in signals:
             if control.reason is None:
                 name = signal.Signals(signum).name
-                control.stop(Interrupted(f"stopped by {name}: in-flight requests are finishing"))
+                control.stop(Interrupted(f"stopped by {name}"))
                 print(
                     f"\n{name}: finishing in-flight requests (up to {grace:g}s); "
                     "press Ctrl-C again to stop at once",
@@ -272,6 +272,11 @@ async def run_job(
             store.close()
 
 
+def _all_invalid(summary: dict[str, Any]) -> bool:
+    failed = int(summary["failed"])
+    return failed > 0 and summary["error_codes"].get("invalid_row") == failed
+
+
 def _first(group: BaseExceptionGroup[CheckpointError]) -> CheckpointError:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
@@ -286,8 +291,20 @@ def _folder_lock(out: Path) -> Iterator[None]:
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out / "checkpoint.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except FileExistsError:
+        raise CheckpointError(
+            f"cannot create checkpoint folder {out}: a file of that name is in the way; "
+            "choose another --out"
+        ) from None
+    except NotADirectoryError:
+        blocker = next((p for p in out.parents if p.is_file()), out.parent)
+        raise CheckpointError(
+            f"cannot create checkpoint folder {out}: {blocker} is a file, not a folder; "
+            "choose another --out"
+        ) from None
     except OSError as exc:
-        raise CheckpointError(f"cannot create checkpoint folder {out}: {exc}") from exc
+        reason = (exc.strerror or str(exc)).lower()
+        raise CheckpointError(f"cannot create checkpoint folder {out}: {reason}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -387,6 +404,7 @@ async def run_online(
 async def _read(settings: Settings, defaults: SpecDefaults, done: bytearray, lanes: Lanes) -> None:
     batches = read_spec(settings.spec, defaults)
     invalid: list[Outcome] = []
+    seen_invalid = 0
     while True:
         batch = await anyio.to_thread.run_sync(next, batches, None)
         if batch is None:
@@ -398,11 +416,24 @@ async def _read(settings: Settings, defaults: SpecDefaults, done: bytearray, lan
             if isinstance(item, Request):
                 await lanes.feed(item)
             else:
+                if not seen_invalid:
+                    _warn(f"invalid row, recorded as failed (invalid_row); the job goes on: {item}")
+                seen_invalid += 1
                 invalid.append(invalid_outcome(item))
         if invalid:
             for o in invalid:
                 await lanes.results.send(o)
             invalid.clear()
+    if seen_invalid:
+        rows = "row is" if seen_invalid == 1 else "rows are"
+        _warn(
+            f"{seen_invalid} {rows} invalid and recorded as failed; "
+            f"`runner validate {settings.spec}` lists them"
+        )
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def finish_run(
@@ -429,9 +460,13 @@ def finish_run(
             f"{summary['pending']} rows still pending; resume with: runner resume {settings.out}"
         )
         outcome, code = "stopped", EXIT_STOPPED
+    elif summary["succeeded"] == 0 and _all_invalid(summary):
+        rows = "the only row is" if summary["failed"] == 1 else f"all {summary['failed']} rows are"
+        message = f"nothing was sent: {rows} invalid; `runner validate {settings.spec}` says why"
+        outcome, code = "finished_with_failures", EXIT_USAGE
     elif summary["failed"]:
         message = f"finished: {summary['succeeded']} succeeded, {summary['failed']} failed"
-        reopen = sum(e["rows"] for e in summary["errors"] if e["code"] in REOPEN_CODES)
+        reopen = sum(summary["error_codes"].get(code, 0) for code in REOPEN_CODES)
         if reopen:
             message += (
                 f"\n{reopen} async tasks are still running or their files were not fetched; "

@@ -119,6 +119,18 @@ def spec_fingerprint(path: Path) -> str:
         raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
 
 
+def _implied_endpoint(body: Any) -> str | None:
+    """The endpoint a row without a url can only mean: ``messages`` is a chat, ``input`` an
+    embedding. A body with both, or with neither (``prompt`` may be an image or a video), is
+    ambiguous and needs a url or --endpoint."""
+    if type(body) is not dict:
+        return None
+    chat, embed = "messages" in body, "input" in body
+    if chat == embed:
+        return None
+    return "chat/completions" if chat else "embeddings"
+
+
 class _Rows:
     """Turns one row's parts into a Request or RowError; holds the defaults and the ids seen."""
 
@@ -166,7 +178,7 @@ class _Rows:
         known: str | None = None
         try:
             known = self._claim_id(cid, line)
-            endpoint = self._endpoint_of(url, method)
+            endpoint = self._endpoint_of(url, method, body)
             body = self._body_of(body, body_json)
             model = self._model_of(body, endpoint)
         except _Bad as bad:
@@ -197,15 +209,18 @@ class _Rows:
         self._seen[digest] = None
         return cid
 
-    def _endpoint_of(self, url: Any, method: Any) -> str:
+    def _endpoint_of(self, url: Any, method: Any, body: Any) -> str:
         if method is not None and method != "POST":
             raise _Bad("method", f"method must be POST, got {short_repr(method)}")
         if url is None:
-            if self._endpoint is None:
+            if self._endpoint is not None:
+                return self._endpoint
+            implied = _implied_endpoint(body)
+            if implied is None:
                 raise _Bad(
                     "url", "no endpoint: add a url like /v4/chat/completions, or pass --endpoint"
                 )
-            return self._endpoint
+            return implied
         endpoint = canonical_endpoint(url) if type(url) is str else None
         if endpoint is None:
             raise _Bad("url", f"unknown endpoint {short_repr(url)}: {endpoint_hint(url)}")

@@ -10,8 +10,10 @@ thousands of rows per second.
 
 from __future__ import annotations
 
+import heapq
 import operator
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -85,6 +87,32 @@ COLUMNS: dict[str, type] = {
     "latency_s": float,
     "artifacts": str,
 }
+
+
+_SHAPE = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
+
+
+def message_shape(message: str | None) -> str:
+    """An error message with what varies per row masked: `line 5: ... 'x'` -> `line #: ... #`."""
+    return _SHAPE.sub("#", message or "")
+
+
+class _FirstLines:
+    """SQLite aggregate: the first few line numbers of a group, as "2,9,14"."""
+
+    KEEP = 5
+
+    def __init__(self) -> None:
+        self.lines: list[int] = []
+
+    def step(self, line: int | None) -> None:
+        if line is not None:
+            heapq.heappush(self.lines, -line)
+            if len(self.lines) > self.KEEP:
+                heapq.heappop(self.lines)
+
+    def finalize(self) -> str:
+        return ",".join(str(x) for x in sorted(-n for n in self.lines))
 
 
 def advice(exc: sqlite3.DatabaseError, path: Path) -> str:
@@ -437,13 +465,13 @@ class Store:
             for k in tot:
                 tot[k] += int(m[k] or 0)
             by_model[m.pop("model") or "(none)"] = m
-        errors = [
-            {"code": code, "message": msg, "rows": int(n)}
-            for code, msg, n in self.db.execute(
-                "SELECT error_code, MIN(error_message), COUNT(*) FROM rows "
-                "WHERE status = 'failed' GROUP BY error_code ORDER BY COUNT(*) DESC LIMIT 20"
+        error_codes = {
+            str(code): int(n)
+            for code, n in self.db.execute(
+                "SELECT error_code, COUNT(*) FROM rows WHERE status = 'failed' "
+                "GROUP BY error_code ORDER BY COUNT(*) DESC"
             )
-        ]
+        }
         terminal = counts["succeeded"] + counts["failed"]
         in_batches = int(
             self.db.execute(_OPEN_BATCH_SQL.format(cols="COUNT(*)")).fetchone()[0] or 0
@@ -458,11 +486,36 @@ class Store:
             "tokens": {k: v for k, v in tot.items() if k != "cost_nano"},
             "cost_nano": tot["cost_nano"],
             "by_model": by_model,
-            "errors": errors,
+            "error_codes": error_codes,
+            "errors": self.error_groups(),
             "runs": runs,
             "settings": job["settings"] if job else {},
             "spec": job["spec_path"] if job else None,
         }
+
+    def error_groups(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Failed rows grouped by code and message shape, largest first.
+
+        One example per code would hide different causes under the same code (a bad JSON line
+        and a missing field are both `invalid_row`); the shape drops what differs from row to
+        row (line numbers, quoted values, numbers) so that each cause is its own group.
+        """
+        self.db.conn.create_function("message_shape", 1, message_shape, deterministic=True)
+        self.db.conn.create_aggregate("first_lines", 1, _FirstLines)  # type: ignore[arg-type]
+        return [
+            {
+                "code": code,
+                "message": example,
+                "rows": int(n),
+                "lines": [int(x) for x in lines.split(",")] if lines else [],
+            }
+            for code, example, n, lines in self.db.execute(
+                "SELECT error_code, MIN(error_message), COUNT(*), first_lines(line) FROM rows "
+                "WHERE status = 'failed' GROUP BY error_code, message_shape(error_message) "
+                "ORDER BY COUNT(*) DESC, MIN(line) LIMIT ?",
+                [limit],
+            )
+        ]
 
     def integrity_check(self) -> str:
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])

@@ -309,7 +309,11 @@ BAD_LINES: list[tuple[bytes, str | None, str]] = [
         "body.search_query",
         "web search without search_query",
     ),
-    (b'{"model": "glm-4.7-flash", "messages": []}', "url", "short line, no --endpoint given"),
+    (
+        b'{"model": "glm-image", "prompt": "a red kite"}',
+        "url",
+        "short line whose endpoint is ambiguous (image or video?), no --endpoint given",
+    ),
 ]
 
 

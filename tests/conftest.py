@@ -29,8 +29,8 @@ async def sim() -> AsyncIterator[Simulator]:
         yield running
 
 
-# The platform's OpenAPI spec sits beside the repository: <repo>/../shared/api.
-SPEC_PATH = Path(__file__).parents[2] / "shared" / "api" / "zai-openapi.json"
+# The platform's public OpenAPI document, copied into the repository (tests/data/README.md).
+SPEC_PATH = Path(__file__).parent / "data" / "zai-openapi.json"
 
 
 class ZaiSpec:
@@ -69,5 +69,5 @@ def _absolute_refs(node: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def zai_spec() -> ZaiSpec:
-    """The Z.ai OpenAPI spec (shared/api/zai-openapi.json) as a validator."""
+    """The Z.ai OpenAPI spec (tests/data/zai-openapi.json) as a validator."""
     return ZaiSpec(SPEC_PATH)

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from simproc import SimProcess
 
 from runner.cli import cli
+from runner.cost import format_cost
 from runner.job import checkpoint_path
 from runner.store import Store
 
@@ -271,3 +272,75 @@ def test_graceful_stop_exit_3_then_resume_bills_nothing_twice(
     assert stats["billed"]["requests"] == n
     assert not stats["duplicates"]["fingerprint"]
     assert KEY not in err
+
+
+def test_status_shows_each_cause_under_a_code(tmp_path: Path, sim: SimProcess) -> None:
+    """Two invalid JSON lines and a row without messages are all `invalid_row`, but they are
+    different causes: status lists each with its first lines, and points to the rest."""
+    spec = write_spec(tmp_path / "s.jsonl", 4, {1: "[[sim:1301]]"})
+    with spec.open("ab") as f:
+        f.write(b'{"custom_id": "j1", "body": {\n')
+        f.write(b'{"custom_id": "m", "url": "/v4/chat/completions", "body": {"model": "x"}}\n')
+        f.write(b'{"custom_id": "j2", "body": {"model": [\n')
+    out = tmp_path / "out"
+    r = invoke("run", str(spec), "--out", str(out), "--base-url", sim.base_url, "--no-progress")
+    assert r.exit_code == 1, r.output
+    groups = json.loads(invoke("status", str(out), "--json").output)["errors"]
+    assert [(g["code"], g["rows"], g["lines"]) for g in groups] == [
+        ("invalid_row", 2, [5, 7]),
+        ("1301", 1, [2]),
+        ("invalid_row", 1, [6]),
+    ]
+    human = invoke("status", str(out)).output
+    assert "2 × invalid_row: line 5: invalid JSON" in human and "(lines 5, 7)" in human
+    assert "1 × invalid_row: line 6, field body.messages" in human
+    assert f"runner validate {spec}" in human and "results.parquet" in human
+
+
+def test_invalid_rows_warn_and_a_spec_with_none_valid_exits_2(
+    tmp_path: Path, sim: SimProcess
+) -> None:
+    spec = write_spec(tmp_path / "s.jsonl", 3)
+    with spec.open("ab") as f:
+        f.write(b"{\n")
+    r = invoke("run", str(spec), "--out", str(tmp_path / "a"), "--base-url", sim.base_url,
+               "--no-progress")  # fmt: skip
+    assert r.exit_code == 1
+    assert "warning: invalid row" in r.stderr and "line 4" in r.stderr
+    assert f"1 row is invalid and recorded as failed; `runner validate {spec}`" in r.stderr
+    # The result is on stdout for scripts; warnings stay on stderr.
+    assert r.stdout.startswith("finished: 3 succeeded, 1 failed") and "warning" not in r.stdout
+    sent = sum(sim.stats()["requests"].values())
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"prompt": "image or video?"}\n{\n')
+    r = invoke("run", str(bad), "--out", str(tmp_path / "b"), "--base-url", sim.base_url,
+               "--no-progress")  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "nothing was sent: all 2 rows are invalid" in r.stderr
+    assert sum(sim.stats()["requests"].values()) == sent
+
+
+def test_short_chat_rows_need_no_endpoint_flag(tmp_path: Path, sim: SimProcess) -> None:
+    spec = tmp_path / "short.jsonl"
+    spec.write_bytes(
+        b'{"model": "glm-4.5-air", "messages": [{"role": "user", "content": "Hi"}]}\n'
+        b'{"model": "embedding-3", "input": "Hi"}\n'
+    )
+    r = invoke("run", str(spec), "--out", str(tmp_path / "o"), "--base-url", sim.base_url,
+               "--no-progress")  # fmt: skip
+    assert r.exit_code == 0, r.output
+
+
+def test_out_that_is_a_file_names_the_problem(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.jsonl", 1)
+    r = invoke("run", str(spec), "--out", str(spec), "--provider", "sim", "--no-progress")
+    assert r.exit_code == 2
+    assert "a file of that name is in the way" in r.output and "Errno" not in r.output
+
+
+def test_costs_keep_significant_digits() -> None:
+    assert format_cost(280, "USD") == "0.00000028 USD"  # not 0.000000
+    assert format_cost(122_000, "USD") == "0.000122 USD"
+    assert format_cost(5_000_000_000, "CNY") == "5.000000 CNY"
+    assert format_cost(0, "USD") == "0 USD"

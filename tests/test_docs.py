@@ -24,3 +24,13 @@ def test_readme_set_up_commands_are_what_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_option_has_help() -> None:
+    ctx = click.Context(cli)
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"runner {name} {param.opts[0]} has no help text"

@@ -165,7 +165,9 @@ def test_hostile_spec_files_end_to_end(
         result = portal.call(functools.partial(run_job, settings, handle_signals=False))
         rows = h.read_rows(Path(tmp) / "out")
         good, bad = h.check_hostile(rows, lines)
-        assert result.exit_code == (1 if bad else 0), result.message
+        # A spec with no valid row sends nothing: a usage error (2), not failed rows (1).
+        expected = 0 if not bad else 1 if good else 2
+        assert result.exit_code == expected, result.message
         assert pq.read_table(Path(tmp) / "out" / "results.parquet").num_rows == good + bad
 
 

@@ -142,6 +142,22 @@ def test_default_body_merges_under_rows_and_is_not_shared(tmp_path: Path) -> Non
     error_at(c, 3, "body.messages")
 
 
+def test_short_rows_imply_chat_or_embeddings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        [b'{"model": "glm-4.7-flash", "messages": [{"role": "user", "content": "Hi"}]}',
+         b'{"model": "embedding-3", "input": "hello"}',
+         b'{"model": "glm-image", "prompt": "a red kite"}',
+         b'{"model": "glm-4.7-flash", "messages": [], "input": "hello"}'],
+    )  # fmt: skip
+    chat, emb, image, both = read_all(path)
+    assert (chat.endpoint, emb.endpoint) == ("chat/completions", "embeddings")
+    assert "no endpoint" in error_at(image, 3, "url").message  # image or video: ambiguous
+    error_at(both, 4, "url")
+    # --endpoint still decides for every short row: this one is then a chat without messages.
+    error_at(only(write(tmp_path, [b'{"input": "hi"}']), CHAT_DEFAULTS), 1, "body.messages")
+
+
 def test_default_model_is_not_written_for_modelless_endpoints(tmp_path: Path) -> None:
     path = write(tmp_path, [b'{"search_engine": "search-prime", "search_query": "GLM news"}'])
     req = only(path, SpecDefaults(endpoint="web_search", model="glm-4.7-flash"))
@@ -311,7 +327,7 @@ def test_line_level_errors(tmp_path: Path) -> None:
     error_at(items[4], 5, "url")  # an empty object is a short line with no default endpoint
     error_at(items[5], 6, "url")
     error_at(items[6], 7, "method")
-    error_at(items[7], 8, "url")  # "url": null reads as absent
+    assert items[7].endpoint == "chat/completions"  # "url": null reads as absent; messages: chat
 
 
 # --- physical lines ---------------------------------------------------------------------------

@@ -68,7 +68,11 @@ async def _serve(config: SimConfig, host: str, port: int) -> None:
 @click.option("--port", default=0, show_default=True, help="Port to bind; 0 picks a free one.")
 @click.option("--latency", default=0.0, show_default=True, help="Mean seconds per request.")
 @click.option(
-    "--latency-dist", type=click.Choice(["fixed", "lognormal"]), default="fixed", show_default=True
+    "--latency-dist",
+    type=click.Choice(["fixed", "lognormal"]),
+    default="fixed",
+    show_default=True,
+    help="Every request takes --latency, or a lognormal spread around it.",
 )
 @click.option("--latency-sigma", default=0.5, show_default=True, help="Lognormal sigma.")
 @click.option("--concurrency", type=int, default=None, help="In-flight limit per key per model.")
@@ -80,19 +84,20 @@ async def _serve(config: SimConfig, host: str, port: int) -> None:
 @click.option("--rate-503", default=0.0, help="Probability of a random 503.")
 @click.option("--rate-drop", default=0.0, help="Probability of dropping the connection.")
 @click.option("--rate-stall", default=0.0, help="Probability of stalling the response.")
-@click.option("--stall-seconds", default=30.0, show_default=True)
+@click.option("--stall-seconds", default=30.0, show_default=True, help="How long a stall lasts.")
 @click.option("--balance-requests", type=int, default=None, help="1113 after N billed.")
 @click.option(
     "--error-shape",
     type=click.Choice(["nested", "flat", "siliconflow"]),
     default="nested",
     show_default=True,
+    help="How error bodies look: Z.ai nested, flat, or SiliconFlow's.",
 )
 @click.option("--task-seconds", default=0.5, show_default=True, help="Async task duration.")
 @click.option("--batch-seconds", default=1.0, show_default=True, help="Batch job duration.")
 @click.option("--batch-expire-after", type=int, help="Expire batches after N lines are done.")
 @click.option("--url-ttl", type=float, default=None, help="Seconds a result URL stays valid.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed for latencies and faults.")
 @click.option("--no-ledger-ids", is_flag=True, help="Skip per-request-id maps (benchmarks).")
 def sim_command(**options: Any) -> None:
     """Serve a simulated Z.ai platform (loopback by default) until SIGINT/SIGTERM."""
