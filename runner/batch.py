@@ -51,7 +51,8 @@ from .job import (
     watch_grace,
     watch_signals,
 )
-from .pool import Budget, Control, Outcome
+from .outcome import Outcome
+from .pool import Budget, Control
 from .progress import Counters, render_loop
 from .retry import build_retrying
 from .settings import Settings
@@ -328,10 +329,10 @@ class _Driver:
             nonlocal cost
             store.record(chunk)
             for o in chunk:
-                counters.succeeded += o["status"] == "succeeded"
-                counters.failed += o["status"] == "failed"
-                counters.cost_nano += o.get("cost_nano") or 0
-                cost += o.get("cost_nano") or 0
+                counters.succeeded += o.status == "succeeded"
+                counters.failed += o.status == "failed"
+                counters.cost_nano += o.cost_nano or 0
+                cost += o.cost_nano or 0
 
         for path in paths:
             for chunk in merge_file(path, members, b, self.prices, self.settings, seen):

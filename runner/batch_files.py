@@ -22,11 +22,12 @@ from typing import IO, Any
 import orjson
 
 from .cost import PriceTable, Usage
-from .endpoints import error_fields, parse_success
-from .errors import Verdict, classify
-from .pool import ASSUMED_MAX_OUTPUT, Outcome, invalid_outcome
+from .endpoints import Parsed, error_fields, parse_success
+from .errors import RequestFailed, RowError, Verdict, classify
+from .outcome import Outcome, invalid_outcome, outcome_for
+from .pool import ASSUMED_MAX_OUTPUT
 from .settings import Settings
-from .spec import Request, RowError, SpecDefaults, read_spec
+from .spec import InvalidRow, Request, SpecDefaults, read_spec
 from .store import Store
 
 __all__ = [
@@ -144,7 +145,7 @@ def plan_files(
                 bit = 1 << (seq & 7)
                 if seq < total and (done[seq >> 3] & bit or held[seq >> 3] & bit):
                     continue
-                if isinstance(item, RowError):
+                if isinstance(item, InvalidRow):
                     invalid.append(invalid_outcome(item))
                     continue
                 if item.endpoint not in BATCH_ENDPOINTS:
@@ -201,26 +202,22 @@ def _outcome(
     custom_id: str,
     batch: dict[str, Any],
     status: str,
-    **values: Any,
+    *,
+    error: RequestFailed | None = None,
+    parsed: Parsed | None = None,
+    cost_nano: int | None = None,
+    request_id: str | None = None,
 ) -> Outcome:
+    """A row's outcome from its batch: sent when the batch was created, task id the batch's."""
     now = time.time()
-    started = float(batch.get("created_at") or now)
-    out: Outcome = {
-        "seq": seq,
-        "custom_id": custom_id,
-        "line": line_no,
-        "endpoint": batch["endpoint"],
-        "model": batch["model"],
-        "status": status,
-        "attempts": 1,
-        "task_id": batch.get("batch_id"),
-        "task_status": batch.get("status"),
-        "started_at": started,
-        "finished_at": now,
-        "latency_s": round(now - started, 6),
-    }
-    out.update(values)
-    return out
+    req = Request(seq, line_no, custom_id, batch["endpoint"], batch["model"], {})
+    return outcome_for(
+        req, status, attempts=1, started=float(batch.get("created_at") or now), finished=now,
+        http_status=200 if parsed is not None else error.status if error else None,
+        error=error, parsed=parsed,
+        cost_nano=cost_nano, request_id=request_id, task_id=batch.get("batch_id"),
+        task_status=batch.get("status"),
+    )  # fmt: skip
 
 
 def _line_outcome(
@@ -247,41 +244,28 @@ def _line_outcome(
     if status == 200 and isinstance(body, dict) and "error" not in body:
         text = orjson.dumps(body)
         parsed = parse_success(batch["endpoint"], text, body)
-        u = parsed.usage
         return _outcome(
             seq,
             line_no,
             cid,
             batch,
             "failed" if parsed.failure else "succeeded",
-            http_status=200,
-            error_code=parsed.failure.code if parsed.failure else None,
-            error_message=parsed.failure.message if parsed.failure else None,
+            error=parsed.failure,
+            parsed=parsed,
+            cost_nano=batch_cost(prices, batch["model"], parsed.usage),
             request_id=body.get("request_id"),
-            response=parsed.text,
-            prompt_tokens=u.prompt_tokens,
-            completion_tokens=u.completion_tokens,
-            cached_tokens=u.cached_tokens,
-            total_tokens=u.total_tokens,
-            images=u.images,
-            videos=u.videos,
-            cost_nano=batch_cost(prices, batch["model"], u),
         )
     # An error line: the shape is not documented (API-NOTES 5.4), so read the response
     # body first and a top-level `error` object second.
     code, message = error_fields(body)
     if code is None and not message:
         code, message = error_fields({"error": line.get("error")})
-    return _outcome(
-        seq,
-        line_no,
-        cid,
-        batch,
-        "failed",
-        http_status=status or None,
-        error_code=code or (str(status) if status else "batch_error"),
-        error_message=message or f"the batch answered HTTP {status}",
+    error = RowError(
+        message or f"the batch answered HTTP {status}",
+        code=code or (str(status) if status else "batch_error"),
+        status=status or None,
     )
+    return _outcome(seq, line_no, cid, batch, "failed", error=error)
 
 
 def missing_outcome(
@@ -291,9 +275,7 @@ def missing_outcome(
     code = "batch_" + str(batch.get("status") or "missing")
     if batch.get("status") == "completed":
         code = "batch_missing"
-    return _outcome(
-        seq, line_no, custom_id, batch, "failed", error_code=code, error_message=message
-    )
+    return _outcome(seq, line_no, custom_id, batch, "failed", error=RowError(message, code=code))
 
 
 def merge_file(
@@ -313,9 +295,9 @@ def merge_file(
             if not raw.strip():
                 continue
             out = _line_outcome(raw, members, batch, prices, settings)
-            if out is None or out["custom_id"] in seen:
+            if out is None or out.custom_id in seen:
                 continue
-            seen.add(out["custom_id"])
+            seen.add(out.custom_id)
             chunk.append(out)
             if len(chunk) >= _RECORD_CHUNK:
                 yield chunk

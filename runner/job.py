@@ -36,7 +36,8 @@ from .errors import (
 )
 from .export import write_results_parquet
 from .http import make_transport
-from .pool import Budget, Control, Lanes, Outcome, invalid_outcome
+from .outcome import Outcome, invalid_outcome
+from .pool import Budget, Control, Lanes
 from .progress import Counters, render_loop
 from .settings import Settings
 from .spec import (
@@ -165,11 +166,11 @@ async def _writer(
         pending, batch = batch, []
         await anyio.to_thread.run_sync(store.record, pending, limiter=lock)
         for o in pending:
-            if o["status"] == "succeeded":
+            if o.status == "succeeded":
                 counters.succeeded += 1
-            elif o["status"] == "failed":
+            elif o.status == "failed":
                 counters.failed += 1
-            counters.cost_nano += o.get("cost_nano") or 0
+            counters.cost_nano += o.cost_nano or 0
 
     async with results:
         try:

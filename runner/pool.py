@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from tenacity import RetryCallState
 
 from .cost import NANO, PriceTable
-from .endpoints import Parsed, parse_success, raise_for_answer
+from .endpoints import parse_success, raise_for_answer
 from .errors import (
     BudgetExceeded,
     FatalAPIError,
@@ -35,17 +35,15 @@ from .errors import (
 )
 from .http import ConnectionDropped, ResponseTimeout, Transport
 from .limits import AdaptiveLimiter
+from .outcome import Outcome, outcome_for
 from .progress import Counters
 from .providers import Provider
 from .ratelimit import RateLimits, estimate_tokens
 from .retry import build_retrying
 from .settings import Settings
 from .spec import ASYNC_ENDPOINTS, Request
-from .spec import RowError as SpecRowError
 
-__all__ = ["Budget", "Control", "Lanes", "invalid_outcome", "outcome_for"]
-
-Outcome = dict[str, Any]
+__all__ = ["Budget", "Control", "Lanes"]
 
 # When a row sets no max_tokens, the budget assumes this many output tokens at worst.
 ASSUMED_MAX_OUTPUT = 4096
@@ -105,72 +103,6 @@ class Budget:
 
 def fingerprint(endpoint: str, body: bytes) -> str:
     return hashlib.blake2b(endpoint.encode() + b"\0" + body, digest_size=8).hexdigest()
-
-
-def outcome_for(
-    req: Request,
-    status: str,
-    *,
-    attempts: int,
-    started: float,
-    finished: float | None = None,
-    http_status: int | None = None,
-    error: RequestFailed | None = None,
-    parsed: Parsed | None = None,
-    cost_nano: int | None = None,
-    request_fp: str | None = None,
-    request_id: str | None = None,
-    task_id: str | None = None,
-    task_status: str | None = None,
-    artifacts: str | None = None,
-) -> Outcome:
-    finished = time.time() if finished is None else finished
-    u = parsed.usage if parsed is not None else None
-    return {
-        "seq": req.seq,
-        "custom_id": req.custom_id,
-        "line": req.line,
-        "endpoint": req.endpoint,
-        "model": req.model,
-        "status": status,
-        "attempts": attempts,
-        "http_status": http_status,
-        "error_code": error.code if error else None,
-        "error_message": error.message if error else None,
-        "request_id": request_id,
-        "request_fingerprint": request_fp,
-        "task_id": task_id,
-        "task_status": task_status,
-        "response": parsed.text if parsed is not None else None,
-        "prompt_tokens": u.prompt_tokens if u else None,
-        "completion_tokens": u.completion_tokens if u else None,
-        "cached_tokens": u.cached_tokens if u else None,
-        "total_tokens": u.total_tokens if u else None,
-        "images": u.images if u else None,
-        "videos": u.videos if u else None,
-        "cost_nano": cost_nano,
-        "started_at": started,
-        "finished_at": finished,
-        "latency_s": round(finished - started, 6),
-        "artifacts": artifacts,
-    }
-
-
-def invalid_outcome(err: SpecRowError) -> Outcome:
-    """A spec row that can't be sent: failed with its line-numbered reason, never sent."""
-    now = time.time()
-    return {
-        "seq": err.seq,
-        "custom_id": err.custom_id or f"line-{err.line}",
-        "line": err.line,
-        "status": "failed",
-        "attempts": 0,
-        "error_code": "invalid_row",
-        "error_message": str(err),
-        "started_at": now,
-        "finished_at": now,
-        "latency_s": 0.0,
-    }
 
 
 @dataclass

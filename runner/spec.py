@@ -1,8 +1,8 @@
-"""Read a job's spec (JSONL or Parquet) as a stream of batches of ``Request`` or ``RowError``.
+"""Read a job's spec (JSONL or Parquet) as a stream of batches of ``Request`` or ``InvalidRow``.
 
 A spec may hold a million rows, so it is never loaded whole: JSONL is split from fixed-size
 chunks and Parquet is read in record batches. Every data row yields exactly one item, in file
-order; a bad row becomes a ``RowError`` naming its line and field and never stops the reading of
+order; a bad row becomes an ``InvalidRow`` naming its line and field and never stops the reading of
 the rest. Only a problem with the file as a whole (missing, unknown format, not Parquet) raises
 ``SpecError``.
 
@@ -37,13 +37,14 @@ __all__ = [
     "ASYNC_ENDPOINTS",
     "ENDPOINTS",
     "MAX_LINE_BYTES",
+    "InvalidRow",
     "Request",
-    "RowError",
     "SpecDefaults",
     "SpecError",
     "ValidationReport",
     "canonical_endpoint",
     "derive_custom_id",
+    "jsonl_lines",
     "read_spec",
     "spec_fingerprint",
     "validate_spec",
@@ -87,7 +88,7 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
-class RowError:
+class InvalidRow:
     """One row that cannot be sent; ``field`` is a dotted path, or None for the whole line."""
 
     seq: int
@@ -132,7 +133,7 @@ def _implied_endpoint(body: Any) -> str | None:
 
 
 class _Rows:
-    """Turns one row's parts into a Request or RowError; holds the defaults and the ids seen."""
+    """Turns one row's parts into a Request or InvalidRow; holds the defaults and the ids seen."""
 
     __slots__ = ("_endpoint", "_flat", "_model", "_nested", "_seen")
 
@@ -159,11 +160,11 @@ class _Rows:
         # is walked at every full collection, which made reading a 1M-row spec a third slower.
         self._seen: dict[bytes, None] = {}
 
-    def from_object(self, seq: int, line: int, obj: Any) -> Request | RowError:
+    def from_object(self, seq: int, line: int, obj: Any) -> Request | InvalidRow:
         """A parsed JSONL line: a Batch-API line if it has ``body`` or ``url``, else a bare body."""
         if type(obj) is not dict:
             kind = json_kind(obj)
-            return RowError(seq, line, None, None, f"line is a JSON {kind}, not a request object")
+            return InvalidRow(seq, line, None, None, f"line is a JSON {kind}, not a request object")
         if "body" in obj or "url" in obj:
             cid, url, method = obj.get("custom_id"), obj.get("url"), obj.get("method")
             return self.build(seq, line, cid, url, method, obj.get("body"), False)
@@ -171,7 +172,7 @@ class _Rows:
 
     def build(
         self, seq: int, line: int, cid: Any, url: Any, method: Any, body: Any, body_json: bool
-    ) -> Request | RowError:
+    ) -> Request | InvalidRow:
         """Check one row's parts in a fixed order; the first problem found is the row's error."""
         # The id an error reports: None until the id is known good and unique, so an error never
         # carries an id that names another row (outputs and the store may be keyed by it).
@@ -182,10 +183,10 @@ class _Rows:
             body = self._body_of(body, body_json)
             model = self._model_of(body, endpoint)
         except _Bad as bad:
-            return RowError(seq, line, known, bad.field, bad.message)
+            return InvalidRow(seq, line, known, bad.field, bad.message)
         problem = CHECKS[endpoint](body, model)
         if problem is not None:
-            return RowError(seq, line, known, problem[0], problem[1])
+            return InvalidRow(seq, line, known, problem[0], problem[1])
         return Request(seq, line, known, endpoint, model, body)
 
     def _claim_id(self, given: Any, line: int) -> str:
@@ -259,7 +260,7 @@ class _Rows:
 
 
 class _Bad(Exception):
-    """A row's first problem, raised from the checks so ``_Rows.build`` makes its RowError once."""
+    """A row's first problem, raised from the checks so ``_Rows.build`` builds one InvalidRow."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
@@ -267,7 +268,9 @@ class _Bad(Exception):
         self.message = message
 
 
-def _lines(f: IO[bytes], cap: int, chunk_size: int = _CHUNK) -> Iterator[tuple[int, bytes | int]]:
+def jsonl_lines(
+    f: IO[bytes], cap: int, chunk_size: int = _CHUNK
+) -> Iterator[tuple[int, bytes | int]]:
     """Yield ``(line number, bytes)`` per physical line, splitting fixed-size chunks.
 
     A line longer than ``cap`` is yielded as its length instead: its bytes are dropped as they
@@ -313,31 +316,32 @@ def _lines(f: IO[bytes], cap: int, chunk_size: int = _CHUNK) -> Iterator[tuple[i
         yield lineno + 1, b"".join(head)
 
 
-def _bad_json(seq: int, line: int, raw: bytes, exc: orjson.JSONDecodeError) -> RowError:
+def _bad_json(seq: int, line: int, raw: bytes, exc: orjson.JSONDecodeError) -> InvalidRow:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as bad:
         where = f"byte 0x{raw[bad.start]:02x} at position {bad.start + 1}"
-        return RowError(seq, line, None, None, f"not valid UTF-8 ({where}): save the spec as UTF-8")
-    return RowError(seq, line, None, None, f"invalid JSON at column {exc.colno}: {exc.msg}")
+        message = f"not valid UTF-8 ({where}): save the spec as UTF-8"
+        return InvalidRow(seq, line, None, None, message)
+    return InvalidRow(seq, line, None, None, f"invalid JSON at column {exc.colno}: {exc.msg}")
 
 
 def _read_jsonl(
     path: Path, rows: _Rows, batch_size: int, cap: int
-) -> Iterator[list[Request | RowError]]:
+) -> Iterator[list[Request | InvalidRow]]:
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    batch: list[Request | RowError] = []
+    batch: list[Request | InvalidRow] = []
     seq = 0
     try:
         f = path.open("rb")
     except OSError as exc:
         raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
     with f:
-        for line, raw in _lines(f, cap):
-            item: Request | RowError
+        for line, raw in jsonl_lines(f, cap):
+            item: Request | InvalidRow
             if isinstance(raw, int):
                 problem = f"line is {raw:,} bytes, over the {cap:,}-byte cap"
-                item = RowError(seq, line, None, None, f"{problem}: shorten or split the request")
+                item = InvalidRow(seq, line, None, None, f"{problem}: shorten or split the request")
             elif not raw or raw.isspace():
                 continue
             else:
@@ -365,10 +369,10 @@ def _drop_nulls(value: Any) -> Any:
     return value
 
 
-def _read_parquet(path: Path, rows: _Rows, batch_size: int) -> Iterator[list[Request | RowError]]:
+def _read_parquet(path: Path, rows: _Rows, batch_size: int) -> Iterator[list[Request | InvalidRow]]:
     import pyarrow.parquet as pq  # deferred: slow to import, and most specs are JSONL
 
-    batch: list[Request | RowError] = []
+    batch: list[Request | InvalidRow] = []
     seq = 0
     # A buffered stream, not pre-buffering: pages are read as batches need them, so a spec in one
     # huge row group does not land in memory whole.
@@ -453,7 +457,7 @@ def read_spec(
     batch_size: int = 1024,
     fmt: str | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
-) -> Iterator[list[Request | RowError]]:
+) -> Iterator[list[Request | InvalidRow]]:
     """Stream the spec as lists of up to ``batch_size`` items, one per data row, in file order.
 
     File-level problems raise ``SpecError`` here, before the first batch, so a run that cannot
@@ -480,7 +484,7 @@ class ValidationReport:
 
     total: int = 0
     valid: int = 0
-    errors: list[RowError] = field(default_factory=list)  # the first MAX_STORED_ERRORS only
+    errors: list[InvalidRow] = field(default_factory=list)  # the first MAX_STORED_ERRORS only
     invalid: int = 0  # every invalid row, stored or not
     by_endpoint: dict[str, int] = field(default_factory=dict)
     by_model: dict[str, int] = field(default_factory=dict)

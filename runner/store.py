@@ -24,6 +24,7 @@ import orjson
 import sqlite_utils
 
 from .errors import CheckpointError
+from .outcome import COLUMNS, Outcome
 
 __all__ = ["BATCH_COLUMNS", "COLUMNS", "REOPEN_CODES", "TERMINAL", "Store", "advice"]
 
@@ -57,36 +58,6 @@ _OPEN_BATCH_SQL = (
     "LEFT JOIN rows r ON r.seq = b.seq "
     "WHERE k.state != 'merged' AND (r.status IS NULL OR r.status NOT IN ('succeeded', 'failed'))"
 )
-
-# Column order of the rows table; every outcome dict carries these keys.
-COLUMNS: dict[str, type] = {
-    "seq": int,
-    "custom_id": str,
-    "line": int,
-    "endpoint": str,
-    "model": str,
-    "status": str,
-    "attempts": int,
-    "http_status": int,
-    "error_code": str,
-    "error_message": str,
-    "request_id": str,
-    "request_fingerprint": str,
-    "task_id": str,
-    "task_status": str,
-    "response": str,
-    "prompt_tokens": int,
-    "completion_tokens": int,
-    "cached_tokens": int,
-    "total_tokens": int,
-    "images": int,
-    "videos": int,
-    "cost_nano": int,
-    "started_at": float,
-    "finished_at": float,
-    "latency_s": float,
-    "artifacts": str,
-}
 
 
 _SHAPE = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
@@ -169,8 +140,7 @@ class Store:
             f"INSERT OR REPLACE INTO rows ({', '.join(cols)}) "
             f"VALUES ({', '.join('?' for _ in cols)})"
         )
-        self._cols = cols
-        self._getter = operator.itemgetter(*cols)
+        self._getter = operator.attrgetter(*cols)
 
     def _table(self, name: str) -> sqlite_utils.db.Table:
         return self.db.table(name)
@@ -279,17 +249,11 @@ class Store:
 
     # -- rows ------------------------------------------------------------------------------
 
-    def record(self, outcomes: Sequence[Mapping[str, Any]]) -> None:
+    def record(self, outcomes: Sequence[Outcome]) -> None:
         """Commit a batch of row outcomes in one transaction; a replay overwrites, never adds."""
         if not outcomes:
             return
-        get, cols = self._getter, self._cols
-        values: list[tuple[Any, ...]] = []
-        for o in outcomes:
-            try:
-                values.append(get(o))  # one C call for the usual, complete outcome
-            except KeyError:
-                values.append(tuple(o.get(c) for c in cols))
+        values = list(map(self._getter, outcomes))  # one C call per outcome
         conn = self.db.conn
         try:
             with conn:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -53,7 +53,8 @@ from .errors import (
     RowError,
 )
 from .http import ConnectionDropped
-from .pool import Lane, Lanes, Outcome, fingerprint, outcome_for
+from .outcome import Outcome, outcome_for
+from .pool import Lane, Lanes, fingerprint
 from .retry import build_retrying
 from .settings import Settings
 from .spec import Request
@@ -118,8 +119,9 @@ def prepare_resume(store: Store) -> list[dict[str, Any]]:
     for row in store.open_tasks():
         if row["status"] == "submitting" or not row["task_id"]:
             msg = _unknown(row["request_id"], why)
-            unknown.append({**row, "status": "failed", "error_code": "submit_unknown",
-                            "error_message": msg, "finished_at": time.time()})  # fmt: skip
+            unknown.append(replace(Outcome.from_stored(row), status="failed",
+                                   error_code="submit_unknown", error_message=msg,
+                                   finished_at=time.time()))  # fmt: skip
         else:
             to_poll.append(row)
     store.record(unknown)
@@ -332,7 +334,7 @@ class Tasks:
             finally:
                 counters.polling -= 1
                 # Unknown cost (stopped, timed out, unpriced) keeps the reservation as spent.
-                cost = outcome.get("cost_nano") if outcome is not None else None
+                cost = outcome.cost_nano if outcome is not None else None
                 self.lanes.budget.settle(row.worst, row.worst if cost is None else cost)
             if outcome is not None:
                 await results.send(outcome)

@@ -18,8 +18,8 @@ from runner.endpoints_table import CHECKS, MODELLESS_ENDPOINTS
 from runner.spec import (
     ASYNC_ENDPOINTS,
     ENDPOINTS,
+    InvalidRow,
     Request,
-    RowError,
     SpecDefaults,
     SpecError,
     canonical_endpoint,
@@ -58,8 +58,8 @@ def only(path: Path, defaults: SpecDefaults = NO_DEFAULTS, **kw: Any) -> Any:
     return item
 
 
-def error_at(item: Any, line_no: int, field: str | None) -> RowError:
-    assert isinstance(item, RowError), item
+def error_at(item: Any, line_no: int, field: str | None) -> InvalidRow:
+    assert isinstance(item, InvalidRow), item
     assert (item.line, item.field) == (line_no, field), str(item)
     return item
 
@@ -211,7 +211,7 @@ def test_bad_sample_reports_each_line_and_field() -> None:
     assert (SAMPLES / "bad.jsonl").read_bytes() == b"".join(raw + b"\n" for raw, _, _ in bad)
     items = read_all(SAMPLES / "bad.jsonl")
     expected = [(n, field) for n, (raw, field, shows) in enumerate(bad, 1) if shows]
-    assert [(e.line, e.field) for e in items if isinstance(e, RowError)] == expected
+    assert [(e.line, e.field) for e in items if isinstance(e, InvalidRow)] == expected
     assert [r.line for r in items if isinstance(r, Request)] == [1]
     assert [item.seq for item in items] == list(range(len(items)))
     by_line = {item.line: item for item in items}
@@ -224,10 +224,10 @@ def test_bad_sample_reports_each_line_and_field() -> None:
 
 
 def test_row_error_text() -> None:
-    assert str(RowError(0, 12, None, "body.model", "missing model")) == (
+    assert str(InvalidRow(0, 12, None, "body.model", "missing model")) == (
         "line 12, field body.model: missing model"
     )
-    assert str(RowError(0, 3, None, None, "invalid JSON")) == "line 3: invalid JSON"
+    assert str(InvalidRow(0, 3, None, None, "invalid JSON")) == "line 3: invalid JSON"
 
 
 def chat(*messages: Any, **extra: Any) -> dict[str, Any]:
@@ -337,7 +337,7 @@ def test_blank_lines_keep_line_numbers_but_are_not_rows(tmp_path: Path) -> None:
     path = write(tmp_path, [b"", line("a"), b"   ", b"\t", line("b"), b"{", b"", line("c")])
     items = read_all(path)
     assert [(i.seq, i.line) for i in items] == [(0, 2), (1, 5), (2, 6), (3, 8)]
-    assert [type(i) for i in items] == [Request, Request, RowError, Request]
+    assert [type(i) for i in items] == [Request, Request, InvalidRow, Request]
 
 
 def test_bom_crlf_and_no_final_newline(tmp_path: Path) -> None:
@@ -361,7 +361,7 @@ def test_over_long_line_is_one_error_and_reading_goes_on(tmp_path: Path, size: i
     huge = line("big", {**BODY, "pad": "x" * size})
     path = write(tmp_path, [line("a"), huge, line("c"), b"y" * size])
     items = read_all(path, max_line_bytes=cap)
-    assert [type(i) for i in items] == [Request, RowError, Request, RowError]
+    assert [type(i) for i in items] == [Request, InvalidRow, Request, InvalidRow]
     assert f"{len(huge):,} bytes, over the {cap:,}-byte cap" in error_at(items[1], 2, None).message
     error_at(items[3], 4, None)
     assert [item.seq for item in items] == [0, 1, 2, 3]

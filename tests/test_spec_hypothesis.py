@@ -1,6 +1,6 @@
 """Hostile specs: files that mix valid rows with every kind of malformed line.
 
-Whatever the file holds, the reader must not raise, must yield exactly one Request or RowError per
+Whatever the file holds, the reader must not raise, must yield exactly one Request or InvalidRow per
 data row with the right line number and seq, and must hand valid rows back unchanged.
 """
 
@@ -18,7 +18,14 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.spec import Request, RowError, SpecDefaults, _lines, canonical_endpoint, read_spec
+from runner.spec import (
+    InvalidRow,
+    Request,
+    SpecDefaults,
+    canonical_endpoint,
+    jsonl_lines,
+    read_spec,
+)
 
 CAP = 2048  # a small line cap, so "huge" lines stay cheap to generate
 DEFAULTS = SpecDefaults(endpoint="chat/completions", model="glm-4.7-flash")
@@ -83,9 +90,9 @@ class Row:
     """What one generated entry writes and what reading it must give (None: any outcome)."""
 
     raw: bytes  # the physical line it writes, without its line ending
-    ok: bool | None  # True: a Request; False: a RowError; None: either
-    field: str | None = None  # the RowError's field, when ok is False and it names one
-    whole: bool = False  # the RowError is about the whole line: its field must be None
+    ok: bool | None  # True: a Request; False: a InvalidRow; None: either
+    field: str | None = None  # the InvalidRow's field, when ok is False and it names one
+    whole: bool = False  # the InvalidRow is about the whole line: its field must be None
     custom_id: str | None = None  # for a Request: its id; None means line-N
     endpoint: str = "chat/completions"
     body: Any = None  # for a Request: the body it must carry
@@ -184,13 +191,13 @@ def specs(draw: st.DrawFn) -> tuple[bytes, list[tuple[int, Row]]]:
     return b"".join(out), expected
 
 
-def check(items: list[Request | RowError], expected: list[tuple[int, Row]]) -> None:
+def check(items: list[Request | InvalidRow], expected: list[tuple[int, Row]]) -> None:
     assert [item.line for item in items] == [number for number, _ in expected]
     assert [item.seq for item in items] == list(range(len(expected)))
     for item, (number, row) in zip(items, expected, strict=True):
         if row.ok is not None:
-            assert isinstance(item, Request if row.ok else RowError), (number, row, item)
-        if isinstance(item, RowError):
+            assert isinstance(item, Request if row.ok else InvalidRow), (number, row, item)
+        if isinstance(item, InvalidRow):
             assert row.field is None or item.field == row.field, (str(item), row)
             assert not row.whole or item.field is None, (str(item), row)
             assert item.message
@@ -259,5 +266,5 @@ def test_line_splitter_matches_split_at_any_chunk_size(
     if lines[-1] == b"":
         lines.pop()
     expected = [(n, raw if len(raw) <= cap else len(raw)) for n, raw in enumerate(lines, 1)]
-    got = list(_lines(io.BytesIO(b"\xef\xbb\xbf" * bom + data), cap, chunk_size))
+    got = list(jsonl_lines(io.BytesIO(b"\xef\xbb\xbf" * bom + data), cap, chunk_size))
     assert got == expected
