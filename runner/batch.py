@@ -37,9 +37,10 @@ import httpx
 import orjson
 
 from .batch_files import merge_file, missing_outcome, plan_files, retry_online
+from .control import Budget, Control, Stopping
 from .cost import PriceTable
 from .endpoints import raise_for_answer
-from .errors import BudgetExceeded, FatalAPIError, RetryableError, RunnerError, UsageError
+from .errors import FatalAPIError, RetryableError, RunnerError, UsageError
 from .export import write_results_parquet
 from .http import ConnectionDropped, Response, Transport, make_transport
 from .job import (
@@ -52,7 +53,6 @@ from .job import (
     watch_signals,
 )
 from .outcome import Outcome
-from .pool import Budget, Control
 from .progress import Counters, render_loop
 from .retry import build_retrying
 from .settings import Settings
@@ -67,10 +67,6 @@ _LIST_PAGES = 50
 _UPLOADS_AT_ONCE = 2  # Zhipu answers 429 to uploads that come too fast (API-NOTES 4)
 
 T = TypeVar("T")
-
-
-class _Stop(Exception):
-    """The job is stopping: leave the batch at its last committed step."""
 
 
 class BatchClient:
@@ -93,17 +89,11 @@ class BatchClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def _pause(self, seconds: float) -> None:
-        with anyio.move_on_after(seconds):
-            await self.control.stopping.wait()
-        if self.control.reason is not None:
-            raise _Stop
-
     def _answer(self, resp: Response) -> dict[str, Any]:
         return raise_for_answer(resp, balance_statuses=self._balance, error_shape=self._shape)
 
     async def _retrying(self, attempt_once: Callable[[], Any]) -> Any:
-        async for attempt in build_retrying(self.settings.retry, sleep=self._pause):
+        async for attempt in build_retrying(self.settings.retry, sleep=self.control.pause):
             with attempt:
                 return await attempt_once()
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
@@ -212,7 +202,7 @@ class _Driver:
     async def drive(self, batch: dict[str, Any]) -> None:
         try:
             await self._drive(batch)
-        except _Stop:
+        except Stopping:
             return
         except FatalAPIError as exc:
             self.control.stop(exc)
@@ -230,7 +220,7 @@ class _Driver:
                 found = await self.client.find("files", lambda f: f.get("filename") == filename)
             if found is None:
                 if self.control.reason is not None:
-                    raise _Stop
+                    raise Stopping
                 await self.step(key, state="uploading")
                 async with self._uploads:
                     found = await self.client.upload(Path(b["path"]), filename)
@@ -240,10 +230,10 @@ class _Driver:
         if b["state"] in ("uploaded", "creating"):
             await self._create(b, key)
         if b["state"] == "created":
-            if "reserved" not in b and self.budget.limit_nano is not None:
+            if "reserved" not in b:
                 # A batch created by an earlier run is already committed spending.
                 b["reserved"] = int(b["worst_nano"] or 0)
-                self.budget.reserved_nano += b["reserved"]
+                self.budget.hold(b["reserved"])
             await self._poll(b, key)
         if b["state"] == "finished":
             await self._merge(b, key)
@@ -255,16 +245,10 @@ class _Driver:
             found = await self.client.find("batches", lambda x: x.get("input_file_id") == file_id)
         if found is None:
             if self.control.reason is not None:
-                raise _Stop
+                raise Stopping
             worst = int(b["worst_nano"] or 0)
-            if not self.budget.reserve(worst):
-                self.control.stop(
-                    BudgetExceeded(
-                        "stopped: the next batch could pass --max-cost "
-                        f"({self.budget.limit_nano or 0} nano-units); raise it and resume"
-                    )
-                )
-                raise _Stop
+            if not self.budget.admit(worst, self.control, what="batch"):
+                raise Stopping
             b["reserved"] = worst
             await self.step(key, state="creating")
             body = {
@@ -292,7 +276,7 @@ class _Driver:
                     await self.step(key, status=status, request_counts=counts)
                 if status in TERMINAL_BATCH:
                     break
-                await self.client._pause(wait)
+                await self.control.pause(wait)
                 wait = min(wait * 1.5, self.settings.poll_max)
         finally:
             self.counters.polling -= 1

@@ -25,7 +25,6 @@ from .cost import PriceTable, Usage
 from .endpoints import Parsed, error_fields, parse_success
 from .errors import RequestFailed, RowError, Verdict, classify
 from .outcome import Outcome, invalid_outcome, outcome_for
-from .pool import ASSUMED_MAX_OUTPUT
 from .settings import Settings
 from .spec import InvalidRow, Request, SpecDefaults, read_spec
 from .store import Store
@@ -84,15 +83,8 @@ def batch_cost(prices: PriceTable, model: str, usage: Usage) -> int | None:
 
 
 def _worst(prices: PriceTable, req: Request, line_bytes: int) -> int:
-    """The most a line could cost (as the online pool's budget estimates it), discounted."""
-    price = prices.price(req.model)
-    if price is None:
-        return 0
-    max_out = req.body.get("max_tokens")
-    out = max_out if isinstance(max_out, int) else ASSUMED_MAX_OUTPUT
-    n = req.body.get("n")
-    items = n if isinstance(n, int) and n > 0 else 1
-    online = line_bytes * price.input + out * price.output + items * price.image
+    """The most a line could cost, as online mode reckons it, at the batch discount."""
+    online = prices.worst_case(req.model, req.body, line_bytes)
     return int(Decimal(online) * prices.batch_factor)
 
 

@@ -16,9 +16,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NANO", "ModelPrice", "PriceTable", "Usage", "format_cost", "load_prices"]
+__all__ = [
+    "ASSUMED_MAX_OUTPUT",
+    "NANO",
+    "ModelPrice",
+    "PriceTable",
+    "Usage",
+    "format_cost",
+    "load_prices",
+]
 
 NANO = 1_000_000_000
+# When a row sets no max_tokens, its worst case assumes this many output tokens.
+ASSUMED_MAX_OUTPUT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +87,22 @@ class PriceTable:
         """Cost in nano-units, or None when the model has no known price."""
         p = self.models.get(model.lower())
         return None if p is None else p.cost(usage)
+
+    def worst_case(self, model: str, body: Mapping[str, Any], size: int) -> int:
+        """The most one request of `size` bytes could cost online (0 when unpriced).
+
+        Bytes bound input tokens from above (no tokenizer emits more tokens than bytes);
+        output is bounded by max_tokens, or ASSUMED_MAX_OUTPUT; each item (image, video)
+        and the per-use price are counted once per `n`.
+        """
+        p = self.models.get(model.lower())
+        if p is None:
+            return 0
+        max_out = body.get("max_tokens")
+        out_tokens = max_out if isinstance(max_out, int) else ASSUMED_MAX_OUTPUT
+        n = body.get("n")
+        items = n if isinstance(n, int) and n > 0 else 1
+        return size * p.input + out_tokens * p.output + items * (p.image + p.video) + p.use
 
 
 def _parse_table(raw: Mapping[str, Any]) -> PriceTable:

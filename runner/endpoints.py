@@ -94,7 +94,6 @@ def raise_for_answer(
     resp: Response,
     *,
     balance_statuses: frozenset[int] = frozenset(),
-    provider: str = "",
     error_shape: str | None = None,
 ) -> dict[str, Any]:
     """Return the decoded body of a success; raise the right error for anything else.

@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .control import Budget, Control
 from .cost import PriceTable, load_prices
 from .errors import (
     CheckpointError,
@@ -37,7 +38,7 @@ from .errors import (
 from .export import write_results_parquet
 from .http import make_transport
 from .outcome import Outcome, invalid_outcome
-from .pool import Budget, Control, Lanes
+from .pool import JobContext, Lanes
 from .progress import Counters, render_loop
 from .settings import Settings
 from .spec import (
@@ -363,7 +364,8 @@ async def run_online(
         outer.start_soon(watch_grace, control, work_scope, grace)
         results_send, results_recv = anyio.create_memory_object_stream[Outcome](4096)
         store_lock = anyio.CapacityLimiter(1)
-        tasks = Tasks(settings, store, store_lock, job_id)
+        ctx = JobContext(settings, transport, prices, counters, control, budget)
+        tasks = Tasks(ctx, store, store_lock, job_id)
         try:
             async with anyio.create_task_group() as work:
                 work.start_soon(
@@ -373,18 +375,8 @@ async def run_online(
                     # Pollers run in lanes_tg, so the job waits for them; the downloader in
                     # `tasks` closes only after they are done.
                     async with tasks, anyio.create_task_group() as lanes_tg:
-                        lanes = Lanes(
-                            settings,
-                            transport,
-                            prices,
-                            counters,
-                            control,
-                            budget,
-                            results_send,
-                            lanes_tg,
-                            submit_task=tasks.submit,
-                        )
-                        tasks.start(lanes, lanes_tg, open_rows)
+                        lanes = Lanes(ctx, results_send, lanes_tg, submit_task=tasks.submit)
+                        tasks.start(lanes_tg, results_send, open_rows)
                         reader_scope = anyio.CancelScope()
                         control.on_stop(reader_scope.cancel)
                         with reader_scope:

@@ -13,7 +13,6 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -22,18 +21,17 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from tenacity import RetryCallState
 
-from .cost import NANO, PriceTable
+from .control import Budget, Control, Stopping
+from .cost import PriceTable
 from .endpoints import parse_success, raise_for_answer
 from .errors import (
-    BudgetExceeded,
     FatalAPIError,
-    JobStopped,
     RateLimited,
     RequestFailed,
     RetryableError,
     RowError,
 )
-from .http import ConnectionDropped, ResponseTimeout, Transport
+from .http import ConnectionDropped, Response, ResponseTimeout, Transport
 from .limits import AdaptiveLimiter
 from .outcome import Outcome, outcome_for
 from .progress import Counters
@@ -43,62 +41,7 @@ from .retry import build_retrying
 from .settings import Settings
 from .spec import ASYNC_ENDPOINTS, Request
 
-__all__ = ["Budget", "Control", "Lanes"]
-
-# When a row sets no max_tokens, the budget assumes this many output tokens at worst.
-ASSUMED_MAX_OUTPUT = 4096
-
-
-class Control:
-    """The job's stop switch: the first reason wins; everything else reads it."""
-
-    def __init__(self) -> None:
-        self.reason: JobStopped | None = None
-        self.stopping = anyio.Event()
-        self._on_stop: list[Callable[[], None]] = []
-
-    def on_stop(self, fn: Callable[[], None]) -> None:
-        self._on_stop.append(fn)
-
-    def stop(self, reason: JobStopped) -> None:
-        if self.reason is not None:
-            return
-        self.reason = reason
-        self.stopping.set()
-        for fn in self._on_stop:
-            fn()
-
-
-class _Abandoned(Exception):
-    """A row waiting to retry when the job stopped: it stays pending for the resume."""
-
-
-@dataclass(slots=True)
-class Budget:
-    """--max-cost: spent cost plus the worst case of everything in flight stays within it."""
-
-    limit_nano: int | None
-    spent_nano: int = 0
-    reserved_nano: int = 0
-
-    @classmethod
-    def for_job(cls, max_cost: Decimal | None, spent_nano: int) -> Budget:
-        """The budget of a run: --max-cost in nano-units, less what earlier runs spent."""
-        limit = None if max_cost is None else int(max_cost * NANO)
-        return cls(limit, spent_nano=spent_nano)
-
-    def reserve(self, worst: int) -> bool:
-        if self.limit_nano is None:
-            return True
-        if self.spent_nano + self.reserved_nano + worst > self.limit_nano:
-            return False
-        self.reserved_nano += worst
-        return True
-
-    def settle(self, worst: int, actual: int) -> None:
-        if self.limit_nano is not None:
-            self.reserved_nano -= worst
-        self.spent_nano += actual
+__all__ = ["JobContext", "Lane", "Lanes", "fingerprint"]
 
 
 def fingerprint(endpoint: str, body: bytes) -> str:
@@ -113,8 +56,8 @@ class Lane:
 
 
 @dataclass
-class Lanes:
-    """Creates a lane the first time a model appears in the spec, and feeds rows to it."""
+class JobContext:
+    """What every sender of one job shares: where to send, what it costs, when to stop."""
 
     settings: Settings
     transport: Transport
@@ -122,30 +65,46 @@ class Lanes:
     counters: Counters
     control: Control
     budget: Budget
+    provider: Provider = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Resolved once: a user's providers file must not be re-read per request.
+        self.provider = self.settings.provider_info
+
+    def raise_for_answer(self, resp: Response) -> dict[str, Any]:
+        """The answer's JSON, or the error it is, as the provider words its errors."""
+        info = self.provider
+        return raise_for_answer(
+            resp, balance_statuses=info.balance_statuses, error_shape=info.error_shape
+        )
+
+
+@dataclass
+class Lanes:
+    """Creates a lane the first time a model appears in the spec, and feeds rows to it."""
+
+    ctx: JobContext
     results: MemoryObjectSendStream[Outcome]
     task_group: TaskGroup
     submit_task: Callable[..., Any] | None = None
     lanes: dict[str, Lane] = field(default_factory=dict)
     rate: RateLimits | None = None
-    provider: Provider = field(init=False)
 
     def __post_init__(self) -> None:
         if self.rate is None:
-            self.rate = RateLimits.from_settings(self.settings)  # None without --rpm/--tpm
-        # Resolved once: a user's providers file must not be re-read per request.
-        self.provider = self.settings.provider_info
+            self.rate = RateLimits.from_settings(self.ctx.settings)  # None without --rpm/--tpm
 
     def _lane(self, model: str) -> Lane:
         lane = self.lanes.get(model)
         if lane is not None:
             return lane
-        cap = self.settings.cap_for(model)
+        cap = self.ctx.settings.cap_for(model)
         limiter = AdaptiveLimiter(cap)
         # A small buffer keeps workers fed without reading far ahead of them.
         send, receive = anyio.create_memory_object_stream[Request](max(64, cap))
         lane = Lane(model, limiter, send)
         self.lanes[model] = lane
-        self.counters.cap = sum(x.limiter.cap for x in self.lanes.values())
+        self.ctx.counters.cap = sum(x.limiter.cap for x in self.lanes.values())
         for _ in range(cap + max(8, cap // 4)):
             self.task_group.start_soon(self._worker, lane, receive.clone(), self.results.clone())
         receive.close()
@@ -182,7 +141,7 @@ class Lanes:
                         return
                 except anyio.EndOfStream:
                     return
-                if self.control.reason is not None:
+                if self.ctx.control.reason is not None:
                     continue  # stopping: leave the row pending for the resume
                 if req.endpoint in ASYNC_ENDPOINTS and self.submit_task is not None:
                     await self.submit_task(req, lane, results)
@@ -194,48 +153,24 @@ class Lanes:
                     except anyio.WouldBlock:
                         await results.send(out)
 
-    def worst_cost(self, req: Request, body: bytes) -> int:
-        price = self.prices.price(req.model)
-        if price is None:
-            return 0
-        max_out = req.body.get("max_tokens")
-        out_tokens = max_out if isinstance(max_out, int) else ASSUMED_MAX_OUTPUT
-        n = req.body.get("n")
-        items = n if isinstance(n, int) and n > 0 else 1
-        # Bytes bound tokens from above: no tokenizer emits more tokens than input bytes.
-        return (
-            len(body) * price.input
-            + out_tokens * price.output
-            + items * (price.image + price.video)
-            + price.use
-        )
-
-    async def _sleep_or_abandon(self, seconds: float) -> None:
-        with anyio.move_on_after(seconds):
-            await self.control.stopping.wait()
-        if self.control.reason is not None:
-            raise _Abandoned
-
     def _on_retry(self, state: RetryCallState) -> None:
-        self.counters.retries += 1
+        self.ctx.counters.retries += 1
 
     async def call(
-        self, lane: Lane, path: str, body: bytes, endpoint: str, sent: list[float] | None = None
+        self, lane: Lane, path: str, body: bytes, sent: list[float] | None = None
     ) -> tuple[int, bytes, dict[str, Any]]:
         """One attempt: hold a slot only while on the wire; map every failure to our tree."""
         if self.rate is not None:
             await self.rate.acquire(lane.model, estimate_tokens(body))
         limiter = lane.limiter
-        counters = self.counters
-        tokens = limiter.limiter
-        # acquire_nowait skips the two loop checkpoints of `async with` when a slot is free.
+        counters = self.ctx.counters
         try:
-            tokens.acquire_nowait()
+            limiter.acquire_nowait()
         except anyio.WouldBlock:
-            await tokens.acquire()
+            await limiter.acquire()
         try:
-            if self.control.reason is not None:
-                raise _Abandoned  # the job stopped while this row waited for a slot
+            if self.ctx.control.reason is not None:
+                raise Stopping  # the job stopped while this row waited for a slot
             counters.in_flight += 1
             if counters.in_flight > counters.peak_in_flight:
                 counters.peak_in_flight = counters.in_flight
@@ -244,8 +179,8 @@ class Lanes:
                 sent.append(time.time())  # the row's latency counts from its first send
             started = time.monotonic()
             try:
-                resp = await self.transport.request(
-                    "POST", path, body, self.settings.request_timeout
+                resp = await self.ctx.transport.request(
+                    "POST", path, body, self.ctx.settings.request_timeout
                 )
             except ResponseTimeout as exc:
                 raise RetryableError(str(exc), code="timeout") from exc
@@ -254,10 +189,7 @@ class Lanes:
             finally:
                 counters.in_flight -= 1
             try:
-                info = self.provider
-                answer = raise_for_answer(
-                    resp, balance_statuses=info.balance_statuses, error_shape=info.error_shape
-                )
+                answer = self.ctx.raise_for_answer(resp)
             except RateLimited as exc:
                 counters.rate_limited += 1
                 over = exc.code in (None, "1302", "429")
@@ -272,34 +204,32 @@ class Lanes:
             if limiter.succeeded(time.monotonic() - started):
                 self._show_caps()
         finally:
-            tokens.release()
+            limiter.release()
         return resp.status, resp.body, answer
 
     def _show_caps(self) -> None:
         """The progress line shows the effective caps, which move under 429s."""
-        self.counters.cap = sum(lane.limiter.current for lane in self.lanes.values())
+        self.ctx.counters.cap = sum(lane.limiter.current for lane in self.lanes.values())
 
     async def call_with_retry(
-        self, lane: Lane, path: str, body: bytes, endpoint: str, sent: list[float] | None = None
+        self, lane: Lane, path: str, body: bytes, sent: list[float] | None = None
     ) -> tuple[int, bytes, dict[str, Any], int]:
         """The first attempt runs bare; tenacity is built only for rows that need a retry."""
         try:
-            status, raw, answer = await self.call(lane, path, body, endpoint, sent)
+            status, raw, answer = await self.call(lane, path, body, sent)
             return status, raw, answer, 1
         except RetryableError:
             pass
         attempts = 1
-        self.counters.retries += 1
-        retrying = build_retrying(
-            self.settings.retry, on_retry=self._on_retry, sleep=self._sleep_or_abandon
-        )
-        first_wait = 0.0 if self.settings.retry.testing else self.settings.retry.initial_wait
-        await self._sleep_or_abandon(first_wait)
+        self.ctx.counters.retries += 1
+        policy = self.ctx.settings.retry
+        retrying = build_retrying(policy, on_retry=self._on_retry, sleep=self.ctx.control.pause)
+        await self.ctx.control.pause(0.0 if policy.testing else policy.initial_wait)
         try:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    status, raw, answer = await self.call(lane, path, body, endpoint, sent)
+                    status, raw, answer = await self.call(lane, path, body, sent)
         except RequestFailed as exc:
             exc.attempts = attempts
             raise
@@ -307,24 +237,18 @@ class Lanes:
 
     async def _run_row(self, req: Request, lane: Lane) -> Outcome | None:
         body = orjson.dumps(req.body)
-        worst = self.worst_cost(req, body)
-        if not self.budget.reserve(worst):
-            self.control.stop(
-                BudgetExceeded(
-                    "stopped: the next rows could pass --max-cost "
-                    f"({self.budget.limit_nano or 0} nano-units); raise it and resume"
-                )
-            )
+        worst = self.ctx.prices.worst_case(req.model, req.body, len(body))
+        if not self.ctx.budget.admit(worst, self.ctx.control):
             return None
         sent: list[float] = []
         fp = fingerprint(req.endpoint, body)
         actual = 0
         try:
             status, raw, answer, attempts = await self.call_with_retry(
-                lane, "/" + req.endpoint, body, req.endpoint, sent
+                lane, "/" + req.endpoint, body, sent
             )
             parsed = parse_success(req.endpoint, raw, answer)
-            cost = self.prices.cost(req.model, parsed.usage)
+            cost = self.ctx.prices.cost(req.model, parsed.usage)
             actual = cost or 0
             return outcome_for(
                 req,
@@ -350,13 +274,13 @@ class Lanes:
                 request_fp=fp,
             )
         except FatalAPIError as exc:
-            self.control.stop(exc)
+            self.ctx.control.stop(exc)
             return None
-        except _Abandoned:
+        except Stopping:
             return None
         except Exception as exc:
             err = RowError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
             started = sent[0] if sent else time.time()
             return outcome_for(req, "failed", attempts=1, started=started, error=err, request_fp=fp)
         finally:
-            self.budget.settle(worst, actual)
+            self.ctx.budget.settle(worst, actual)

@@ -42,10 +42,10 @@ from anyio.streams.memory import MemoryObjectSendStream
 from tenacity import RetryCallState
 
 from .artifacts import Downloader, DownloadError, Provenance, items_of, listing, media_usage
+from .control import Stopping
 from .cost import Usage
-from .endpoints import parse_success, raise_for_answer
+from .endpoints import parse_success
 from .errors import (
-    BudgetExceeded,
     FatalAPIError,
     RateLimited,
     RequestFailed,
@@ -54,9 +54,8 @@ from .errors import (
 )
 from .http import ConnectionDropped
 from .outcome import Outcome, outcome_for
-from .pool import Lane, Lanes, fingerprint
+from .pool import JobContext, Lane, fingerprint
 from .retry import build_retrying
-from .settings import Settings
 from .spec import Request
 from .store import Store
 
@@ -65,10 +64,6 @@ __all__ = ["TERMINAL_TASK_STATUSES", "Tasks", "prepare_resume"]
 TERMINAL_TASK_STATUSES = frozenset({"SUCCESS", "FAIL"})
 # Fresh polls tried when a result URL has expired, before the row fails as download_failed.
 REFRESH_POLLS = 8
-
-
-class _Stopped(Exception):
-    """The job is stopping: leave the row as it is for the resume."""
 
 
 class _Unknown(Exception):
@@ -141,15 +136,15 @@ class Tasks:
     """
 
     def __init__(
-        self, settings: Settings, store: Store, store_lock: anyio.CapacityLimiter, job_id: str
+        self, ctx: JobContext, store: Store, store_lock: anyio.CapacityLimiter, job_id: str
     ) -> None:
-        self.settings = settings
+        self.ctx = ctx
+        self.settings = settings = ctx.settings
         self.store = store
         self.store_lock = store_lock
         self.job_id = job_id
         self.poll_limiter = anyio.CapacityLimiter(max(1, settings.poll_concurrency))
         self.downloader: Downloader | None = None
-        self._lanes: Lanes | None = None
         self._tg: TaskGroup | None = None
 
     async def __aenter__(self) -> Tasks:
@@ -169,16 +164,16 @@ class Tasks:
             with anyio.CancelScope(shield=True):
                 await self.downloader.aclose()
 
-    @property
-    def lanes(self) -> Lanes:
-        assert self._lanes is not None, "Tasks.start() binds the job's lanes first"
-        return self._lanes
-
-    def start(self, lanes: Lanes, task_group: TaskGroup, open_rows: list[dict[str, Any]]) -> None:
-        """Bind to the job's lanes and task group; resume polling the checkpoint's open tasks."""
-        self._lanes, self._tg = lanes, task_group
+    def start(
+        self,
+        task_group: TaskGroup,
+        results: MemoryObjectSendStream[Outcome],
+        open_rows: list[dict[str, Any]],
+    ) -> None:
+        """Run pollers in `task_group`; resume polling the checkpoint's open tasks."""
+        self._tg = task_group
         for row in open_rows:
-            task_group.start_soon(self._poller, TaskRow.from_stored(row), lanes.results.clone(), 0)
+            task_group.start_soon(self._poller, TaskRow.from_stored(row), results.clone(), 0)
 
     async def _commit(self, outcome: Outcome) -> None:
         await anyio.to_thread.run_sync(self.store.record, [outcome], limiter=self.store_lock)
@@ -186,18 +181,9 @@ class Tasks:
     async def _discard(self, seq: int) -> None:
         await anyio.to_thread.run_sync(self.store.discard, [seq], limiter=self.store_lock)
 
-    async def _pause(self, seconds: float) -> None:
-        """Wait, unless the job stops first (then raise _Stopped)."""
-        control = self.lanes.control
-        if seconds > 0:
-            with anyio.move_on_after(seconds):
-                await control.stopping.wait()
-        if control.reason is not None:
-            raise _Stopped
-
     async def _download_backoff(self, n: int) -> None:
         r = self.settings.retry
-        await self._pause(0.0 if r.testing else min(r.max_wait, r.initial_wait * 2**n))
+        await self.ctx.control.pause(0.0 if r.testing else min(r.max_wait, r.initial_wait * 2**n))
 
     # -- submit ---------------------------------------------------------------------------
 
@@ -205,26 +191,21 @@ class Tasks:
         self, req: Request, lane: Lane, results: MemoryObjectSendStream[Outcome]
     ) -> None:
         """Submit one row exactly once; once accepted, hand it to a poller."""
-        lanes, tg = self.lanes, self._tg
-        assert tg is not None
+        ctx, tg = self.ctx, self._tg
+        assert tg is not None, "Tasks.start() gives the pollers' task group first"
         rid = req.body.get("request_id")
         if not isinstance(rid, str) or not rid:
             rid = f"{self.job_id}-{req.custom_id}"
         body = orjson.dumps({**req.body, "request_id": rid})
-        worst = lanes.worst_cost(req, body)
-        if not lanes.budget.reserve(worst):
-            limit = lanes.budget.limit_nano or 0
-            lanes.control.stop(BudgetExceeded(
-                f"stopped: the next rows could pass --max-cost ({limit} nano-units); "
-                "raise it and resume"
-            ))  # fmt: skip
+        worst = ctx.prices.worst_case(req.model, req.body, len(body))
+        if not ctx.budget.admit(worst, ctx.control):
             return
         row = TaskRow(req, rid, fingerprint(req.endpoint, body), "", time.time(), 0, worst)
         err: RequestFailed
         try:
             answer, row.attempts = await self._send(row, lane, body)
-        except _Stopped:
-            lanes.budget.settle(worst, 0)
+        except Stopping:
+            ctx.budget.settle(worst, 0)
             return
         except _Unknown as exc:
             err, row.attempts, spent = (
@@ -248,16 +229,18 @@ class Tasks:
             why = "the platform answered 200 without a task id"
             err, spent = RowError(_unknown(rid, why), code="submit_unknown", status=200), worst
         # Possibly accepted (and billed): the reservation counts as spent.
-        lanes.budget.settle(worst, spent)
+        ctx.budget.settle(worst, spent)
         await results.send(self._outcome(row, "failed", error=err))
 
     async def _send(self, row: TaskRow, lane: Lane, body: bytes) -> tuple[dict[str, Any], int]:
         """POST under the lane's slot; retry only answers that prove nothing was accepted."""
 
         def on_retry(state: RetryCallState) -> None:
-            self.lanes.counters.retries += 1
+            self.ctx.counters.retries += 1
 
-        retrying = build_retrying(self.settings.retry, on_retry=on_retry, sleep=self._pause)
+        retrying = build_retrying(
+            self.settings.retry, on_retry=on_retry, sleep=self.ctx.control.pause
+        )
         try:
             async for attempt in retrying:
                 with attempt:
@@ -270,18 +253,18 @@ class Tasks:
 
     async def _attempt(self, row: TaskRow, lane: Lane, body: bytes) -> dict[str, Any]:
         """One submit: commit the intent, send, and undo the intent if the answer says no."""
-        counters, control = self.lanes.counters, self.lanes.control
+        counters, control = self.ctx.counters, self.ctx.control
         rid, req = row.request_id, row.req
-        async with lane.limiter.limiter:
+        async with lane.limiter:
             if control.reason is not None:
-                raise _Stopped
+                raise Stopping
             await self._commit(self._outcome(row, "submitting"))
             counters.in_flight += 1
             counters.peak_in_flight = max(counters.peak_in_flight, counters.in_flight)
             counters.sent += 1
             try:
                 with anyio.fail_after(self.settings.request_timeout):
-                    resp = await self.lanes.transport.request("POST", "/" + req.endpoint, body)
+                    resp = await self.ctx.transport.request("POST", "/" + req.endpoint, body)
             except TimeoutError:
                 why = f"no answer within {self.settings.request_timeout:g}s"
                 raise _Unknown(_unknown(rid, why)) from None
@@ -293,11 +276,7 @@ class Tasks:
             finally:
                 counters.in_flight -= 1
         try:
-            answer = raise_for_answer(
-                resp,
-                balance_statuses=self.lanes.provider.balance_statuses,
-                error_shape=self.lanes.provider.error_shape,
-            )
+            answer = self.ctx.raise_for_answer(resp)
         except RetryableError as exc:
             if resp.status == 200:  # accepted, but the answer is unreadable
                 raise _Unknown(_unknown(rid, exc.message)) from exc
@@ -310,7 +289,7 @@ class Tasks:
             await self._discard(req.seq)
             if isinstance(exc, FatalAPIError):
                 control.stop(exc)
-                raise _Stopped from exc
+                raise Stopping from exc
             raise
         lane.limiter.succeeded()
         return answer
@@ -321,12 +300,12 @@ class Tasks:
         self, row: TaskRow, results: MemoryObjectSendStream[Outcome], first_wait: float
     ) -> None:
         async with results:
-            counters = self.lanes.counters
+            counters = self.ctx.counters
             counters.polling += 1
             outcome: Outcome | None = None
             try:
                 outcome = await self._follow(row, first_wait)
-            except _Stopped:
+            except Stopping:
                 pass
             except Exception as exc:  # one task's surprise must not end the job
                 msg = f"internal error following task {row.task_id}: {type(exc).__name__}: {exc}"
@@ -335,7 +314,7 @@ class Tasks:
                 counters.polling -= 1
                 # Unknown cost (stopped, timed out, unpriced) keeps the reservation as spent.
                 cost = outcome.cost_nano if outcome is not None else None
-                self.lanes.budget.settle(row.worst, row.worst if cost is None else cost)
+                self.ctx.budget.settle(row.worst, row.worst if cost is None else cost)
             if outcome is not None:
                 await results.send(outcome)
 
@@ -353,7 +332,7 @@ class Tasks:
         parsed = None if got is None else parse_success(row.req.endpoint, got[1], dict(got[0]))
         if parsed is not None and usage is not None:
             parsed.usage = usage
-        cost = None if parsed is None else self.lanes.prices.cost(row.req.model, parsed.usage)
+        cost = None if parsed is None else self.ctx.prices.cost(row.req.model, parsed.usage)
         return outcome_for(
             row.req, status, attempts=row.attempts, started=row.started,
             http_status=200 if parsed is not None else (error.status if error else None),
@@ -369,18 +348,14 @@ class Tasks:
         try:
             async with self.poll_limiter:
                 with anyio.fail_after(self.settings.request_timeout):
-                    resp = await self.lanes.transport.request("GET", path, None)
-            answer = raise_for_answer(
-                resp,
-                balance_statuses=self.lanes.provider.balance_statuses,
-                error_shape=self.lanes.provider.error_shape,
-            )
+                    resp = await self.ctx.transport.request("GET", path, None)
+            answer = self.ctx.raise_for_answer(resp)
         except (TimeoutError, ConnectionDropped, RetryableError):
-            self.lanes.counters.retries += 1
+            self.ctx.counters.retries += 1
             return None
         except FatalAPIError as exc:
-            self.lanes.control.stop(exc)
-            raise _Stopped from exc
+            self.ctx.control.stop(exc)
+            raise Stopping from exc
         status = answer.get("task_status")
         row.last_status = "UNKNOWN" if status is None else str(status)
         return answer, resp.body
@@ -388,7 +363,7 @@ class Tasks:
     async def _until_terminal(self, row: TaskRow, first: float) -> tuple[dict[str, Any], bytes]:
         delay, step = first, self.settings.poll_initial
         while True:
-            await self._pause(delay)
+            await self.ctx.control.pause(delay)
             delay, step = step, min(step * 1.5, self.settings.poll_max)
             got = await self._poll_once(row)
             if got is not None and row.last_status in TERMINAL_TASK_STATUSES:
@@ -436,7 +411,7 @@ class Tasks:
             """Poll again (never submit) until the task shows SUCCESS with fresh URLs."""
             nonlocal last
             for _ in range(REFRESH_POLLS):
-                await self._pause(self.settings.poll_initial)
+                await self.ctx.control.pause(self.settings.poll_initial)
                 fresh = await self._poll_once(row)
                 if fresh is not None and row.last_status == "SUCCESS":
                     last = fresh
