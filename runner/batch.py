@@ -40,20 +40,12 @@ from .batch_files import merge_file, missing_outcome, plan_files, retry_online
 from .control import Budget, Control, Stopping
 from .cost import PriceTable
 from .endpoints import raise_for_answer
-from .errors import FatalAPIError, RetryableError, RunnerError, UsageError
-from .export import write_results_parquet
-from .http import ConnectionDropped, Response, Transport, make_transport
-from .job import (
-    JobResult,
-    begin_job,
-    finish_run,
-    run_online,
-    serve_backend,
-    watch_grace,
-    watch_signals,
-)
+from .errors import FatalAPIError, RetryableError, RunnerError
+from .http import ConnectionDropped, Response, Transport
+from .lifecycle import JobResult, close_run, open_run
+from .online import run_online
 from .outcome import Outcome
-from .progress import Counters, render_loop
+from .progress import Counters
 from .retry import build_retrying
 from .settings import Settings
 from .store import Store
@@ -350,41 +342,23 @@ async def run_batch(
     store: Store,
     fingerprint: str,
     total: int,
+    *,
     handle_signals: bool,
     grace: float,
 ) -> JobResult:
     """Run (or resume) a job in batch mode; the exit code follows the CLI contract."""
-    job_id, prices = begin_job(store, settings, fingerprint, total)
-    run_id = store.start_run()
-    done = store.done_bitmap(total)
-    already = sum(bin(x).count("1") for x in done)
-    counters = Counters(total=total, already_done=already, currency=prices.currency)
-    control = Control()
-    budget = Budget.for_job(settings.max_cost, store.summary()["cost_nano"])
     plan = None
-    # `live` has the base URL (the embedded simulator's, for provider "sim"); `settings`
-    # stays as given, for the online pass after the batches.
-    async with serve_backend(settings) as live, anyio.create_task_group() as outer:
-        if not live.base_url:
-            raise UsageError(f"provider {live.provider!r} needs --base-url")
-        transport = make_transport(
-            live.transport,
-            live.base_url,
-            live.api_key.reveal(),
-            dict(live.provider_info.extra_headers),
-        )
-        client = BatchClient(live, control, transport)
-        if live.progress:
-            outer.start_soon(render_loop, counters)
-        work_scope = anyio.CancelScope()
-        if handle_signals:
-            outer.start_soon(watch_signals, control, work_scope, grace)
-        outer.start_soon(watch_grace, control, work_scope, grace)
-        driver = _Driver(live, store, client, prices, counters, control, budget, job_id)
+    async with open_run(
+        settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace
+    ) as run:
+        live, counters, control = run.settings, run.counters, run.control
+        counters.already_done = sum(bin(x).count("1") for x in store.done_bitmap(total))
+        client = BatchClient(live, control, run.transport)
+        driver = _Driver(live, store, client, run.prices, counters, control, run.budget, run.job_id)
         try:
-            with work_scope:
+            with run.work_scope:
                 plan = await anyio.to_thread.run_sync(
-                    plan_files, live, store, prices, total, live.out / BATCH_FOLDER
+                    plan_files, live, store, run.prices, total, live.out / BATCH_FOLDER
                 )
                 counters.failed += plan.invalid
                 async with anyio.create_task_group() as tg:
@@ -394,21 +368,18 @@ async def run_batch(
         finally:
             with anyio.CancelScope(shield=True):
                 await client.aclose()
-                await transport.aclose()
-            outer.cancel_scope.cancel()
 
     open_batches = [b for b in store.batches() if b["state"] != "merged"]
     if settings.retry_failed_online and control.reason is None and not open_batches:
         seqs = retry_online(store, settings)
         if seqs:
             store.discard(seqs)
-        summary = store.summary()
-        if summary["pending"]:
-            store.end_run(run_id, "batches_merged", "sending the rest online", 0, 0)
-            return await run_online(settings, store, fingerprint, total, handle_signals, grace)
-    summary = store.summary()
-    await anyio.to_thread.run_sync(write_results_parquet, store, settings.out / "results.parquet")
-    result = finish_run(settings, store, run_id, control, counters, summary)
+        if store.summary()["pending"]:
+            store.end_run(run.run_id, "batches_merged", "sending the rest online", 0, 0)
+            return await run_online(
+                settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace
+            )
+    result = await close_run(run)
     notes = []
     if open_batches and control.reason is None:
         refused = [b for b in open_batches if b.get("message")]

@@ -26,7 +26,7 @@ from .endpoints import Parsed, error_fields, parse_success
 from .errors import RequestFailed, RowError, Verdict, classify
 from .outcome import Outcome, invalid_outcome, outcome_for
 from .settings import Settings
-from .spec import InvalidRow, Request, SpecDefaults, read_spec
+from .spec import InvalidRow, Request, read_spec
 from .store import Store
 
 __all__ = [
@@ -105,7 +105,7 @@ def plan_files(
     held = _bits(store.batched_seqs(), total)
     prefix = settings.provider_info.batch_url_prefix
     key = max((int(b["key"]) for b in store.batches()), default=0)
-    defaults = SpecDefaults(settings.endpoint, settings.model, dict(settings.body_defaults))
+    defaults = settings.spec_defaults()
     plan = Plan()
     groups: dict[tuple[str, str], _Open] = {}
     invalid: list[Outcome] = []

@@ -26,8 +26,9 @@ from .estimate import DEFAULT_OUTPUT_TOKENS, estimate_spec, render, transport_to
 from .export import write_results_jsonl, write_results_parquet
 from .http import make_transport
 from .job import EXIT_STOPPED, EXIT_USAGE, checkpoint_path, run_job
+from .lifecycle import results_path
 from .providers import PROVIDERS, PROVIDERS_ENV, get_provider
-from .settings import Settings, load_job_file
+from .settings import USER_SETTINGS, Settings, load_job_file
 from .spec import SpecDefaults, SpecError, validate_spec
 from .store import Store
 
@@ -79,7 +80,7 @@ def _execute(settings: Settings) -> None:
     click.echo(
         f"rows: {s['total']} total, {s['succeeded']} succeeded, {s['failed']} failed, "
         f"{s['pending']} pending; cost {cost}\n"
-        f"results: {settings.out / 'results.parquet'}  (runner status {settings.out})"
+        f"results: {results_path(settings.out)}  (runner status {settings.out})"
     )
     sys.exit(result.exit_code)
 
@@ -159,30 +160,10 @@ def run(spec: Path, **opts: Any) -> None:
         if "spec" not in values:
             raise click.UsageError(f"{spec}: the job file must name a spec")
         spec = values.pop("spec")
-        if "body" in values:
-            values["body_defaults"] = values.pop("body")
-    for name in (
-        "provider",
-        "base_url",
-        "model",
-        "endpoint",
-        "tier",
-        "concurrency",
-        "prices",
-        "transport",
-        "strict",
-        "force",
-        "providers_file",
-        "mode",
-        "retry_failed_online",
-        "batch_lines",
-        "rpm",
-        "tpm",
-    ):
-        if opts.get(name) is not None:
+    # Flags win over the job file; the converted ones are handled below.
+    for name in USER_SETTINGS:
+        if name not in ("model_concurrency", "max_cost") and opts.get(name) is not None:
             values[name] = opts[name]
-    if opts.get("out") is not None:
-        values["out"] = opts["out"]
     if "out" not in values:
         raise click.UsageError("--out DIR is required (the checkpoint and results go there)")
     if opts.get("timeout") is not None:
@@ -307,7 +288,7 @@ def status(out: Path, as_json: bool) -> None:
         hint = ""
         if "invalid_row" in data["error_codes"]:
             hint = f"`runner validate {data['spec']}`, or "
-        click.echo(f"  every failed row: {hint}error_message in {out / 'results.parquet'}")
+        click.echo(f"  every failed row: {hint}error_message in {results_path(out)}")
 
 
 def _rows(n: int) -> str:

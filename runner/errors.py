@@ -3,6 +3,8 @@
     RunnerError
     ├── UsageError            bad flags, job file or spec as a whole: nothing was sent (exit 2)
     ├── CheckpointError       the output folder or its SQLite checkpoint can't be used (exit 2)
+    ├── ConnectionDropped     the connection broke before a whole answer came (transport)
+    │   └── ResponseTimeout   no whole answer within the request's timeout
     ├── JobStopped            the job stopped early and can be resumed (exit 3)
     │   ├── FatalAPIError     the platform refused the account: auth, balance, quota
     │   ├── BudgetExceeded    --max-cost reached
@@ -25,11 +27,13 @@ from enum import Enum
 __all__ = [
     "BudgetExceeded",
     "CheckpointError",
+    "ConnectionDropped",
     "FatalAPIError",
     "Interrupted",
     "JobStopped",
     "RateLimited",
     "RequestFailed",
+    "ResponseTimeout",
     "RetryableError",
     "RowError",
     "RunnerError",
@@ -50,6 +54,18 @@ class UsageError(RunnerError):
 
 class CheckpointError(RunnerError):
     """The output folder or its checkpoint can't be used."""
+
+
+class ConnectionDropped(RunnerError):
+    """The connection closed or broke before a whole response arrived.
+
+    The transports raise it; the pool and the task submitter decide what it means (a
+    retry, or for an async submit an unknown outcome), since only they know the request.
+    """
+
+
+class ResponseTimeout(ConnectionDropped):
+    """No whole response within the request's timeout; the connection was closed."""
 
 
 class JobStopped(RunnerError):

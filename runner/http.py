@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 import httptools
 import httpx
 
+from .errors import ConnectionDropped, ResponseTimeout
+
 __all__ = [
     "ConnectionDropped",
     "FastTransport",
@@ -32,14 +34,6 @@ __all__ = [
     "Transport",
     "make_transport",
 ]
-
-
-class ConnectionDropped(Exception):
-    """The connection closed or broke before a whole response arrived."""
-
-
-class ResponseTimeout(ConnectionDropped):
-    """No whole response within the request's timeout; the connection was closed."""
 
 
 @dataclass(slots=True)

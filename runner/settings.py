@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import UsageError
 from .providers import Provider, get_provider, tier_limit
+from .spec import SpecDefaults
 
 __all__ = ["RetryConfig", "Secret", "Settings", "load_job_file"]
 
@@ -106,6 +107,10 @@ class Settings:
     def provider_info(self) -> Provider:
         return get_provider(self.provider, self.providers_file)
 
+    def spec_defaults(self) -> SpecDefaults:
+        """What the spec reader fills in for rows that leave it out."""
+        return SpecDefaults(endpoint=self.endpoint, model=self.model, body=dict(self.body_defaults))
+
     def cap_for(self, model: str) -> int:
         """The in-flight cap for one model: explicit per-model, then --concurrency, then tier."""
         if model in self.model_concurrency:
@@ -162,36 +167,43 @@ class Settings:
         return replace(self, api_key=Secret(key))
 
 
+# The settings a user chooses: each is a flag of `runner run` and a key of a job file
+# (where two have shorter names, JOB_FILE_NAMES). The rest are the runner's own tuning.
+USER_SETTINGS = (
+    "out",
+    "provider",
+    "providers_file",
+    "base_url",
+    "model",
+    "endpoint",
+    "body_defaults",
+    "tier",
+    "concurrency",
+    "model_concurrency",
+    "max_cost",
+    "strict",
+    "force",
+    "prices",
+    "transport",
+    "request_timeout",
+    "download",
+    "task_max_age",
+    "mode",
+    "retry_failed_online",
+    "batch_lines",
+    "rpm",
+    "tpm",
+)
+JOB_FILE_NAMES = {"body_defaults": "body", "providers_file": "providers"}
+
+
 def load_job_file(path: Path) -> dict[str, Any]:
     """Read a declarative job file (TOML); relative paths are relative to the file."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"cannot read job file {path}: {exc}") from exc
-    allowed = {
-        "spec",
-        "out",
-        "provider",
-        "base_url",
-        "model",
-        "endpoint",
-        "body",
-        "tier",
-        "concurrency",
-        "model_concurrency",
-        "max_cost",
-        "prices",
-        "transport",
-        "request_timeout",
-        "download",
-        "task_max_age",
-        "mode",
-        "retry_failed_online",
-        "batch_lines",
-        "rpm",
-        "tpm",
-        "providers",
-    }
+    allowed = {"spec", *(JOB_FILE_NAMES.get(name, name) for name in USER_SETTINGS)}
     unknown = set(data) - allowed
     if unknown:
         raise UsageError(
@@ -202,6 +214,7 @@ def load_job_file(path: Path) -> dict[str, Any]:
         if key in data:
             p = Path(data[key])
             data[key] = p if p.is_absolute() else (path.parent / p)
-    if "providers" in data:
-        data["providers_file"] = data.pop("providers")
+    for name, key in JOB_FILE_NAMES.items():
+        if key in data:
+            data[name] = data.pop(key)
     return data

@@ -1,0 +1,310 @@
+"""A job's life, the same in every mode: lock, begin, run, finish, exit code.
+
+`run_job` (job.py) takes the output folder's lock (`folder_lock`) and hands the checkpoint
+to a mode (online.py, batch.py). Each mode opens its run with `open_run`, which checks the
+spec against the checkpoint (`begin_job`), serves the embedded simulator when asked to
+(`serve_backend`), opens the transport, starts the progress display and the signal
+watchers, and gives the mode a `Run`; the mode ends with `close_run`, which exports
+results.parquet and turns the checkpoint's counts into the exit code (`finish_run`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .control import Budget, Control
+from .cost import PriceTable, load_prices
+from .errors import CheckpointError, FatalAPIError, Interrupted, UsageError, advice_for, redact
+from .export import write_results_parquet
+from .http import Transport, make_transport
+from .progress import Counters, render_loop
+from .settings import Settings
+from .store import REOPEN_CODES, Store
+
+__all__ = [
+    "CHECKPOINT",
+    "EXIT_FAILED_ROWS",
+    "EXIT_OK",
+    "EXIT_STOPPED",
+    "EXIT_USAGE",
+    "RESULTS",
+    "JobResult",
+    "Run",
+    "checkpoint_path",
+    "close_run",
+    "count_rows",
+    "folder_lock",
+    "open_run",
+    "results_path",
+]
+
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+
+CHECKPOINT = "checkpoint.sqlite"
+RESULTS = "results.parquet"
+
+
+@dataclass
+class JobResult:
+    exit_code: int
+    message: str
+    summary: dict[str, Any]
+    counters: Counters
+
+
+def checkpoint_path(out: Path) -> Path:
+    return out / CHECKPOINT
+
+
+def results_path(out: Path) -> Path:
+    return out / RESULTS
+
+
+def count_rows(path: Path) -> int:
+    """Rows in the spec, for progress and `pending`, without parsing them.
+
+    A JSONL row is a line that is not blank; Parquet says its row count in the footer.
+    """
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    n = 0
+    with path.open("rb") as f:
+        for line in f:
+            if line.strip():
+                n += 1
+    return n
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """One runner per output folder: two would both send the same pending rows."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / "checkpoint.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except FileExistsError:
+        raise CheckpointError(
+            f"cannot create checkpoint folder {out}: a file of that name is in the way; "
+            "choose another --out"
+        ) from None
+    except NotADirectoryError:
+        blocker = next((p for p in out.parents if p.is_file()), out.parent)
+        raise CheckpointError(
+            f"cannot create checkpoint folder {out}: {blocker} is a file, not a folder; "
+            "choose another --out"
+        ) from None
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise CheckpointError(f"cannot create checkpoint folder {out}: {reason}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(
+                f"another runner is working on {out}: wait for it to finish (or stop it with "
+                "Ctrl-C), then resume; two runners would send the same rows twice"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _begin_job(
+    store: Store, settings: Settings, fingerprint: str, total: int
+) -> tuple[str, PriceTable]:
+    """Check the spec against the checkpoint and record the job; its id and prices."""
+    job_id = _check_job(store, settings, fingerprint)
+    store.init_job(
+        str(settings.spec), fingerprint, total, {**settings.to_record(), "job_id": job_id}
+    )
+    return job_id, load_prices(settings.provider_info.price_table, settings.prices)
+
+
+def _check_job(store: Store, settings: Settings, fingerprint: str) -> str:
+    """Refuse a changed spec on resume (unless forced); return the job's stable id."""
+    job = store.job()
+    if job is None:
+        return uuid.uuid4().hex[:12]
+    if job["spec_fingerprint"] != fingerprint and not settings.force:
+        raise UsageError(
+            f"the spec changed since this job started in {settings.out} "
+            f"(was {job['spec_path']}, fingerprint {job['spec_fingerprint'][:12]}; now "
+            f"{fingerprint[:12]}). Rows are matched by position, so resuming could mix "
+            "results. Use a new --out folder, or pass --force to resume anyway."
+        )
+    return str(job["settings"].get("job_id") or uuid.uuid4().hex[:12])
+
+
+@contextlib.asynccontextmanager
+async def _serve_backend(settings: Settings) -> AsyncIterator[Settings]:
+    """For provider 'sim' with no --base-url, serve the embedded simulator for the job."""
+    if settings.base_url:
+        yield settings
+        return
+    if settings.provider != "sim":
+        base = settings.provider_info.base_url
+        if not base:
+            raise UsageError(f"provider {settings.provider!r} needs --base-url")
+        yield replace(settings, base_url=base)
+        return
+    from .sim import SimConfig, Simulator
+
+    # Tasks finish in a second and are polled often, so a demo of videos takes seconds.
+    async with Simulator(SimConfig(latency=0.05, seed=0, task_seconds=1.0)) as sim:
+        yield replace(
+            settings,
+            base_url=sim.base_url,
+            poll_initial=min(settings.poll_initial, 0.25),
+            poll_max=min(settings.poll_max, 1.0),
+        )
+
+
+async def _watch_signals(control: Control, scope: anyio.CancelScope, grace: float) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if control.reason is None:
+                name = signal.Signals(signum).name
+                control.stop(Interrupted(f"stopped by {name}"))
+                print(
+                    f"\n{name}: finishing in-flight requests (up to {grace:g}s); "
+                    "press Ctrl-C again to stop at once",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:
+                scope.cancel()
+                return
+
+
+async def _watch_grace(control: Control, scope: anyio.CancelScope, grace: float) -> None:
+    await control.stopping.wait()
+    await anyio.sleep(grace)
+    scope.cancel()
+
+
+@dataclass
+class Run:
+    """One run of a job, as `open_run` gives it to a mode."""
+
+    settings: Settings  # with the base URL resolved (the embedded simulator's, for "sim")
+    store: Store
+    job_id: str
+    run_id: int
+    prices: PriceTable
+    counters: Counters
+    control: Control
+    budget: Budget
+    transport: Transport
+    # Cancelled by a second Ctrl-C, or when the grace period after a stop runs out.
+    work_scope: anyio.CancelScope
+
+
+@contextlib.asynccontextmanager
+async def open_run(
+    settings: Settings,
+    store: Store,
+    fingerprint: str,
+    total: int,
+    *,
+    handle_signals: bool,
+    grace: float,
+) -> AsyncIterator[Run]:
+    """Begin a run of the job: everything a mode needs, closed again when it is done."""
+    job_id, prices = _begin_job(store, settings, fingerprint, total)
+    counters = Counters(total=total, currency=prices.currency)
+    control = Control()
+    budget = Budget.for_job(settings.max_cost, store.summary()["cost_nano"])
+    run_id = store.start_run()
+    async with _serve_backend(settings) as live, anyio.create_task_group() as outer:
+        transport = make_transport(
+            live.transport,
+            live.base_url,
+            live.api_key.reveal(),
+            dict(live.provider_info.extra_headers),
+        )
+        if live.progress:
+            outer.start_soon(render_loop, counters)
+        work_scope = anyio.CancelScope()
+        if handle_signals:
+            outer.start_soon(_watch_signals, control, work_scope, grace)
+        outer.start_soon(_watch_grace, control, work_scope, grace)
+        try:
+            yield Run(
+                live, store, job_id, run_id, prices, counters, control, budget, transport,
+                work_scope,
+            )  # fmt: skip
+        finally:
+            with anyio.CancelScope(shield=True):
+                await transport.aclose()
+            outer.cancel_scope.cancel()
+
+
+async def close_run(run: Run) -> JobResult:
+    """Export results.parquet and end the run with its message and exit code."""
+    store = run.store
+    await anyio.to_thread.run_sync(write_results_parquet, store, results_path(run.settings.out))
+    return _finish_run(run.settings, store, run.run_id, run.control, run.counters, store.summary())
+
+
+def _finish_run(
+    settings: Settings,
+    store: Store,
+    run_id: int,
+    control: Control,
+    counters: Counters,
+    summary: dict[str, Any],
+) -> JobResult:
+    key = settings.api_key.reveal()
+    reason = control.reason
+    if reason is not None:
+        message = redact(str(reason), key)
+        if isinstance(reason, FatalAPIError):
+            message = (
+                f"stopped: the platform refused the account: {message}. "
+                f"{advice_for(reason.code, reason.status, settings.provider_info.key_env)}"
+            )
+        message += f"\nresume with: runner resume {settings.out}"
+        outcome, code = "stopped", EXIT_STOPPED
+    elif summary["pending"] > 0 or summary["in_progress"] > 0:
+        message = (
+            f"{summary['pending']} rows still pending; resume with: runner resume {settings.out}"
+        )
+        outcome, code = "stopped", EXIT_STOPPED
+    elif summary["succeeded"] == 0 and _all_invalid(summary):
+        rows = "the only row is" if summary["failed"] == 1 else f"all {summary['failed']} rows are"
+        message = f"nothing was sent: {rows} invalid; `runner validate {settings.spec}` says why"
+        outcome, code = "finished_with_failures", EXIT_USAGE
+    elif summary["failed"]:
+        message = f"finished: {summary['succeeded']} succeeded, {summary['failed']} failed"
+        reopen = sum(summary["error_codes"].get(code, 0) for code in REOPEN_CODES)
+        if reopen:
+            message += (
+                f"\n{reopen} async tasks are still running or their files were not fetched; "
+                f"resume to poll them again (never resubmitted): runner resume {settings.out}"
+            )
+        outcome, code = "finished_with_failures", EXIT_FAILED_ROWS
+    else:
+        message = f"finished: all {summary['succeeded']} rows succeeded"
+        outcome, code = "finished", EXIT_OK
+    try:
+        store.end_run(run_id, outcome, message, counters.sent, counters.retries)
+    except Exception as exc:  # the run's own record is best effort
+        raise CheckpointError(f"cannot record the end of the run: {exc}") from exc
+    return JobResult(code, message, store.summary(), counters)
+
+
+def _all_invalid(summary: dict[str, Any]) -> bool:
+    failed = int(summary["failed"])
+    return failed > 0 and summary["error_codes"].get("invalid_row") == failed

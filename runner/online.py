@@ -1,0 +1,173 @@
+"""Online mode: rows stream from the spec through per-model lanes, answers to one writer.
+
+The run is one task group. The reader streams the spec (in a thread, a batch at a time)
+past the rows the checkpoint already holds, into per-model lanes (pool.py); async-task rows
+go to `Tasks` (tasks.py), whose pollers run beside the lanes; workers send outcomes to one
+writer that commits them in batches. When the reader ends or the job stops, the lanes
+drain, the writer makes its last commit in a shielded scope, and `close_run` exports the
+results. Nothing outlives `run_online`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from .lifecycle import JobResult, close_run, open_run
+from .outcome import Outcome, invalid_outcome
+from .pool import JobContext, Lanes
+from .progress import Counters
+from .settings import Settings
+from .spec import Request, SpecDefaults, read_spec
+from .store import Store
+from .tasks import Tasks, prepare_resume
+
+__all__ = ["run_online"]
+
+
+async def run_online(
+    settings: Settings,
+    store: Store,
+    fingerprint: str,
+    total: int,
+    *,
+    handle_signals: bool,
+    grace: float,
+) -> JobResult:
+    async with open_run(
+        settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace
+    ) as run:
+        # Async tasks from earlier runs: 'submitting' ones fail as submit_unknown, the rest
+        # are polled again; the reader must not send any of them.
+        open_rows = prepare_resume(store)
+        done = store.done_bitmap(total)
+        already = sum(bin(b).count("1") for b in done)
+        for row in open_rows:
+            seq = int(row["seq"])
+            if seq < total:
+                already -= row["status"] == "failed"  # reopened: it will be counted when done
+                done[seq >> 3] |= 1 << (seq & 7)
+        # Rows a server-side batch may still answer (and bill) are not sent online.
+        for seq in store.open_batch_seqs():
+            if seq < total:
+                done[seq >> 3] |= 1 << (seq & 7)
+        run.counters.already_done = already
+        live, control = run.settings, run.control
+        ctx = JobContext(live, run.transport, run.prices, run.counters, control, run.budget)
+        results_send, results_recv = anyio.create_memory_object_stream[Outcome](4096)
+        # Shared with the async-task commits, so two threads never use SQLite at once.
+        store_lock = anyio.CapacityLimiter(1)
+        tasks = Tasks(ctx, store, store_lock, run.job_id)
+        async with anyio.create_task_group() as work:
+            work.start_soon(_writer, store, results_recv, run.counters, live, store_lock)
+            with run.work_scope:
+                # Pollers run in lanes_tg, so the job waits for them; the downloader in
+                # `tasks` closes only after they are done.
+                async with tasks, anyio.create_task_group() as lanes_tg:
+                    lanes = Lanes(ctx, results_send, lanes_tg, submit_task=tasks.submit)
+                    tasks.start(lanes_tg, results_send, open_rows)
+                    reader_scope = anyio.CancelScope()
+                    control.on_stop(reader_scope.cancel)
+                    with reader_scope:
+                        await _read(live, live.spec_defaults(), done, lanes)
+                    lanes.close()
+            # If the lanes were cancelled (hard stop), the writer still owns its stream.
+            results_send.close()
+    return await close_run(run)
+
+
+async def _writer(
+    store: Store,
+    results: MemoryObjectReceiveStream[Outcome],
+    counters: Counters,
+    settings: Settings,
+    lock: anyio.CapacityLimiter,
+) -> None:
+    """The single writer: batch outcomes, commit, and only then count them as done.
+
+    `lock` is shared with the async-task commits (`tasks.py`), so two threads never use
+    the SQLite connection at once.
+    """
+    batch: list[Outcome] = []
+
+    async def flush() -> None:
+        nonlocal batch
+        if not batch:
+            return
+        pending, batch = batch, []
+        await anyio.to_thread.run_sync(store.record, pending, limiter=lock)
+        for o in pending:
+            if o.status == "succeeded":
+                counters.succeeded += 1
+            elif o.status == "failed":
+                counters.failed += 1
+            counters.cost_nano += o.cost_nano or 0
+
+    async with results:
+        try:
+            last = time.monotonic()
+            while True:
+                # Take whatever is ready without waiting. Commit when the batch is full, or
+                # when the stream runs dry and the last commit is `commit_interval` old: few
+                # large transactions under load, prompt ones when results trickle in.
+                try:
+                    batch.append(results.receive_nowait())
+                    if len(batch) < settings.commit_batch:
+                        continue
+                except anyio.WouldBlock:
+                    if batch:
+                        wait = settings.commit_interval - (time.monotonic() - last)
+                        if wait > 0:
+                            await anyio.sleep(wait)
+                            continue
+                    else:
+                        try:
+                            batch.append(await results.receive())
+                        except anyio.EndOfStream:
+                            break
+                        continue
+                except anyio.EndOfStream:
+                    break
+                await flush()
+                last = time.monotonic()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await flush()
+
+
+async def _read(settings: Settings, defaults: SpecDefaults, done: bytearray, lanes: Lanes) -> None:
+    batches = read_spec(settings.spec, defaults)
+    invalid: list[Outcome] = []
+    seen_invalid = 0
+    while True:
+        batch = await anyio.to_thread.run_sync(next, batches, None)
+        if batch is None:
+            break
+        for item in batch:
+            seq = item.seq
+            if seq >> 3 < len(done) and done[seq >> 3] & (1 << (seq & 7)):
+                continue
+            if isinstance(item, Request):
+                await lanes.feed(item)
+            else:
+                if not seen_invalid:
+                    _warn(f"invalid row, recorded as failed (invalid_row); the job goes on: {item}")
+                seen_invalid += 1
+                invalid.append(invalid_outcome(item))
+        if invalid:
+            for o in invalid:
+                await lanes.results.send(o)
+            invalid.clear()
+    if seen_invalid:
+        rows = "row is" if seen_invalid == 1 else "rows are"
+        _warn(
+            f"{seen_invalid} {rows} invalid and recorded as failed; "
+            f"`runner validate {settings.spec}` lists them"
+        )
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
