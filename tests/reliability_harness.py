@@ -36,7 +36,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -44,6 +43,8 @@ from typing import Any
 
 import orjson
 from simproc import SimProcess
+
+from jobs import write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "reliability-key-5c1e0b7d.DO-NOT-LEAK"
@@ -70,13 +71,6 @@ def video_line(cid: str, prompt: str) -> dict[str, Any]:
     return {"custom_id": cid, "method": "POST", "url": "/v4/videos/generations", "body": body}
 
 
-def write_lines(path: Path, lines: Iterable[dict[str, Any] | bytes]) -> Path:
-    with path.open("wb") as f:
-        for line in lines:
-            f.write((line if isinstance(line, bytes) else orjson.dumps(line)) + b"\n")
-    return path
-
-
 def mixed_spec(path: Path, n_chat: int, n_video: int, *, seed: int = 0) -> Path:
     """Chat and video rows interleaved, a few row errors, failing tasks and malformed lines.
 
@@ -98,7 +92,7 @@ def mixed_spec(path: Path, n_chat: int, n_video: int, *, seed: int = 0) -> Path:
     while videos < n_video:
         lines.append(video_line(f"vid-{videos}", f"clip {videos} seed {seed}"))
         videos += 1
-    return write_lines(path, lines)
+    return write_spec(path, lines)
 
 
 def runner_cmd(spec: Path, out: Path, base_url: str, *extra: str) -> list[str]:
@@ -712,7 +706,7 @@ async def storm(
     from runner.sim import SimConfig, Simulator
 
     workdir.mkdir(parents=True, exist_ok=True)
-    spec = write_lines(
+    spec = write_spec(
         workdir / "spec.jsonl", (chat_line(f"s-{i}", f"storm row {i}") for i in range(rows))
     )
     latency, stall = 0.05, 2.0

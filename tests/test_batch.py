@@ -22,50 +22,17 @@ import pytest
 from click.testing import CliRunner
 from simproc import SimProcess
 
-from runner import RetryConfig, Settings, run_job
+from jobs import KEY, settings_for, write_spec
+from jobs import chat_row as shared_chat_row
+from runner import run_job
 from runner.cli import cli
 from runner.job import checkpoint_path
-from runner.settings import Secret
 from runner.sim import SimConfig, Simulator
 from runner.store import Store
 
+chat_row = functools.partial(shared_chat_row, max_tokens=48)
+
 pytestmark = pytest.mark.anyio
-
-KEY = "batch-test-key-5b1c.SECRET"
-
-
-def chat_row(i: int, text: str | None = None, model: str = "glm-4.5-air") -> dict[str, Any]:
-    return {
-        "custom_id": f"row-{i}",
-        "method": "POST",
-        "url": "/v4/chat/completions",
-        "body": {
-            "model": model,
-            "messages": [{"role": "user", "content": text or f"question number {i}"}],
-            "max_tokens": 48,
-        },
-    }
-
-
-def write_spec(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    return path
-
-
-def settings_for(out: Path, spec: Path, base_url: str, **kw: Any) -> Settings:
-    base = Settings(
-        spec=spec,
-        out=out,
-        provider="zai",
-        base_url=base_url,
-        api_key=Secret(KEY),
-        concurrency=8,
-        progress=False,
-        retry=RetryConfig(testing=True),
-        poll_initial=0.05,
-        poll_max=0.2,
-    )
-    return replace(base, **kw)
 
 
 def rows_of(out: Path) -> dict[str, dict[str, Any]]:
@@ -82,7 +49,7 @@ def content_of(row: dict[str, Any]) -> Any:
 
 async def test_batch_matches_online_at_half_the_cost(tmp_path: Path) -> None:
     rows = [chat_row(i) for i in range(24)]
-    rows[3] = chat_row(3, "a bad one [[sim:1214]]")
+    rows[3] = chat_row(3, text="a bad one [[sim:1214]]")
     rows[7] = chat_row(7, model="glm-4.7")  # a second model: its own file
     rows.append(
         {

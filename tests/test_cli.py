@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from click.testing import CliRunner
 from simproc import SimProcess
 
+from jobs import write_spec
 from runner.cli import cli
 from runner.cost import format_cost
 from runner.job import checkpoint_path
@@ -35,18 +35,23 @@ def sim() -> Iterator[SimProcess]:
         s.stop()
 
 
-def write_spec(path: Path, n: int, marker: dict[int, str] | None = None) -> Path:
+def numbered_spec(path: Path, n: int, marker: dict[int, str] | None = None) -> Path:
+    """n chat rows c0..c{n-1}; `marker` adds a simulator marker to some prompts."""
     marker = marker or {}
-    with path.open("wb") as f:
-        for i in range(n):
-            text = f"prompt {i} {marker.get(i, '')}"
-            row = {
+    return write_spec(
+        path,
+        (
+            {
                 "custom_id": f"c{i}",
                 "url": "/v4/chat/completions",
-                "body": {"model": "glm-4.5-air", "messages": [{"role": "user", "content": text}]},
+                "body": {
+                    "model": "glm-4.5-air",
+                    "messages": [{"role": "user", "content": f"prompt {i} {marker.get(i, '')}"}],
+                },
             }
-            f.write(orjson.dumps(row) + b"\n")
-    return path
+            for i in range(n)
+        ),
+    )
 
 
 def run_cmd(spec: Path, out: Path, base_url: str, *, concurrency: int) -> list[str]:
@@ -62,7 +67,7 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
 
 
 def test_exit_0_and_status_json_matches_ledger(tmp_path: Path, sim: SimProcess) -> None:
-    spec = write_spec(tmp_path / "s.jsonl", 60)
+    spec = numbered_spec(tmp_path / "s.jsonl", 60)
     out = tmp_path / "out"
     r = invoke("run", str(spec), "--out", str(out), "--base-url", sim.base_url, "--no-progress")
     assert r.exit_code == 0, r.output
@@ -83,7 +88,7 @@ def test_exit_0_and_status_json_matches_ledger(tmp_path: Path, sim: SimProcess) 
 
 
 def test_exit_1_with_failed_rows_and_export(tmp_path: Path, sim: SimProcess) -> None:
-    spec = write_spec(tmp_path / "s.jsonl", 10, {4: "[[sim:1301]]"})
+    spec = numbered_spec(tmp_path / "s.jsonl", 10, {4: "[[sim:1301]]"})
     out = tmp_path / "out"
     r = invoke("run", str(spec), "--out", str(out), "--base-url", sim.base_url, "--no-progress")
     assert r.exit_code == 1, r.output
@@ -99,7 +104,7 @@ def test_exit_1_with_failed_rows_and_export(tmp_path: Path, sim: SimProcess) -> 
 
 
 def test_exit_2_strict_sends_nothing(tmp_path: Path, sim: SimProcess) -> None:
-    spec = write_spec(tmp_path / "s.jsonl", 5)
+    spec = numbered_spec(tmp_path / "s.jsonl", 5)
     with spec.open("ab") as f:
         f.write(b'{"url": "/v4/chat/completions", "body": {"messages": []}}\n')
     r = invoke(
@@ -118,7 +123,7 @@ def test_exit_2_strict_sends_nothing(tmp_path: Path, sim: SimProcess) -> None:
 
 
 def test_exit_2_validate_and_usage_errors(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path / "s.jsonl", 3)
+    spec = numbered_spec(tmp_path / "s.jsonl", 3)
     assert invoke("validate", str(spec)).exit_code == 0
     with spec.open("ab") as f:
         f.write(b"not json\n")
@@ -135,7 +140,7 @@ def test_exit_2_validate_and_usage_errors(tmp_path: Path) -> None:
 def test_exit_3_on_balance_then_resume(tmp_path: Path) -> None:
     sim = SimProcess("--balance-requests", "20")
     try:
-        spec = write_spec(tmp_path / "s.jsonl", 50)
+        spec = numbered_spec(tmp_path / "s.jsonl", 50)
         out = tmp_path / "out"
         r = invoke(
             "run",
@@ -182,7 +187,7 @@ def test_kill_9_and_resume_loses_nothing(tmp_path: Path) -> None:
     """SIGKILL the runner at random moments, resume until done: one result per row."""
     sim = SimProcess("--latency", "0.05")
     n = 5000
-    spec = write_spec(tmp_path / "s.jsonl", n)
+    spec = numbered_spec(tmp_path / "s.jsonl", n)
     out = tmp_path / "out"
     env = {**os.environ, "ZAI_API_KEY": KEY}
     cmd = run_cmd(spec, out, sim.base_url, concurrency=50)
@@ -237,7 +242,7 @@ def test_graceful_stop_exit_3_then_resume_bills_nothing_twice(
 ) -> None:
     sim = SimProcess("--latency", "0.1")
     n = 800
-    spec = write_spec(tmp_path / "s.jsonl", n)
+    spec = numbered_spec(tmp_path / "s.jsonl", n)
     out = tmp_path / "out"
     env = {**os.environ, "ZAI_API_KEY": KEY}
     cmd = run_cmd(spec, out, sim.base_url, concurrency=20)
@@ -277,7 +282,7 @@ def test_graceful_stop_exit_3_then_resume_bills_nothing_twice(
 def test_status_shows_each_cause_under_a_code(tmp_path: Path, sim: SimProcess) -> None:
     """Two invalid JSON lines and a row without messages are all `invalid_row`, but they are
     different causes: status lists each with its first lines, and points to the rest."""
-    spec = write_spec(tmp_path / "s.jsonl", 4, {1: "[[sim:1301]]"})
+    spec = numbered_spec(tmp_path / "s.jsonl", 4, {1: "[[sim:1301]]"})
     with spec.open("ab") as f:
         f.write(b'{"custom_id": "j1", "body": {\n')
         f.write(b'{"custom_id": "m", "url": "/v4/chat/completions", "body": {"model": "x"}}\n')
@@ -300,7 +305,7 @@ def test_status_shows_each_cause_under_a_code(tmp_path: Path, sim: SimProcess) -
 def test_invalid_rows_warn_and_a_spec_with_none_valid_exits_2(
     tmp_path: Path, sim: SimProcess
 ) -> None:
-    spec = write_spec(tmp_path / "s.jsonl", 3)
+    spec = numbered_spec(tmp_path / "s.jsonl", 3)
     with spec.open("ab") as f:
         f.write(b"{\n")
     r = invoke("run", str(spec), "--out", str(tmp_path / "a"), "--base-url", sim.base_url,
@@ -333,7 +338,7 @@ def test_short_chat_rows_need_no_endpoint_flag(tmp_path: Path, sim: SimProcess) 
 
 
 def test_out_that_is_a_file_names_the_problem(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path / "s.jsonl", 1)
+    spec = numbered_spec(tmp_path / "s.jsonl", 1)
     r = invoke("run", str(spec), "--out", str(spec), "--provider", "sim", "--no-progress")
     assert r.exit_code == 2
     assert "a file of that name is in the way" in r.output and "Errno" not in r.output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,45 +9,37 @@ import anyio
 import orjson
 import pytest
 
-from runner import RetryConfig, Settings, UsageError, run_job
+from jobs import settings_for, write_spec
+from runner import Settings, UsageError, run_job
 from runner.endpoints import raise_for_answer
 from runner.errors import FatalAPIError, RateLimited, RetryableError, RowError, Verdict, classify
 from runner.http import Response
 from runner.job import checkpoint_path
 from runner.providers import get_provider, load_providers
 from runner.ratelimit import RateLimiter, RateLimits, TokenBucket, estimate_tokens
-from runner.settings import Secret
 from runner.sim import SimConfig, Simulator
 from runner.store import Store
 
-KEY = "provider-test-key-9a8b"
 
-
-def write_spec(path: Path, texts: list[str], model: str = "zai-org/GLM-4.5-Air") -> Path:
-    rows = [
-        {
-            "custom_id": f"r{i}",
-            "url": "/v1/chat/completions",
-            "body": {"model": model, "messages": [{"role": "user", "content": t}]},
-        }
-        for i, t in enumerate(texts)
-    ]
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    return path
+def sf_spec(path: Path, texts: list[str], model: str = "zai-org/GLM-4.5-Air") -> Path:
+    """A SiliconFlow-style spec: one chat row per text, on the /v1 path."""
+    return write_spec(
+        path,
+        (
+            {
+                "custom_id": f"r{i}",
+                "url": "/v1/chat/completions",
+                "body": {"model": model, "messages": [{"role": "user", "content": t}]},
+            }
+            for i, t in enumerate(texts)
+        ),
+    )
 
 
 def sf_settings(tmp_path: Path, spec: Path, base_url: str, **kw: Any) -> Settings:
-    s = Settings(
-        spec=spec,
-        out=tmp_path / "out",
-        provider="siliconflow",
-        base_url=base_url,
-        api_key=Secret(KEY),
-        concurrency=4,
-        progress=False,
-        retry=RetryConfig(testing=True),
+    return settings_for(
+        tmp_path / "out", spec, base_url, **{"provider": "siliconflow", "concurrency": 4, **kw}
     )
-    return replace(s, **kw)
 
 
 def errors_by_row(out: Path) -> dict[str, tuple[str, str | None, int | None]]:
@@ -117,7 +108,7 @@ def test_raise_for_answer_guesses_siliconflow_from_the_flat_body() -> None:
 
 @pytest.mark.anyio
 async def test_siliconflow_403_balance_stops_the_job(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path / "s.jsonl", [f"q {i}" for i in range(30)])
+    spec = sf_spec(tmp_path / "s.jsonl", [f"q {i}" for i in range(30)])
     cfg = SimConfig(error_shape="siliconflow", balance_requests=5)
     async with Simulator(cfg) as sim:
         result = await run_job(
@@ -136,7 +127,7 @@ async def test_siliconflow_429_and_503_retry_and_400_fails_the_row(tmp_path: Pat
     texts = [f"q {i}" for i in range(60)]
     texts[3] = "bad parameter [[sim:1214]]"
     texts[4] = "unknown model [[sim:1211]]"
-    spec = write_spec(tmp_path / "s.jsonl", texts)
+    spec = sf_spec(tmp_path / "s.jsonl", texts)
     cfg = SimConfig(error_shape="siliconflow", rate_429=0.2, rate_503=0.1, seed=3)
     async with Simulator(cfg) as sim:
         result = await run_job(sf_settings(tmp_path, spec, sim.base_url), handle_signals=False)
@@ -195,7 +186,7 @@ def test_cli_takes_a_provider_from_the_env_file(tmp_path: Path) -> None:
 
     providers = tmp_path / "p.toml"
     providers.write_text('[providers.mine]\nextends = "openai"\nkey_env = "MINE_KEY"\n')
-    spec = write_spec(tmp_path / "s.jsonl", ["hi"])
+    spec = sf_spec(tmp_path / "s.jsonl", ["hi"])
     args = ["run", str(spec), "--out", str(tmp_path / "o"), "--provider", "mine"]
     r = CliRunner().invoke(cli, args, env={"RUNNER_PROVIDERS": str(providers)})
     assert r.exit_code == 2 and "MINE_KEY" in r.output  # known provider, key missing

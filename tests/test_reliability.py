@@ -57,7 +57,7 @@ def run_cli(spec: Path, out: Path, base_url: str, *extra: str, key: str = h.KEY)
 
 
 def chat_spec(path: Path, n: int, prefix: str = "c") -> Path:
-    return h.write_lines(path, (h.chat_line(f"{prefix}{i}", f"row {prefix}{i}") for i in range(n)))
+    return h.write_spec(path, (h.chat_line(f"{prefix}{i}", f"row {prefix}{i}") for i in range(n)))
 
 
 def clean_error(r: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -186,7 +186,7 @@ def test_the_api_key_is_never_written_printed_or_raised(tmp_path: Path) -> None:
     neither key appears in any file, any output, or any error's text or repr."""
     rows = [h.chat_line(f"c{i}", f"question {i}") for i in range(6)]
     rows += [h.video_line("v0", "a lighthouse"), h.chat_line("bad", "x [[sim:1214]]")]
-    spec = h.write_lines(tmp_path / "spec.jsonl", rows)
+    spec = h.write_spec(tmp_path / "spec.jsonl", rows)
     out = tmp_path / "out"
     outputs: list[str] = []
     with h.SimProcess(
@@ -510,7 +510,7 @@ def test_results_file_that_cannot_be_written_is_exit_2_then_exports(tmp_path: Pa
 
 def test_a_second_runner_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     rows = [h.chat_line(f"c{i}", f"q {i}") for i in range(150)] + [h.video_line("v0", "a boat")]
-    spec = h.write_lines(tmp_path / "spec.jsonl", rows)
+    spec = h.write_spec(tmp_path / "spec.jsonl", rows)
     out = tmp_path / "out"
     with h.SimProcess("--latency", "0.05", "--task-seconds", "0.5") as sim:
         cmd = h.runner_cmd(spec, out, sim.base_url, "--concurrency", "8")

@@ -2,65 +2,35 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from runner import RetryConfig, Settings, run_job
+from jobs import KEY, chat_row, write_spec
+from jobs import settings_for as shared_settings_for
+from runner import RetryConfig, run_job
 from runner.export import write_results_jsonl
 from runner.job import checkpoint_path
-from runner.settings import Secret
 from runner.sim import SimConfig, Simulator
 from runner.store import Store
 
+# These jobs run more rows per test than the shared default of 8 in flight suits.
+settings_for = functools.partial(shared_settings_for, concurrency=20)
+
 pytestmark = pytest.mark.anyio
-
-KEY = "test-key-7f3a9c2e.SECRETPART"
-
-
-def write_spec(path: Path, rows: list[dict[str, Any]]) -> Path:
-    with path.open("wb") as f:
-        for r in rows:
-            f.write(orjson.dumps(r) + b"\n")
-    return path
-
-
-def chat_row(i: int, model: str = "glm-4.5-air", text: str | None = None) -> dict[str, Any]:
-    return {
-        "custom_id": f"row-{i}",
-        "method": "POST",
-        "url": "/v4/chat/completions",
-        "body": {
-            "model": model,
-            "messages": [{"role": "user", "content": text or f"question number {i}"}],
-            "max_tokens": 32,
-        },
-    }
-
-
-def settings_for(tmp_path: Path, spec: Path, base_url: str, **kw: Any) -> Settings:
-    base = Settings(
-        spec=spec,
-        out=tmp_path / "out",
-        provider="zai",
-        base_url=base_url,
-        api_key=Secret(KEY),
-        concurrency=kw.pop("concurrency", 20),
-        progress=False,
-        retry=RetryConfig(testing=True),
-    )
-    return replace(base, **kw)
 
 
 async def test_chat_job_completes_and_reconciles_with_ledger(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "spec.jsonl", [chat_row(i) for i in range(200)])
     async with Simulator(SimConfig(latency=0.01)) as sim:
-        result = await run_job(settings_for(tmp_path, spec, sim.base_url), handle_signals=False)
+        result = await run_job(
+            settings_for(tmp_path / "out", spec, sim.base_url), handle_signals=False
+        )
         stats = sim.stats()
     assert result.exit_code == 0, result.message
     s = result.summary
@@ -99,7 +69,7 @@ async def test_peak_in_flight_never_exceeds_cap_and_reaches_it(tmp_path: Path) -
     spec = write_spec(tmp_path / "spec.jsonl", [chat_row(i) for i in range(300)])
     async with Simulator(SimConfig(latency=0.05, concurrency_limit=25)) as sim:
         result = await run_job(
-            settings_for(tmp_path, spec, sim.base_url, concurrency=25), handle_signals=False
+            settings_for(tmp_path / "out", spec, sim.base_url, concurrency=25), handle_signals=False
         )
         stats = sim.stats()
     assert result.exit_code == 0
@@ -114,7 +84,7 @@ async def test_mixed_models_each_respect_their_cap(tmp_path: Path) -> None:
     cfg = SimConfig(latency=0.03, model_limits={"glm-4.5-air": 6, "glm-4.7": 9})
     async with Simulator(cfg) as sim:
         settings = settings_for(
-            tmp_path,
+            tmp_path / "out",
             spec,
             sim.base_url,
             concurrency=None,
@@ -137,7 +107,9 @@ async def test_row_errors_fail_only_their_rows(tmp_path: Path) -> None:
     with (tmp_path / "spec.jsonl").open("ab") as f:
         f.write(b'{"custom_id": "broken", "body": \n')
     async with Simulator(SimConfig()) as sim:
-        result = await run_job(settings_for(tmp_path, spec, sim.base_url), handle_signals=False)
+        result = await run_job(
+            settings_for(tmp_path / "out", spec, sim.base_url), handle_signals=False
+        )
     assert result.exit_code == 1
     store = Store(checkpoint_path(tmp_path / "out"))
     try:
@@ -157,7 +129,9 @@ async def test_transient_faults_are_retried_to_success(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "spec.jsonl", [chat_row(i) for i in range(150)])
     cfg = SimConfig(rate_429=0.2, rate_500=0.05, rate_503=0.05, rate_drop=0.03, seed=7)
     async with Simulator(cfg) as sim:
-        result = await run_job(settings_for(tmp_path, spec, sim.base_url), handle_signals=False)
+        result = await run_job(
+            settings_for(tmp_path / "out", spec, sim.base_url), handle_signals=False
+        )
         stats = sim.stats()
     assert result.exit_code == 0, result.message
     assert result.summary["succeeded"] == 150
@@ -176,7 +150,7 @@ async def test_rate_limit_below_configured_tier_converges(tmp_path: Path) -> Non
         # budget inside one cool-down window of the adaptive limiter.
         retry = RetryConfig(initial_wait=0.02, max_wait=0.2, jitter=0.02)
         result = await run_job(
-            settings_for(tmp_path, spec, sim.base_url, concurrency=40, retry=retry),
+            settings_for(tmp_path / "out", spec, sim.base_url, concurrency=40, retry=retry),
             handle_signals=False,
         )
         stats = sim.stats()
@@ -190,7 +164,7 @@ async def test_balance_exhausted_stops_then_resumes_without_double_billing(
 ) -> None:
     spec = write_spec(tmp_path / "spec.jsonl", [chat_row(i) for i in range(120)])
     async with Simulator(SimConfig(balance_requests=50)) as sim:
-        settings = settings_for(tmp_path, spec, sim.base_url, concurrency=5)
+        settings = settings_for(tmp_path / "out", spec, sim.base_url, concurrency=5)
         first = await run_job(settings, handle_signals=False)
         assert first.exit_code == 3
         assert "1113" in first.message and "resume" in first.message
@@ -208,7 +182,9 @@ async def test_balance_exhausted_stops_then_resumes_without_double_billing(
 async def test_bad_key_stops_job_with_advice_and_no_key_in_message(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "spec.jsonl", [chat_row(i) for i in range(10)])
     async with Simulator(SimConfig(keys={"the-only-good-key": None})) as sim:
-        result = await run_job(settings_for(tmp_path, spec, sim.base_url), handle_signals=False)
+        result = await run_job(
+            settings_for(tmp_path / "out", spec, sim.base_url), handle_signals=False
+        )
     assert result.exit_code == 3
     assert "ZAI_API_KEY" in result.message
     assert KEY not in result.message
@@ -219,7 +195,7 @@ async def test_budget_stop_is_resumable(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "spec.jsonl", rows)
     async with Simulator(SimConfig()) as sim:
         settings = settings_for(
-            tmp_path, spec, sim.base_url, concurrency=4, max_cost=Decimal("0.0003")
+            tmp_path / "out", spec, sim.base_url, concurrency=4, max_cost=Decimal("0.0003")
         )
         first = await run_job(settings, handle_signals=False)
         assert first.exit_code == 3
@@ -236,7 +212,7 @@ async def test_changed_spec_is_refused_unless_forced(tmp_path: Path) -> None:
 
     spec = write_spec(tmp_path / "spec.jsonl", [chat_row(i) for i in range(5)])
     async with Simulator(SimConfig()) as sim:
-        settings = settings_for(tmp_path, spec, sim.base_url)
+        settings = settings_for(tmp_path / "out", spec, sim.base_url)
         assert (await run_job(settings, handle_signals=False)).exit_code == 0
         write_spec(spec, [chat_row(i) for i in range(6)])
         with pytest.raises(UsageError, match="spec changed"):
@@ -249,7 +225,7 @@ async def test_export_jsonl_is_batch_api_output(tmp_path: Path) -> None:
     rows = [chat_row(0), chat_row(1, text="x [[sim:1214]]")]
     spec = write_spec(tmp_path / "spec.jsonl", rows)
     async with Simulator(SimConfig()) as sim:
-        await run_job(settings_for(tmp_path, spec, sim.base_url), handle_signals=False)
+        await run_job(settings_for(tmp_path / "out", spec, sim.base_url), handle_signals=False)
     store = Store(checkpoint_path(tmp_path / "out"))
     try:
         write_results_jsonl(store, tmp_path / "out.jsonl")
@@ -266,7 +242,9 @@ async def test_secret_never_written(tmp_path: Path) -> None:
     rows = [chat_row(i) for i in range(20)] + [chat_row(99, text="[[sim:1214]]")]
     spec = write_spec(tmp_path / "spec.jsonl", rows)
     async with Simulator(SimConfig(balance_requests=15)) as sim:
-        result = await run_job(settings_for(tmp_path, spec, sim.base_url), handle_signals=False)
+        result = await run_job(
+            settings_for(tmp_path / "out", spec, sim.base_url), handle_signals=False
+        )
     assert KEY not in result.message and KEY not in repr(result)
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():

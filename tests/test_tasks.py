@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +26,14 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from runner import RetryConfig, Settings, run_job
+from jobs import settings_for, write_spec
+from runner import run_job
 from runner.artifacts import ARTIFACTS_DIR, Item, artifact_name, safe_stem
 from runner.job import checkpoint_path
-from runner.settings import Secret
 from runner.sim import SimConfig, Simulator
 from runner.store import Store
 
-KEY = "test-key-7f3a9c2e.SECRETPART"
 FAIL = "[[sim:task-fail]]"
-
-
-def write_spec(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    return path
 
 
 def video(cid: str, prompt: str = "waves on a beach") -> dict[str, Any]:
@@ -56,23 +49,6 @@ def image(cid: str, prompt: str = "a paper boat") -> dict[str, Any]:
 def chat(cid: str, *, kind: str = "chat/completions") -> dict[str, Any]:
     body = {"model": "glm-4.5-air", "messages": [{"role": "user", "content": f"hi {cid}"}]}
     return {"custom_id": cid, "url": f"/v4/{kind}", "body": body}
-
-
-def settings_for(tmp_path: Path, spec: Path, base_url: str, **kw: Any) -> Settings:
-    base = Settings(
-        spec=spec,
-        out=tmp_path / "out",
-        provider="zai",
-        base_url=base_url,
-        api_key=Secret(KEY),
-        concurrency=8,
-        progress=False,
-        retry=RetryConfig(testing=True),
-        poll_initial=0.05,
-        poll_max=0.2,
-        task_max_age=30.0,
-    )
-    return replace(base, **kw)
 
 
 def rows_of(out: Path) -> dict[str, dict[str, Any]]:
@@ -123,7 +99,9 @@ async def test_mixed_job_downloads_every_artifact(tmp_path: Path) -> None:
     )
     spec = write_spec(tmp_path / "spec.jsonl", spec_rows)
     async with Simulator(SimConfig(task_seconds=0.2)) as sim:
-        result = await run_job(settings_for(tmp_path, spec, sim.base_url), handle_signals=False)
+        result = await run_job(
+            settings_for(tmp_path / "out", spec, sim.base_url), handle_signals=False
+        )
         stats = sim.stats()
     assert result.exit_code == 0, result.message
     assert result.summary["succeeded"] == 16 and result.summary["in_progress"] == 0
@@ -162,7 +140,7 @@ async def test_no_download_records_urls_and_keeps_the_rows_request_id(tmp_path: 
     own["body"]["request_id"] = "my-own-request-id"
     spec = write_spec(tmp_path / "spec.jsonl", [own, image("i-0")])
     async with Simulator(SimConfig(task_seconds=0.05)) as sim:
-        settings = settings_for(tmp_path, spec, sim.base_url, download=False)
+        settings = settings_for(tmp_path / "out", spec, sim.base_url, download=False)
         result = await run_job(settings, handle_signals=False)
         stats = sim.stats()
     assert result.exit_code == 0, result.message
@@ -179,7 +157,7 @@ async def test_no_download_records_urls_and_keeps_the_rows_request_id(tmp_path: 
 async def test_oversized_artifact_fails_its_row_and_leaves_no_file(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "spec.jsonl", [image("i-0"), chat("c-0")])
     async with Simulator(SimConfig(task_seconds=0.05)) as sim:
-        settings = settings_for(tmp_path, spec, sim.base_url, max_artifact_bytes=100)
+        settings = settings_for(tmp_path / "out", spec, sim.base_url, max_artifact_bytes=100)
         result = await run_job(settings, handle_signals=False)
     assert result.exit_code == 1
     rows = rows_of(tmp_path / "out")
@@ -198,7 +176,9 @@ async def test_failed_tasks_fail_only_their_rows(tmp_path: Path) -> None:
     rows += [image("i-bad", f"x {FAIL}"), image("i-ok"), chat("c-1")]
     spec = write_spec(tmp_path / "spec.jsonl", rows)
     async with Simulator(SimConfig(task_seconds=0.1)) as sim:
-        result = await run_job(settings_for(tmp_path, spec, sim.base_url), handle_signals=False)
+        result = await run_job(
+            settings_for(tmp_path / "out", spec, sim.base_url), handle_signals=False
+        )
         stats = sim.stats()
     assert result.exit_code == 1
     got = rows_of(tmp_path / "out")
@@ -218,7 +198,7 @@ async def test_overdue_tasks_time_out_then_resume_polls_them(tmp_path: Path) -> 
     rows = [video(f"v-{i}") for i in range(3)] + [chat("c-0"), chat("c-1")]
     spec = write_spec(tmp_path / "spec.jsonl", rows)
     async with Simulator(SimConfig(task_seconds=1.2)) as sim:
-        settings = settings_for(tmp_path, spec, sim.base_url, task_max_age=0.3)
+        settings = settings_for(tmp_path / "out", spec, sim.base_url, task_max_age=0.3)
         first = await run_job(settings, handle_signals=False)
         assert first.exit_code == 1
         assert "resume" in first.message
@@ -249,7 +229,7 @@ async def test_overdue_tasks_time_out_then_resume_polls_them(tmp_path: Path) -> 
 async def test_stop_leaves_submitted_tasks_for_the_resume(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "spec.jsonl", [video(f"v-{i}") for i in range(6)])
     async with Simulator(SimConfig(task_seconds=0.5, balance_requests=3)) as sim:
-        settings = settings_for(tmp_path, spec, sim.base_url, concurrency=1)
+        settings = settings_for(tmp_path / "out", spec, sim.base_url, concurrency=1)
         first = await run_job(settings, handle_signals=False)
         assert first.exit_code == 3 and "1113" in first.message
         assert first.summary["in_progress"] == 3 and first.summary["succeeded"] == 0
@@ -267,7 +247,7 @@ async def test_resume_repolls_submitted_and_fails_submitting_rows(tmp_path: Path
     spec = write_spec(tmp_path / "spec.jsonl", [video(f"v-{i}") for i in range(3)])
     out = tmp_path / "out"
     async with Simulator(SimConfig(task_seconds=0.1)) as sim:
-        settings = settings_for(tmp_path, spec, sim.base_url)
+        settings = settings_for(tmp_path / "out", spec, sim.base_url)
         assert (await run_job(settings, handle_signals=False)).exit_code == 0
         # Pretend the last run died: v-0 inside the submit window, v-1 while polling.
         before = rows_of(out)
@@ -302,7 +282,9 @@ async def test_resume_repolls_submitted_and_fails_submitting_rows(tmp_path: Path
 async def test_dropped_submit_is_not_resubmitted_but_429_is_retried(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "spec.jsonl", [video(f"v-{i}") for i in range(3)])
     async with Simulator(SimConfig(rate_drop=1.0)) as sim:
-        result = await run_job(settings_for(tmp_path, spec, sim.base_url), handle_signals=False)
+        result = await run_job(
+            settings_for(tmp_path / "out", spec, sim.base_url), handle_signals=False
+        )
         stats = sim.stats()
     assert result.exit_code == 1
     assert stats["requests"]["videos/generations"] == 3  # one try each: the outcome is unknown
@@ -313,7 +295,7 @@ async def test_dropped_submit_is_not_resubmitted_but_429_is_retried(tmp_path: Pa
 
     spec = write_spec(tmp_path / "spec2.jsonl", [video(f"w-{i}") for i in range(6)])
     async with Simulator(SimConfig(task_seconds=0.1, rate_429=0.4, rate_500=0.1, seed=3)) as sim:
-        settings = settings_for(tmp_path, spec, sim.base_url, out=tmp_path / "out2")
+        settings = settings_for(tmp_path / "out2", spec, sim.base_url)
         result = await run_job(settings, handle_signals=False)
         stats = sim.stats()
     assert result.exit_code == 0, result.message
@@ -332,7 +314,9 @@ HOSTILE = ["../../etc/x", "/abs/path", "..", ".", ".hidden", "a/b", "a_b", "่ง้
 async def test_hostile_custom_ids_land_inside_artifacts(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "spec.jsonl", [image(cid) for cid in HOSTILE])
     async with Simulator(SimConfig(task_seconds=0.05)) as sim:
-        result = await run_job(settings_for(tmp_path, spec, sim.base_url), handle_signals=False)
+        result = await run_job(
+            settings_for(tmp_path / "out", spec, sim.base_url), handle_signals=False
+        )
     assert result.exit_code == 0, result.message
     out = tmp_path / "out"
     rows = rows_of(out)
@@ -379,7 +363,7 @@ async def test_expired_url_is_refreshed_by_polling_not_resubmitting(tmp_path: Pa
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(heal)
-            settings = settings_for(tmp_path, spec, sim.base_url, poll_initial=0.1)
+            settings = settings_for(tmp_path / "out", spec, sim.base_url, poll_initial=0.1)
             result = await run_job(settings, handle_signals=False)
         stats = sim.stats()
     assert result.exit_code == 0, result.message
