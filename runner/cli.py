@@ -1,5 +1,8 @@
 """The `runner` command: a thin shell over the library. No job logic lives here.
 
+About 400 lines because it is the one list of commands and flags; each command only
+parses, calls the library and prints.
+
 Exit codes (the contract scripts rely on):
     0  every row succeeded
     1  the job finished, some rows failed (see `runner status`)

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 import orjson
 
-from .batch_files import BATCH_ENDPOINTS
+from .batch import BATCH_ENDPOINTS
 from .cost import NANO, PriceTable, Usage
 from .http import ConnectionDropped, Transport
 from .spec import Request, SpecDefaults, read_spec

@@ -23,6 +23,9 @@ timeouts are retried, a 404 fails the row. When the job stops, pollers leave the
 fails as 'task_timeout', one whose files can't be fetched as 'download_failed'; both keep
 their task id and the next run reopens them (`prepare_resume`): it polls again, with a new
 `task_max_age`, for fresh URLs.
+
+Why one module of over 400 lines: submit, poll and settle are one protocol whose
+exactly-once guarantee rests on their order; split, the window would be harder to see.
 """
 
 from __future__ import annotations

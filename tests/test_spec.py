@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from runner.endpoints_table import CHECKS, MODELLESS_ENDPOINTS
 from runner.spec import (
     ASYNC_ENDPOINTS,
     ENDPOINTS,
@@ -28,6 +27,7 @@ from runner.spec import (
     spec_fingerprint,
     validate_spec,
 )
+from runner.spec.checks import CHECKS, MODELLESS_ENDPOINTS
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 CHAT_URL = "/v4/chat/completions"

@@ -21,13 +21,13 @@ from typing import IO, Any
 
 import orjson
 
-from .cost import PriceTable, Usage
-from .endpoints import Parsed, error_fields, parse_success
-from .errors import RequestFailed, RowError, Verdict, classify
-from .outcome import Outcome, invalid_outcome, outcome_for
-from .settings import Settings
-from .spec import InvalidRow, Request, read_spec
-from .store import Store
+from ..cost import PriceTable, Usage
+from ..endpoints import Parsed, error_fields, parse_success
+from ..errors import RequestFailed, RowError, Verdict, classify
+from ..outcome import Outcome, invalid_outcome, outcome_for
+from ..settings import Settings
+from ..spec import InvalidRow, Request, read_spec
+from ..store import Store
 
 __all__ = [
     "BATCH_ENDPOINTS",

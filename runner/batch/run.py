@@ -36,19 +36,19 @@ import anyio
 import httpx
 import orjson
 
-from .batch_files import merge_file, missing_outcome, plan_files, retry_online
-from .control import Budget, Control, Stopping
-from .cost import PriceTable
-from .endpoints import raise_for_answer
-from .errors import FatalAPIError, RetryableError, RunnerError
-from .http import ConnectionDropped, Response, Transport
-from .lifecycle import JobResult, close_run, open_run
-from .online import run_online
-from .outcome import Outcome
-from .progress import Counters
-from .retry import build_retrying
-from .settings import Settings
-from .store import Store
+from ..control import Budget, Control, Stopping
+from ..cost import PriceTable
+from ..endpoints import raise_for_answer
+from ..errors import FatalAPIError, RetryableError, RunnerError
+from ..http import ConnectionDropped, Response, Transport
+from ..lifecycle import JobResult, close_run, open_run
+from ..online import run_online
+from ..outcome import Outcome
+from ..progress import Counters
+from ..retry import build_retrying
+from ..settings import Settings
+from ..store import Store
+from .files import merge_file, missing_outcome, plan_files, retry_online
 
 __all__ = ["TERMINAL_BATCH", "run_batch"]
 

@@ -1,0 +1,249 @@
+"""Stream a spec file (JSONL or Parquet) as batches of rows, never loading it whole.
+
+JSONL is split from fixed-size chunks and Parquet read in record batches; each data row
+becomes exactly one item (rows.py), in file order. ``seq`` counts data rows from 0 (blank
+lines are not rows); the checkpoint keys on it, so it depends only on the file's bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from .rows import InvalidRow, Request, Rows, SpecDefaults, SpecError
+
+__all__ = ["MAX_LINE_BYTES", "jsonl_lines", "read_spec", "spec_fingerprint"]
+
+MAX_LINE_BYTES = 16 * 1024 * 1024
+_CHUNK = 1 << 20
+_BOM = b"\xef\xbb\xbf"
+_FORMATS = dict.fromkeys(("jsonl", "json", "ndjson"), "jsonl") | dict.fromkeys(
+    ("parquet", "pq"), "parquet"
+)
+_META_COLUMNS = ("custom_id", "url", "method")
+
+
+_NO_DEFAULTS = SpecDefaults()
+
+
+def spec_fingerprint(path: Path) -> str:
+    """sha256 of the file's bytes, streamed, so a resume can tell whether the spec changed."""
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
+
+
+def jsonl_lines(
+    f: IO[bytes], cap: int, chunk_size: int = _CHUNK
+) -> Iterator[tuple[int, bytes | int]]:
+    """Yield ``(line number, bytes)`` per physical line, splitting fixed-size chunks.
+
+    A line longer than ``cap`` is yielded as its length instead: its bytes are dropped as they
+    are read, so a runaway line costs no more memory than the cap. A leading BOM is dropped.
+    """
+    lineno = 0
+    head: list[bytes] = []  # pieces of the line still open at the end of the previous chunk
+    head_len = 0
+    skipping = 0  # > 0 while dropping an over-long line: its length so far
+    chunk = f.read(chunk_size)
+    if chunk.startswith(_BOM):
+        chunk = chunk[len(_BOM) :] or f.read(chunk_size)
+    while chunk:
+        parts = chunk.split(b"\n")
+        tail = parts.pop()
+        if parts:
+            first = parts[0]
+            lineno += 1
+            if skipping:
+                yield lineno, skipping + len(first)
+                skipping = 0
+            else:
+                if head:
+                    head.append(first)
+                    first = b"".join(head)
+                    head, head_len = [], 0
+                yield lineno, first if len(first) <= cap else len(first)
+            for k in range(1, len(parts)):
+                part = parts[k]
+                lineno += 1
+                yield lineno, part if len(part) <= cap else len(part)
+        if skipping:
+            skipping += len(tail)
+        elif head_len + len(tail) > cap:
+            skipping, head, head_len = head_len + len(tail), [], 0
+        elif tail:
+            head.append(tail)
+            head_len += len(tail)
+        chunk = f.read(chunk_size)
+    if skipping:
+        yield lineno + 1, skipping
+    elif head:
+        yield lineno + 1, b"".join(head)
+
+
+def _bad_json(seq: int, line: int, raw: bytes, exc: orjson.JSONDecodeError) -> InvalidRow:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        where = f"byte 0x{raw[bad.start]:02x} at position {bad.start + 1}"
+        message = f"not valid UTF-8 ({where}): save the spec as UTF-8"
+        return InvalidRow(seq, line, None, None, message)
+    return InvalidRow(seq, line, None, None, f"invalid JSON at column {exc.colno}: {exc.msg}")
+
+
+def _read_jsonl(
+    path: Path, rows: Rows, batch_size: int, cap: int
+) -> Iterator[list[Request | InvalidRow]]:
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    batch: list[Request | InvalidRow] = []
+    seq = 0
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
+    with f:
+        for line, raw in jsonl_lines(f, cap):
+            item: Request | InvalidRow
+            if isinstance(raw, int):
+                problem = f"line is {raw:,} bytes, over the {cap:,}-byte cap"
+                item = InvalidRow(seq, line, None, None, f"{problem}: shorten or split the request")
+            elif not raw or raw.isspace():
+                continue
+            else:
+                try:
+                    obj = loads(raw)
+                except decode_error as exc:
+                    item = _bad_json(seq, line, raw, exc)
+                else:
+                    item = rows.from_object(seq, line, obj)
+            batch.append(item)
+            seq += 1
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def _drop_nulls(value: Any) -> Any:
+    """Undo struct unification: Arrow gives every row every key of a struct, absent ones null."""
+    if type(value) is dict:
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if type(value) is list:
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def _read_parquet(path: Path, rows: Rows, batch_size: int) -> Iterator[list[Request | InvalidRow]]:
+    import pyarrow.parquet as pq  # deferred: slow to import, and most specs are JSONL
+
+    batch: list[Request | InvalidRow] = []
+    seq = 0
+    # A buffered stream, not pre-buffering: pages are read as batches need them, so a spec in one
+    # huge row group does not land in memory whole.
+    with pq.ParquetFile(path, buffer_size=_CHUNK, pre_buffer=False) as pf:
+        names = pf.schema_arrow.names
+        has_body = "body" in names
+        if has_body:  # other columns (notes, labels) are not decoded at all
+            names = [n for n in names if n in _META_COLUMNS or n == "body"]
+        body_names = [n for n in names if n not in _META_COLUMNS]
+        for record_batch in _record_batches(pf, path, names, batch_size):
+            n = record_batch.num_rows
+            cols = {name: record_batch.column(name).to_pylist() for name in names}
+            none: list[Any] = [None] * n
+            ids, urls, methods = (cols.get(name, none) for name in _META_COLUMNS)
+            if has_body:
+                bodies = [_drop_nulls(b) if type(b) is dict else b for b in cols["body"]]
+            else:  # short form: the other columns are the body; a null cell is an absent key
+                values = (
+                    zip(*(cols[k] for k in body_names), strict=True) if body_names else [()] * n
+                )
+                bodies = [_drop_nulls(dict(zip(body_names, row, strict=True))) for row in values]
+            for k in range(n):
+                item = rows.build(seq, seq + 1, ids[k], urls[k], methods[k], bodies[k], True)
+                batch.append(item)
+                seq += 1
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+    if batch:
+        yield batch
+
+
+def _record_batches(pf: Any, path: Path, columns: list[str], batch_size: int) -> Iterator[Any]:
+    """``iter_batches``, with a file that breaks part-way through reported as a SpecError."""
+    import pyarrow as pa
+
+    batches = pf.iter_batches(batch_size=batch_size, columns=columns)
+    rows = 0
+    while True:
+        try:
+            record_batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:
+            raise SpecError(f"{path} is damaged after row {rows:,}: {exc}") from exc
+        rows += record_batch.num_rows
+        yield record_batch
+
+
+def _check_parquet(path: Path) -> None:
+    """Read the footer now, so a file that is not Parquet fails before the run starts."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid or OSError for the same causes
+        raise SpecError(
+            f"{path} is not a readable Parquet file ({exc}): if it is JSONL, name it .jsonl "
+            "or pass --format jsonl"
+        ) from exc
+
+
+def _spec_format(path: Path, fmt: str | None) -> str:
+    if fmt is not None:
+        kind = _FORMATS.get(fmt.lower().lstrip("."))
+        if kind is None:
+            raise SpecError(f"unknown spec format {fmt!r}: use jsonl or parquet")
+        return kind
+    kind = _FORMATS.get(path.suffix.lower().lstrip("."))
+    if kind is None:
+        raise SpecError(
+            f"cannot tell the format of {path.name} from its extension: name it .jsonl or "
+            ".parquet, or pass --format jsonl|parquet"
+        )
+    return kind
+
+
+def read_spec(
+    path: Path,
+    defaults: SpecDefaults = _NO_DEFAULTS,
+    *,
+    batch_size: int = 1024,
+    fmt: str | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> Iterator[list[Request | InvalidRow]]:
+    """Stream the spec as lists of up to ``batch_size`` items, one per data row, in file order.
+
+    File-level problems raise ``SpecError`` here, before the first batch, so a run that cannot
+    read its spec stops before anything is sent.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(
+            f"spec file not found: {path}" + (" (it is a directory)" if path.is_dir() else "")
+        )
+    kind = _spec_format(path, fmt)
+    rows = Rows(defaults)
+    if kind == "jsonl":
+        return _read_jsonl(path, rows, batch_size, max_line_bytes)
+    _check_parquet(path)
+    return _read_parquet(path, rows, batch_size)
