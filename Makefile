@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## a job on the embedded simulator: no key, no network
 	rm -rf demo-out
 	$(BIN)/runner run samples/mixed.jsonl --out demo-out --provider sim --no-progress; \
-	  rc=$$?; $(BIN)/runner status demo-out; echo "results: demo-out/results.parquet (exit $$rc)"
+	  rc=$$?; $(BIN)/runner status demo-out; echo "results: demo-out/results.parquet (exit $$rc)"; \
+	  $(BIN)/runner report demo-out && echo "report: $$(pwd)/demo-out/report.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -49,6 +49,7 @@ from .spec import (
 )
 from .store import REOPEN_CODES, Store, advice
 from .tasks import Tasks, prepare_resume
+from .timeline import record as record_timeline
 
 __all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "EXIT_STOPPED", "EXIT_USAGE", "JobResult", "run_job"]
 
@@ -345,6 +346,8 @@ async def run_online(
         outer.start_soon(watch_grace, control, work_scope, grace)
         results_send, results_recv = anyio.create_memory_object_stream[Outcome](4096)
         store_lock = anyio.CapacityLimiter(1)
+        # Per-second counters for `runner report`: read from `counters`, not on the hot path.
+        outer.start_soon(record_timeline, counters, store.db.conn, store_lock, run_id)
         tasks = Tasks(settings, store, store_lock, job_id)
         try:
             async with anyio.create_task_group() as work:
