@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check bench bench-sim soak clean
+.PHONY: demo report-demo test check bench bench-sim soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,9 @@ demo: $(STAMP)  ## a job on the embedded simulator: no key, no network
 	$(BIN)/runner run samples/mixed.jsonl --out demo-out --provider sim --no-progress; \
 	  rc=$$?; $(BIN)/runner status demo-out; echo "results: demo-out/results.parquet (exit $$rc)"; \
 	  $(BIN)/runner report demo-out && echo "report: $$(pwd)/demo-out/report.html"
+
+report-demo: $(STAMP)  ## a 6,000-row job with 429s, filtered rows and a resume; docs/report.png
+	$(BIN)/python bench/report_demo.py --screenshot docs/report.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -37,4 +40,4 @@ soak: $(STAMP)  ## 100+ SIGKILLs, a fault storm, 200 hostile specs; prints the f
 	$(BIN)/python bench/soak.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-out report-demo .pytest_cache .mypy_cache .ruff_cache

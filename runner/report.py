@@ -191,6 +191,8 @@ def _charts(data: dict[str, Any]) -> str:
         f"the dashed line is the ideal C/L = {tier['cap']:,} / {_num(tier['typical_latency_s'], 3)}"
         f" s = {_num(tier['ideal_rps'], 1)} rows/s"
         if tier["ideal_rps"]
+        else "batch mode: the platform sets the pace"
+        if data["job"]["mode"] == "batch"
         else "no ideal line: the concurrency cap or the latency is unknown"
     )
     figures = [
@@ -222,7 +224,10 @@ def _charts(data: dict[str, Any]) -> str:
                 f"p90 {_duration(t['p90'])}, max {_duration(t['max'])}; {t['open']:,} open.",
             )
         )
-    return '<section class="charts">' + "".join(figures) + "</section>"
+    return (
+        '<h2>Over time <span class="hint">(UTC; hover a chart for its values)</span></h2>'
+        '<section class="charts">' + "".join(figures) + "</section>"
+    )
 
 
 def _batches(data: dict[str, Any]) -> str:

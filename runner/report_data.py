@@ -23,6 +23,7 @@ import orjson
 
 from . import timeline
 from .errors import CheckpointError, UsageError
+from .settings import Settings
 from .spec import ASYNC_ENDPOINTS
 
 __all__ = ["LIVE_SECONDS", "MAX_POINTS", "load_report", "percentile"]
@@ -106,7 +107,10 @@ def _load(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     out["latency"] = lat
     out["timeline"] = _bucket_timeline(tl, span)
     out["throughput"] = _throughput(conn, span)
-    out["tier"] = _tier(tl, lat, out["throughput"], settings)
+    models = [
+        m["model"] for m in out["summary"]["by_model"] if m["model"] != "(none)" and m["sent"]
+    ]
+    out["tier"] = _tier(tl, lat, out["throughput"], settings, models)
     out["tasks"] = _tasks(conn)
     out["batches"] = _batches(conn) if "batches" in tables else []
     return out
@@ -154,7 +158,8 @@ def _summary(conn: sqlite3.Connection, total: int) -> dict[str, Any]:
             "COALESCE(SUM(cost_nano), 0) AS cost_nano, "
             "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
             "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, "
-            "SUM(cost_nano IS NULL AND status = 'succeeded') AS unpriced "
+            "SUM(cost_nano IS NULL AND status = 'succeeded') AS unpriced, "
+            "SUM(attempts > 0) AS sent "
             "FROM rows GROUP BY model ORDER BY SUM(cost_nano) DESC, model"
         )
     ]
@@ -303,14 +308,24 @@ def _log_histogram(ordered: Iterable[float], per_decade: int = 10) -> dict[str, 
     return {"edges": edges, "counts": counts}
 
 
+def _configured_cap(settings: dict[str, Any], models: list[str]) -> int:
+    """The job's tier: the sum of its models' caps, as the settings it ran with set them."""
+    try:
+        job = Settings.from_record(settings)
+        return sum(job.cap_for(m) for m in models)
+    except (UsageError, TypeError, KeyError, ValueError):
+        return 0  # an older or foreign record: fall back to the limit the timeline saw
+
+
 def _tier(
     tl: list[dict[str, Any]],
     lat: dict[str, Any],
     thr: dict[str, Any],
     settings: dict[str, Any],
+    models: list[str],
 ) -> dict[str, Any]:
     """How much of the tier the job used: C in flight of the cap, and rows/s of ideal C/L."""
-    cap = max((r["cap"] or 0 for r in tl), default=0) or settings.get("concurrency") or 0
+    cap = _configured_cap(settings, models) or max((r["cap"] or 0 for r in tl), default=0)
     busy = [r for r in tl if (r["in_flight_max"] or 0) > 0]
     mean_in_flight = sum(r["in_flight"] or 0 for r in busy) / len(busy) if busy else None
     latency = lat["first_attempt_p50"] or lat["p50"]

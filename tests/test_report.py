@@ -204,3 +204,57 @@ def test_report_of_a_running_job_then_its_resume(tmp_path: Path) -> None:
     conn.close()
     assert runs == {1, 2}
     assert final["timeline"]["totals"]["done"] == 80
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_report_shows_async_tasks_and_hostile_ids_escaped(tmp_path: Path) -> None:
+    hostile = '</script><img src=x onerror="alert(1)">'
+    spec = tmp_path / "spec.jsonl"
+    lines = (ROOT / "samples" / "videos.jsonl").read_bytes().splitlines()
+    row = {
+        "custom_id": hostile,
+        "url": "/v4/chat/completions",
+        "body": {
+            "model": "glm-4.5-air",
+            "messages": [{"role": "user", "content": "hi [[sim:sensitive]]"}],
+        },
+    }
+    spec.write_bytes(b"\n".join([*lines, orjson.dumps(row)]) + b"\n")
+    out = tmp_path / "out"
+    r = invoke("run", str(spec), "--out", str(out), "--provider", "sim", "--no-progress")
+    assert r.exit_code == 1, r.output
+    r = invoke("report", str(out))
+    assert r.exit_code == 0, r.output
+    html = (out / "report.html").read_text()
+    assert hostile not in html and "<img" not in html
+    assert "&lt;/script&gt;&lt;img src=x" in html  # shown, as text
+    assert 'id="chart-tasks"' in html
+    data = load_report(out / "checkpoint.sqlite")
+    assert data["tasks"]["count"] == len(lines) and data["tasks"]["p50"] > 0
+
+
+def test_report_of_a_batch_job_and_of_a_checkpoint_without_timeline(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    spec = str(ROOT / "samples" / "chat.jsonl")
+    r = invoke(
+        "run", spec, "--out", str(out), "--provider", "sim", "--mode", "batch", "--no-progress"
+    )
+    assert r.exit_code == 0, r.output
+    conn = sqlite3.connect(out / "checkpoint.sqlite")
+    with conn:
+        conn.execute("DROP TABLE IF EXISTS timeline")  # as a job run before the timeline
+    conn.close()
+    r = invoke("report", str(out), "-o", str(tmp_path / "r.html"))
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "r.html").read_text()
+    assert '<section id="batches">' in html and "completed" in html
+    data = load_report(out / "checkpoint.sqlite")
+    assert data["batches"][0]["lines"] == 20 and data["timeline"]["recorded"] is False
+    assert data["summary"]["succeeded"] == 20
+
+
+def test_report_refuses_a_folder_without_a_job(tmp_path: Path) -> None:
+    r = invoke("report", str(tmp_path))
+    assert r.exit_code == 2 and "no checkpoint" in r.output

@@ -27,6 +27,8 @@
     var el = document.querySelector("#chart-" + key + " .plot");
     if (!el) return;
     opts.width = plotWidth(el);
+    // The page states its times in UTC, so the axes do too, whatever the reader's zone.
+    opts.tzDate = function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); };
     opts.height = opts.height || 230;
     var u = new uPlot(opts, series, el);
     charts.push({ u: u, el: el, height: opts.height });
@@ -78,7 +80,9 @@
         { scale: "r", side: 1, label: "429 / s", stroke: RED, grid: { show: false } }]
     }, [tl.t, tl.in_flight, tl.cap, marks]);
   } else {
-    empty("inflight", "This job has no recorded timeline (it ran before the runner kept one).");
+    empty("inflight", data.job.mode === "batch"
+      ? "Batch mode: the requests ran on the platform's side (see Batches below)."
+      : "No timeline was recorded for this job (it ran before the runner kept one).");
   }
 
   // Latency percentiles over time.
