@@ -14,6 +14,15 @@
     return (v / 60).toFixed(1) + " min";
   }
 
+  var SPAN = data.span.end - data.span.start;
+
+  function fmtTime(v) {
+    if (v == null) return "";
+    var iso = new Date(v * 1000).toISOString();  // always UTC
+    if (SPAN > 2 * 86400) return iso.slice(5, 16).replace("T", " ");
+    return SPAN > 3 * 3600 ? iso.slice(11, 16) : iso.slice(11, 19);
+  }
+
   function plotWidth(el) {
     return Math.max(260, Math.floor(el.getBoundingClientRect().width));
   }
@@ -27,8 +36,16 @@
     var el = document.querySelector("#chart-" + key + " .plot");
     if (!el) return;
     opts.width = plotWidth(el);
-    // The page states its times in UTC, so the axes do too, whatever the reader's zone.
-    opts.tzDate = function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); };
+    var timeAxis = !(opts.scales && opts.scales.x && opts.scales.x.time === false);
+    if (timeAxis) {
+      // The page states its times in UTC, so the axes do too, whatever the reader's zone;
+      // one line of labels (uPlot's two-line default collides at minute boundaries).
+      opts.axes[0] = Object.assign({ space: 80, values: function (u, vals) {
+        return vals.map(fmtTime); } },
+        opts.axes[0]);
+      opts.series[0] = Object.assign({ label: "UTC", value: function (u, v) {
+        return v == null ? "--" : fmtTime(v); } }, opts.series[0]);
+    }
     opts.height = opts.height || 230;
     var u = new uPlot(opts, series, el);
     charts.push({ u: u, el: el, height: opts.height });
