@@ -104,7 +104,7 @@ def shoot(page: Path, png: Path) -> None:
         subprocess.run(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--hide-scrollbars", f"--user-data-dir={profile}", "--window-size=1280,1400",
+             "--hide-scrollbars", f"--user-data-dir={profile}", "--window-size=1280,1350",
              "--virtual-time-budget=5000", f"--screenshot={png.resolve()}",
              page.resolve().as_uri()],
             check=True, capture_output=True,

@@ -213,6 +213,12 @@ def _charts(data: dict[str, Any]) -> str:
             "latency-hist", "Latency distribution", f"{lat['count']:,} answered rows, log scale."
         ),
         _figure("cost", "Cost over time", "Cumulative cost by model."),
+        _figure(
+            "failures",
+            "Failures and retries",
+            "Rows that failed per second (errors by code below) and attempts retried per "
+            "second (429s, 5xx, timeouts).",
+        ),
     ]
     if data["tasks"]["count"]:
         t = data["tasks"]

@@ -155,6 +155,20 @@
     empty("cost", "No billed cost yet.");
   }
 
+  // Failed rows and retried attempts per second.
+  if (hasValues(thr.failed) || (tl.recorded && hasValues(tl.retries))) {
+    var fs = [{}, { label: "failed rows/s", stroke: RED, width: 2, fill: "rgba(220,38,38,0.08)" }];
+    var fc = [thr.t, thr.failed];
+    if (tl.recorded) {
+      fs.push({ label: "retries/s", stroke: ORANGE, width: 1.5 });
+      fc.push(tl.retries);
+    }
+    draw("failures", { series: fs, scales: { y: { range: function (u, min, max) {
+      return [0, max * 1.1 || 1]; } } }, axes: [{}, { label: "per second" }] }, fc);
+  } else {
+    empty("failures", "No row failed and nothing was retried.");
+  }
+
   if (data.tasks.count) histogram("tasks", data.tasks.histogram, "tasks", "#9333ea");
 
   // Fit the charts to their boxes on resize, and to the paper when printing.
