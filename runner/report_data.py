@@ -76,7 +76,11 @@ def _load(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     if job is None:
         raise UsageError("the checkpoint holds no job yet")
     settings = orjson.loads(job["settings"]) if job["settings"] else {}
-    runs = [dict(r) for r in conn.execute("SELECT * FROM runs ORDER BY id")]
+    runs = (
+        [dict(r) for r in conn.execute("SELECT * FROM runs ORDER BY id")]
+        if "runs" in tables
+        else []
+    )
     tl = _timeline_rows(conn) if timeline.TABLE in tables else []
     span = _span(conn, runs, tl, now)
     live = bool(tl and runs) and now - tl[-1]["t"] < LIVE_SECONDS
