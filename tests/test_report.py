@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from browser import distinct_colours, dump_dom, screenshot
+from browser import chromium, distinct_colours, dump_dom, screenshot
 from click.testing import CliRunner
 from simproc import SimProcess
 
@@ -90,6 +90,7 @@ def _without_scripts(page: str) -> str:
 
 
 def test_report_of_a_1000_row_job_in_chromium(tmp_path: Path, busy_sim: SimProcess) -> None:
+    chromium()  # skips (or fails under RUNNER_REQUIRE_BROWSER=1) before the job, not after
     spec = write_spec(tmp_path / "spec.jsonl", 1000, SENSITIVE)
     out = tmp_path / "out"
     r = invoke(
