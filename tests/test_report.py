@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sqlite3
@@ -174,7 +175,7 @@ def test_report_of_a_running_job_then_its_resume(tmp_path: Path) -> None:
                 "2",
                 "--no-progress",
             ],
-            env={"ZAI_API_KEY": KEY, "PATH": "/usr/bin:/bin"},
+            env={**os.environ, "ZAI_API_KEY": KEY},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
