@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check bench bench-sim soak clean
+.PHONY: demo report-demo test check bench bench-sim soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,11 @@ demo: $(STAMP)  ## a job on the embedded simulator: no key, no network
 	@echo '$$ runner run samples/mixed.jsonl --out demo-out --provider sim --no-progress'
 	@$(BIN)/runner run samples/mixed.jsonl --out demo-out --provider sim --no-progress; \
 	  rc=$$?; echo '$$ runner status demo-out'; $(BIN)/runner status demo-out; \
+	  echo '$$ runner report demo-out'; $(BIN)/runner report demo-out; \
 	  echo "(exit $$rc) runner is in $(BIN): '. $(BIN)/activate' puts it on your PATH"
+
+report-demo: $(STAMP)  ## a 6,000-row job with 429s, filtered rows and a resume; docs/report.png
+	$(BIN)/python bench/report_demo.py --screenshot docs/report.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -38,4 +42,4 @@ soak: $(STAMP)  ## 100+ SIGKILLs, a fault storm, 200 hostile specs; prints the f
 	$(BIN)/python bench/soak.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-out report-demo .pytest_cache .mypy_cache .ruff_cache

@@ -334,6 +334,38 @@ def export(out: Path, fmt: str, output: Path) -> None:
 
 
 @cli.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=PathArg, help="HTML file to write (default OUT/report.html).")
+def report(out: Path, output: Path | None) -> None:
+    """Write one self-contained HTML page of the job in OUT: figures, charts, errors."""
+    from .report import write_report
+    from .report_data import load_report
+
+    target = output or out / "report.html"
+    try:
+        data = load_report(checkpoint_path(out))
+        size = write_report(data, target, currency=_currency(data["job"]))
+    except CheckpointError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except (UsageError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(f"wrote {target} ({size / 1024:,.0f} KiB)")
+
+
+def _currency(job: dict[str, Any]) -> str:
+    """The currency of the job's price table (the provider's, or the user's --prices)."""
+    try:
+        info = get_provider(
+            job["provider"], Path(job["providers_file"]) if job["providers_file"] else None
+        )
+        prices = Path(job["prices"]) if job["prices"] else None
+        return load_prices(info.price_table, prices).currency
+    except (UsageError, OSError, ValueError):
+        return "USD"
+
+
+@cli.command()
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", help="Model for rows whose body names none.")
 @click.option("--endpoint", help="Endpoint for short rows.")

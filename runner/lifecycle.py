@@ -31,6 +31,7 @@ from .http import Transport, make_transport
 from .progress import Counters, render_loop
 from .settings import Settings
 from .store import REOPEN_CODES, Store
+from .timeline import record as record_timeline
 
 __all__ = [
     "CHECKPOINT",
@@ -209,6 +210,8 @@ class Run:
     transport: Transport
     # Cancelled by a second Ctrl-C, or when the grace period after a stop runs out.
     work_scope: anyio.CancelScope
+    # Held by whichever thread uses the checkpoint's connection: one at a time.
+    store_lock: anyio.CapacityLimiter
 
 
 @contextlib.asynccontextmanager
@@ -240,10 +243,13 @@ async def open_run(
         if handle_signals:
             outer.start_soon(_watch_signals, control, work_scope, grace)
         outer.start_soon(_watch_grace, control, work_scope, grace)
+        store_lock = anyio.CapacityLimiter(1)
+        # Per-second counters for `runner report`, sampled from `counters`: not per row.
+        outer.start_soon(record_timeline, counters, store.db.conn, store_lock, run_id)
         try:
             yield Run(
                 live, store, job_id, run_id, prices, counters, control, budget, transport,
-                work_scope,
+                work_scope, store_lock,
             )  # fmt: skip
         finally:
             with anyio.CancelScope(shield=True):

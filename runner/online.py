@@ -40,26 +40,26 @@ async def run_online(
     async with open_run(
         settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace
     ) as run:
-        # Async tasks from earlier runs: 'submitting' ones fail as submit_unknown, the rest
-        # are polled again; the reader must not send any of them.
-        open_rows = prepare_resume(store)
-        done = store.done_bitmap(total)
-        already = sum(bin(b).count("1") for b in done)
-        for row in open_rows:
-            seq = int(row["seq"])
-            if seq < total:
-                already -= row["status"] == "failed"  # reopened: it will be counted when done
-                done[seq >> 3] |= 1 << (seq & 7)
-        # Rows a server-side batch may still answer (and bill) are not sent online.
-        for seq in store.open_batch_seqs():
-            if seq < total:
-                done[seq >> 3] |= 1 << (seq & 7)
+        async with run.store_lock:  # the timeline may be writing already
+            # Async tasks from earlier runs: 'submitting' ones fail as submit_unknown, the
+            # rest are polled again; the reader must not send any of them.
+            open_rows = prepare_resume(store)
+            done = store.done_bitmap(total)
+            already = sum(bin(b).count("1") for b in done)
+            for row in open_rows:
+                seq = int(row["seq"])
+                if seq < total:
+                    already -= row["status"] == "failed"  # reopened: counted when done
+                    done[seq >> 3] |= 1 << (seq & 7)
+            # Rows a server-side batch may still answer (and bill) are not sent online.
+            for seq in store.open_batch_seqs():
+                if seq < total:
+                    done[seq >> 3] |= 1 << (seq & 7)
         run.counters.already_done = already
         live, control = run.settings, run.control
         ctx = JobContext(live, run.transport, run.prices, run.counters, control, run.budget)
         results_send, results_recv = anyio.create_memory_object_stream[Outcome](4096)
-        # Shared with the async-task commits, so two threads never use SQLite at once.
-        store_lock = anyio.CapacityLimiter(1)
+        store_lock = run.store_lock  # the writer's, the task commits' and the timeline's
         tasks = Tasks(ctx, store, store_lock, run.job_id)
         async with anyio.create_task_group() as work:
             work.start_soon(_writer, store, results_recv, run.counters, live, store_lock)

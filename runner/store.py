@@ -7,9 +7,9 @@ committed row across a killed process (only an OS crash or power loss can drop t
 transactions), and one writer commits rows in batches so the store keeps pace with
 thousands of rows per second.
 
-Why one module of about 500 lines: every SQL statement of the checkpoint lives here, next
-to the schema it depends on, so a change of a table is one file to read; the callers see
-methods, never SQL.
+Why one module of about 500 lines: every SQL statement of the checkpoint's job tables lives
+here, next to the schema it depends on, so a change of a table is one file to read; the
+callers see methods, never SQL. (The report's own `timeline` table is timeline.py's.)
 """
 
 from __future__ import annotations

@@ -172,6 +172,7 @@ class _Driver:
         control: Control,
         budget: Budget,
         job_id: str,
+        db_lock: anyio.CapacityLimiter,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -182,7 +183,7 @@ class _Driver:
         self.budget = budget
         self.job_id = job_id
         self.folder = settings.out / BATCH_FOLDER
-        self._db_lock = anyio.CapacityLimiter(1)  # one SQLite user at a time
+        self._db_lock = db_lock  # one SQLite user at a time: shared with the timeline
         self._uploads = anyio.CapacityLimiter(_UPLOADS_AT_ONCE)
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -352,14 +353,20 @@ async def run_batch(
         settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace
     ) as run:
         live, counters, control = run.settings, run.counters, run.control
-        counters.already_done = sum(bin(x).count("1") for x in store.done_bitmap(total))
+        async with run.store_lock:  # the timeline may be writing already
+            done = store.done_bitmap(total)
+        counters.already_done = sum(bin(x).count("1") for x in done)
         client = BatchClient(live, control, run.transport)
-        driver = _Driver(live, store, client, run.prices, counters, control, run.budget, run.job_id)
+        driver = _Driver(
+            live, store, client, run.prices, counters, control, run.budget, run.job_id,
+            run.store_lock,
+        )  # fmt: skip
         try:
             with run.work_scope:
                 plan = await anyio.to_thread.run_sync(
-                    plan_files, live, store, run.prices, total, live.out / BATCH_FOLDER
-                )
+                    plan_files, live, store, run.prices, total, live.out / BATCH_FOLDER,
+                    limiter=run.store_lock,
+                )  # fmt: skip
                 counters.failed += plan.invalid
                 async with anyio.create_task_group() as tg:
                     for b in store.batches():
