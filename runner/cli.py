@@ -125,6 +125,11 @@ def cli() -> None:
 @click.option("--prices", type=click.Path(exists=True, path_type=Path), help="Price table.")
 @click.option("--transport", type=click.Choice(["fast", "httpx"]), help="HTTP transport.")
 @click.option("--timeout", type=float, help="Seconds to wait for one answer (default 300).")
+@click.option(
+    "--ca-bundle",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM file of the CAs to trust (e.g. a company's private CA); default: the system's.",
+)
 @click.option("--no-download", is_flag=True, default=None, help="Don't download artifacts.")
 @click.option(
     "--mode",
@@ -162,6 +167,7 @@ def run(spec: Path, **opts: Any) -> None:
         "concurrency",
         "prices",
         "transport",
+        "ca_bundle",
         "strict",
         "force",
         "providers_file",

@@ -49,6 +49,7 @@ __all__ = [
     "Transport",
     "make_client",
     "make_transport",
+    "transport_error",
 ]
 
 # The largest API answer read into memory. A chat answer is kilobytes; a runaway or hostile

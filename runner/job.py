@@ -30,6 +30,7 @@ from .errors import (
     CheckpointError,
     FatalAPIError,
     Interrupted,
+    TransportFatal,
     UsageError,
     advice_for,
     redact,
@@ -336,6 +337,7 @@ async def run_online(
             settings.base_url,
             settings.api_key.reveal(),
             dict(settings.provider_info.extra_headers),
+            config=settings.http_config,
         )
         if settings.progress:
             outer.start_soon(render_loop, counters)
@@ -417,7 +419,9 @@ def finish_run(
     reason = control.reason
     if reason is not None:
         message = redact(str(reason), key)
-        if isinstance(reason, FatalAPIError):
+        if isinstance(reason, TransportFatal):
+            message = f"stopped: {message}"
+        elif isinstance(reason, FatalAPIError):
             message = (
                 f"stopped: the platform refused the account: {message}. "
                 f"{advice_for(reason.code, reason.status, settings.provider_info.key_env)}"

@@ -9,11 +9,16 @@ IPv6 literal, credentials and a query in the base URL, and an answer over the si
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from simproc import SimProcess
 from transport_servers import Origin, Proxy, Reply, Seen, ServerThread, TlsFiles, reply, tls_files
 
 from runner.endpoints import raise_for_answer
@@ -297,3 +302,107 @@ async def test_an_unreadable_ca_bundle_is_fatal(tmp_path: Path) -> None:
     bad.write_text("not a certificate")
     with pytest.raises(TransportFatal, match="CA bundle"):
         HttpConfig(ca_bundle=bad).ssl_context()
+
+
+# -- a whole job ----------------------------------------------------------------------------
+
+
+def _job_spec(path: Path, chats: int, videos: int) -> Path:
+    rows = [
+        {
+            "custom_id": f"c{i}",
+            "url": "/v4/chat/completions",
+            "body": {"model": "glm-4.5-air", "messages": [{"role": "user", "content": f"q {i}"}]},
+        }
+        for i in range(chats)
+    ] + [
+        {
+            "custom_id": f"v{i}",
+            "url": "/v4/videos/generations",
+            "body": {"model": "cogvideox-3", "prompt": f"waves {i}"},
+        }
+        for i in range(videos)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _runner(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k.upper() not in _PROXY_VARS}
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        env={**clean, "ZAI_API_KEY": KEY, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def tls_sim(tls: TlsFiles) -> Iterator[SimProcess]:
+    with SimProcess(
+        "--task-seconds", "0.2",
+        "--ssl-certfile", str(tls.cert_file), "--ssl-keyfile", str(tls.key_file),
+        ca_file=tls.ca_file,
+    ) as sim:  # fmt: skip
+        yield sim
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_a_job_over_verified_tls_through_a_connect_proxy(
+    kind: str, tmp_path: Path, tls: TlsFiles, tls_sim: SimProcess, servers: ServerThread
+) -> None:
+    """Chat rows, video tasks and their files: every call through the tunnel, verified."""
+    proxy = servers.serve(Proxy())
+    spec = _job_spec(tmp_path / "spec.jsonl", chats=30, videos=3)
+    out = tmp_path / "out"
+    env = {"HTTPS_PROXY": proxy.url, "SSL_CERT_FILE": str(tls.ca_file)}
+    args = ["run", str(spec), "--out", str(out), "--base-url", tls_sim.base_url]
+    r = _runner([*args, "--transport", kind, "--concurrency", "8", "--no-progress"], env)
+    assert r.returncode == 0, r.stderr
+    assert "finished: all 33 rows succeeded" in r.stderr
+    status = json.loads(_runner(["status", str(out), "--json"], {}).stdout)
+    assert status["succeeded"] == 33
+    files = sorted(p.name for p in (out / "artifacts").iterdir() if not p.name.endswith(".json"))
+    assert len(files) == 6 and sum(".video." in f for f in files) == 3  # a video and a cover each
+    port = tls_sim.base_url.split("://")[1].split("/")[0].split(":")[1]
+    assert set(proxy.connects) == {f"127.0.0.1:{port}"}  # API calls and downloads alike
+    stats = tls_sim.stats()
+    assert stats["tasks"]["submitted"] == 3 and stats["downloads"] == 6
+
+
+def test_the_ca_bundle_of_a_job_file_serves_api_calls_and_downloads(
+    tmp_path: Path, tls: TlsFiles, tls_sim: SimProcess
+) -> None:
+    spec = _job_spec(tmp_path / "spec.jsonl", chats=5, videos=1)
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'spec = "spec.jsonl"\nout = "out"\nbase_url = "{tls_sim.base_url}"\n'
+        f'ca_bundle = "{tls.ca_file.name}"\n'
+    )
+    assert tls.ca_file.parent != tmp_path
+    (tmp_path / tls.ca_file.name).write_bytes(tls.ca_file.read_bytes())
+    r = _runner(["run", str(job), "--no-progress"], {})
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "out" / "artifacts").glob("*.video.mp4"))) == 1
+    assert spec.exists()
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_an_untrusted_certificate_stops_the_job_at_once(
+    kind: str, tmp_path: Path, tls_sim: SimProcess
+) -> None:
+    spec = _job_spec(tmp_path / "spec.jsonl", chats=200, videos=2)
+    started = time.monotonic()
+    r = _runner(
+        ["run", str(spec), "--out", str(tmp_path / "out"), "--base-url", tls_sim.base_url,
+         "--transport", kind, "--concurrency", "50", "--no-progress"],
+        {},
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.count("is not trusted") == 1, r.stderr
+    assert "certificate" in r.stderr and "--ca-bundle" in r.stderr
+    assert "Traceback" not in r.stderr and "refused the account" not in r.stderr
+    assert elapsed < 15
+    assert sum(tls_sim.stats()["requests"].values()) == 0
