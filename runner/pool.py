@@ -38,7 +38,7 @@ from .limits import AdaptiveLimiter
 from .progress import Counters
 from .providers import Provider
 from .ratelimit import RateLimits, estimate_tokens
-from .retry import build_retrying
+from .retry import build_retrying, first_wait
 from .settings import Settings
 from .spec import ASYNC_ENDPOINTS, Request
 from .spec import RowError as SpecRowError
@@ -354,15 +354,17 @@ class Lanes:
         try:
             status, raw, answer = await self.call(lane, path, body, endpoint, sent)
             return status, raw, answer, 1
-        except RetryableError:
-            pass
+        except RetryableError as exc:
+            first = exc
         attempts = 1
         self.counters.retries += 1
         retrying = build_retrying(
-            self.settings.retry, on_retry=self._on_retry, sleep=self._sleep_or_abandon
+            self.settings.retry,
+            on_retry=self._on_retry,
+            sleep=self._sleep_or_abandon,
+            first_failure=first,
         )
-        first_wait = 0.0 if self.settings.retry.testing else self.settings.retry.initial_wait
-        await self._sleep_or_abandon(first_wait)
+        await self._sleep_or_abandon(first_wait(self.settings.retry, first))
         try:
             async for attempt in retrying:
                 with attempt:

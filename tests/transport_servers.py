@@ -16,6 +16,7 @@ import contextlib
 import gzip
 import ssl
 import threading
+import time
 import zlib
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Seen:
     headers: dict[str, str]
     body: bytes
     conn: int
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
