@@ -209,7 +209,7 @@ def main() -> None:
         sim.wait(timeout=10)
     ideal = args.c / args.latency
     print(f"\nC={args.c}, L={args.latency}s, N={args.n}, medians of {args.repeat} runs")
-    print("| transport | CPU µs/request | requests/s (ideal %d) | errors |" % ideal)
+    print(f"| transport | CPU µs/request | requests/s (ideal {ideal:.0f}) | errors |")
     print("|---|---:|---:|---:|")
     for name in names:
         runs = results.get(name)

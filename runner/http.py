@@ -1,16 +1,16 @@
 """The HTTP seam: one small client interface, two transports behind it, one configuration.
 
-Measured on a 2-core machine against a loopback server (C=500, L=0.2 s, 5,000 requests,
-client pinned to one core): httpx.AsyncClient over a hand-written transport cost 246 µs of
-CPU per request, a bare aiohttp loop 204 µs, and a keep-alive connection pool on asyncio
-protocols with the httptools parser 40 µs (docs/BENCHMARKS.md, "Transports", has the
-candidates measured on one harness). The runner's budget is 150 µs per row *including*
-checkpoint and cost, so the default transport is the protocol pool (`FastTransport`), kept
-only because it passes the same conformance suite as httpx (tests/test_transport_conformance.py):
-proxies from the environment (CONNECT for https), TLS with a private CA, gzip/deflate,
-chunked and close-delimited bodies, 1xx answers, redirects refused, stale keep-alive
-connections, IPv6 literals, credentials and a query in the base URL, and a size cap.
-`HttpxTransport` keeps httpx behind the same interface (`--transport httpx`).
+Measured on one harness (docs/BENCHMARKS.md, "HTTP transports": C=500, L=0.2 s, client
+on one core, CPU per request): the protocol pool below (`FastTransport`: keep-alive
+connections on asyncio protocols with the httptools parser) 63 µs, pyreqwest 102, aiohttp
+201, curl_cffi 353, httpx over aiohttp 594, niquests 934, httpx's own pool 1,640. The
+runner's budget is 150 µs per row *including* checkpoint and cost, so `FastTransport` is
+the default, kept only because it passes the same conformance suite as httpx
+(tests/test_transport_conformance.py): proxies from the environment (CONNECT for https),
+TLS with a private CA, gzip/deflate, chunked and close-delimited bodies, 1xx answers,
+redirects refused, stale keep-alive connections, IPv6 literals, credentials and a query in
+the base URL, and a size cap. `HttpxTransport` keeps httpx behind the same interface
+(`--transport httpx`).
 
 `HttpConfig` is what every connection of a job shares (CA bundle, proxies, timeouts, caps):
 API calls, batch file transfers and artifact downloads are all built from it
