@@ -21,6 +21,7 @@ import pytest
 from simproc import SimProcess
 from transport_servers import Origin, Proxy, Reply, Seen, ServerThread, TlsFiles, reply, tls_files
 
+from runner.artifacts import Downloader, Provenance
 from runner.endpoints import raise_for_answer
 from runner.errors import AnswerTooLarge, TransportFatal
 from runner.http import HttpConfig, Transport, make_transport
@@ -406,3 +407,90 @@ def test_an_untrusted_certificate_stops_the_job_at_once(
     assert "Traceback" not in r.stderr and "refused the account" not in r.stderr
     assert elapsed < 15
     assert sum(tls_sim.stats()["requests"].values()) == 0
+
+
+# -- artifact downloads and batch files: the same settings ---------------------------------
+
+
+def _downloader(tmp_path: Path, config: HttpConfig, max_bytes: int = 10_000_000) -> Downloader:
+    async def no_wait(n: int) -> None:
+        return None
+
+    d = Downloader(tmp_path, max_bytes=max_bytes, concurrency=2, timeout=10.0, sleep=no_wait,
+                   config=config)  # fmt: skip
+    d.prepare()
+    return d
+
+
+PROV = Provenance("zai", "cogvideox-3", "videos/generations", "task-1", "req-1", "row-1")
+
+
+async def _no_refresh() -> dict[str, object]:
+    raise AssertionError("no refresh expected")
+
+
+def _files(seen: Seen) -> Reply:
+    if seen.target == "/old.mp4":
+        return reply(302, b"", headers={"Location": "/new.mp4"})
+    return reply(body=b"\x00video-bytes" * 100, headers={"Content-Type": "video/mp4"})
+
+
+async def test_artifact_downloads_follow_redirects_through_the_proxy(
+    tmp_path: Path, servers: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origin = servers.serve(Origin(_files))
+    proxy = servers.serve(Proxy())
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    d = _downloader(tmp_path, HttpConfig())
+    try:
+        body = {"video_result": [{"url": origin.url + "/old.mp4"}]}
+        [record] = await d.fetch(PROV, body, _no_refresh)
+    finally:
+        await d.aclose()
+    assert record["bytes"] == 1200
+    assert [s.target for s in origin.seen] == ["/old.mp4", "/new.mp4"]
+    assert proxy.forwarded == [f"GET {origin.url}/old.mp4", f"GET {origin.url}/new.mp4"]
+
+
+async def test_an_artifact_host_with_an_untrusted_certificate_stops_the_job(
+    tmp_path: Path, servers: ServerThread, tls: TlsFiles
+) -> None:
+    origin = servers.serve(Origin(_files, tls=tls.server))
+    d = _downloader(tmp_path, HttpConfig())
+    try:
+        with pytest.raises(TransportFatal, match="not trusted"):
+            await d.fetch(PROV, {"video_result": [{"url": origin.url + "/v.mp4"}]}, _no_refresh)
+    finally:
+        await d.aclose()
+    d = _downloader(tmp_path, HttpConfig(ca_bundle=tls.ca_file))
+    try:
+        [record] = await d.fetch(
+            PROV, {"video_result": [{"url": origin.url + "/v.mp4"}]}, _no_refresh
+        )
+    finally:
+        await d.aclose()
+    assert record["bytes"] == 1200
+
+
+def test_batch_mode_over_verified_tls_through_a_connect_proxy(
+    tmp_path: Path, tls: TlsFiles, servers: ServerThread
+) -> None:
+    """Files uploaded and downloaded, batches created and polled: all through the tunnel."""
+    proxy = servers.serve(Proxy())
+    with SimProcess(
+        "--batch-seconds", "0.2",
+        "--ssl-certfile", str(tls.cert_file), "--ssl-keyfile", str(tls.key_file),
+        ca_file=tls.ca_file,
+    ) as sim:  # fmt: skip
+        spec = _job_spec(tmp_path / "spec.jsonl", chats=12, videos=0)
+        out = tmp_path / "out"
+        env = {"HTTPS_PROXY": proxy.url}
+        r = _runner(
+            ["run", str(spec), "--out", str(out), "--base-url", sim.base_url, "--mode", "batch",
+             "--ca-bundle", str(tls.ca_file), "--no-progress"],
+            env,
+        )  # fmt: skip
+        stats = sim.stats()
+    assert r.returncode == 0, r.stderr
+    assert stats["batch"]["requests"] == 12 and stats["batch"]["files"] >= 1
+    assert proxy.connects and all(c.startswith("127.0.0.1:") for c in proxy.connects)
