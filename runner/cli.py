@@ -127,7 +127,7 @@ def cli() -> None:
 @click.option("--timeout", type=float, help="Seconds to wait for one answer (default 300).")
 @click.option(
     "--ca-bundle",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, resolve_path=True, path_type=Path),
     help="PEM file of the CAs to trust (e.g. a company's private CA); default: the system's.",
 )
 @click.option("--no-download", is_flag=True, default=None, help="Don't download artifacts.")

@@ -36,7 +36,7 @@ from urllib.parse import unquote, urlsplit
 import httptools
 import httpx
 
-from .errors import AnswerTooLarge, TransportFatal
+from .errors import AnswerTooLarge, TransportFatal, UsageError
 
 __all__ = [
     "MAX_ANSWER_BYTES",
@@ -76,7 +76,8 @@ class HttpConfig:
 
     `ca_bundle` replaces the system's trusted CAs (as curl's --cacert does); without it the
     system store is used, which honours SSL_CERT_FILE / SSL_CERT_DIR. Proxies come from
-    HTTP_PROXY / HTTPS_PROXY / NO_PROXY (and their lower-case forms) when `trust_env`.
+    HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY (and their lower-case forms) when
+    `trust_env`, as httpx reads them.
     """
 
     ca_bundle: Path | None = None
@@ -94,7 +95,7 @@ class HttpConfig:
         if not self.trust_env:
             return None
         proxies = urllib.request.getproxies_environment()
-        proxy = proxies.get(scheme)
+        proxy = proxies.get(scheme) or proxies.get("all")
         if not proxy:
             return None
         # Not in typeshed, but public and documented beside getproxies_environment.
@@ -402,9 +403,12 @@ class FastTransport:
         if proxy is not None:
             if "://" not in proxy:
                 proxy = "http://" + proxy
+            if urlsplit(proxy).scheme != "http":
+                raise UsageError(
+                    f"only http:// proxies are supported by --transport fast, got "
+                    f"{_redact_url(proxy)} (try --transport httpx)"
+                )
             p = _Target.parse(proxy)
-            if p.scheme != "http":
-                raise ValueError(f"only http:// proxies are supported, got {_redact_url(proxy)}")
             self._proxy = p
         self._absolute = self._proxy is not None and t.scheme == "http"
         fixed = {

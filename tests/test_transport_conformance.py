@@ -23,7 +23,7 @@ from transport_servers import Origin, Proxy, Reply, Seen, ServerThread, TlsFiles
 
 from runner.artifacts import Downloader, Provenance
 from runner.endpoints import raise_for_answer
-from runner.errors import AnswerTooLarge, TransportFatal
+from runner.errors import AnswerTooLarge, TransportFatal, UsageError
 from runner.http import HttpConfig, Transport, make_transport
 
 pytestmark = pytest.mark.anyio
@@ -241,6 +241,11 @@ async def test_http_proxy_and_no_proxy(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     await post(transport(kind, origin.url + "/v4"))
     assert len(proxy.forwarded) == 1 and len(origin.seen) == 2
+    monkeypatch.delenv("NO_PROXY")
+    monkeypatch.delenv("HTTP_PROXY")
+    monkeypatch.setenv("ALL_PROXY", proxy.url)
+    await post(transport(kind, origin.url + "/v4"))
+    assert len(proxy.forwarded) == 2 and len(origin.seen) == 3
 
 
 @pytest.mark.parametrize("kind", TRANSPORTS)
@@ -494,3 +499,12 @@ def test_batch_mode_over_verified_tls_through_a_connect_proxy(
     assert r.returncode == 0, r.stderr
     assert stats["batch"]["requests"] == 12 and stats["batch"]["files"] >= 1
     assert proxy.connects and all(c.startswith("127.0.0.1:") for c in proxy.connects)
+
+
+def test_a_proxy_the_fast_transport_cannot_speak_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://user:secret@127.0.0.1:1080")
+    with pytest.raises(UsageError, match="--transport httpx") as caught:
+        make_transport("fast", "https://api.example.test/v4", KEY)
+    assert "secret" not in str(caught.value)
