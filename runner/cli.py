@@ -43,7 +43,29 @@ def _run_async(fn: Any, *args: Any) -> Any:
         options = {"use_uvloop": True}
     except ImportError:
         options = {}
-    return anyio.run(fn, *args, backend="asyncio", backend_options=options)
+    try:
+        return anyio.run(fn, *args, backend="asyncio", backend_options=options)
+    except BaseExceptionGroup as group:
+        # One of our errors raised inside a task group arrives wrapped; the exit-code table
+        # (and the user) want it bare, not as a traceback.
+        leaf = _only_runner_error(group)
+        if leaf is None:
+            raise
+        raise leaf from None
+
+
+def _only_runner_error(group: BaseExceptionGroup[BaseException]) -> RunnerError | None:
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], RunnerError):
+        return leaves[0]
+    return None
 
 
 def _pairs(values: tuple[str, ...], flag: str) -> dict[str, int]:

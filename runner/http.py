@@ -156,7 +156,7 @@ class _Target:
     def parse(cls, base_url: str) -> _Target:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
+            raise UsageError(
                 f"base URL must be http(s)://host[:port]/path, got {_redact_url(base_url)!r}"
             )
         basic = None

@@ -508,3 +508,13 @@ def test_a_proxy_the_fast_transport_cannot_speak_is_a_usage_error(
     with pytest.raises(UsageError, match="--transport httpx") as caught:
         make_transport("fast", "https://api.example.test/v4", KEY)
     assert "secret" not in str(caught.value)
+
+
+def test_the_cli_says_so_without_a_traceback(tmp_path: Path) -> None:
+    spec = _job_spec(tmp_path / "spec.jsonl", chats=2, videos=0)
+    r = _runner(
+        ["run", str(spec), "--out", str(tmp_path / "out"), "--provider", "sim", "--no-progress"],
+        {"HTTP_PROXY": "socks5://user:secret@127.0.0.1:1080"},
+    )
+    assert r.returncode == 2, r.stderr
+    assert "--transport httpx" in r.stderr and "Traceback" not in r.stderr
