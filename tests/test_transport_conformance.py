@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from simproc import SimProcess
 from transport_servers import Origin, Proxy, Reply, Seen, ServerThread, TlsFiles, reply, tls_files
@@ -197,7 +198,7 @@ async def test_a_keepalive_connection_closed_when_idle_is_replaced(
         for _ in range(2):
             resp = await t.request("POST", "/chat/completions", BODY, 10.0)
             assert resp.status == 200
-            time.sleep(1.3)  # the server closes the idle connection meanwhile
+            await anyio.sleep(1.3)  # the server closes the idle connection meanwhile
     finally:
         await t.aclose()
     assert len(origin.seen) == 2 and origin.connections == 2
