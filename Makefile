@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo report-demo test check bench bench-sim soak clean
+.PHONY: demo report-demo test check bench bench-sim bench-transports soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,7 +32,12 @@ check: $(STAMP)
 	$(BIN)/mypy
 
 bench-sim: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/sim_bench.py
+
+bench-transports: $(STAMP)  ## CPU µs per request of each HTTP transport candidate
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/transport_cpu.py
 
 bench: $(STAMP)  ## the runner against its peers on the simulator (docs/BENCHMARKS.md)
 	$(BIN)/pip install --quiet -e '.[bench]'

@@ -3,10 +3,11 @@
 File names come from `custom_id`, which is user input, so they are sanitized to one plain
 path component (never absolute, never `..`) plus a short hash of the raw id that keeps
 distinct ids distinct, and the resolved path is checked to sit directly in the artifacts
-folder. A file is streamed with httpx into a hidden temp name, hashed on the way, bounded
-by `max_artifact_bytes`, and renamed into place only when whole: a killed download leaves
-no file that looks done (and the next run deletes the leftovers). Each file gets a JSON
-sidecar with its provenance, including ``"ai_generated": true``.
+folder. A file is streamed with httpx (built from the job's HttpConfig: the same CA
+bundle, proxies and timeouts as its API calls; redirects followed) into a hidden temp
+name, hashed on the way, bounded by `max_artifact_bytes`, and renamed into place only
+when whole: a killed download leaves no file that looks done (and the next run deletes the
+leftovers). Each file gets a JSON sidecar with its provenance, including ``"ai_generated": true``.
 
 The platform's result URLs are signed and expire; a 403/404/410 means "ask again", so the
 caller passes `refresh`, which polls the task for fresh URLs (it never submits again). The
@@ -31,6 +32,8 @@ import httpx
 import orjson
 
 from .cost import Usage
+from .errors import TransportFatal
+from .http import HttpConfig, make_client, transport_error
 
 __all__ = [
     "ARTIFACTS_DIR",
@@ -189,6 +192,7 @@ class Downloader:
         concurrency: int,
         timeout: float,
         sleep: Callable[[int], Awaitable[None]],
+        config: HttpConfig | None = None,
     ) -> None:
         self.out = out
         self.root = out / ARTIFACTS_DIR
@@ -199,16 +203,18 @@ class Downloader:
         self._sleep = sleep
         self._timeout = timeout
         self._concurrency = concurrency
+        self._config = config or HttpConfig()
         self._client: httpx.AsyncClient | None = None
 
     @property
     def client(self) -> httpx.AsyncClient:
         # Built on first download: its TLS context costs milliseconds a chat-only job needn't pay.
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self._timeout, connect=10.0),
+            self._client = make_client(
+                self._config,
+                timeout=self._timeout,
                 follow_redirects=True,
-                limits=httpx.Limits(max_connections=max(1, self._concurrency)),
+                max_connections=max(1, self._concurrency),
             )
         return self._client
 
@@ -306,6 +312,11 @@ class Downloader:
                         h.update(chunk)
                         await f.write(chunk)
             os.replace(tmp, dest)
+        except httpx.TransportError as exc:
+            mapped = transport_error(exc, urlsplit(url).netloc.rsplit("@", 1)[-1])
+            if isinstance(mapped, TransportFatal):
+                raise mapped from None  # an untrusted certificate stops the job
+            raise DownloadError(f"{type(exc).__name__}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise DownloadError(f"{type(exc).__name__}: {exc}") from exc
         finally:

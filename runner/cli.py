@@ -47,7 +47,29 @@ def _run_async(fn: Any, *args: Any) -> Any:
         options = {"use_uvloop": True}
     except ImportError:
         options = {}
-    return anyio.run(fn, *args, backend="asyncio", backend_options=options)
+    try:
+        return anyio.run(fn, *args, backend="asyncio", backend_options=options)
+    except BaseExceptionGroup as group:
+        # One of our errors raised inside a task group arrives wrapped; the exit-code table
+        # (and the user) want it bare, not as a traceback.
+        leaf = _only_runner_error(group)
+        if leaf is None:
+            raise
+        raise leaf from None
+
+
+def _only_runner_error(group: BaseExceptionGroup[BaseException]) -> RunnerError | None:
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], RunnerError):
+        return leaves[0]
+    return None
 
 
 def _pairs(values: tuple[str, ...], flag: str) -> dict[str, int]:
@@ -137,6 +159,11 @@ def cli() -> None:
 @click.option("--prices", type=click.Path(exists=True, path_type=Path), help="Price table.")
 @click.option("--transport", type=click.Choice(["fast", "httpx"]), help="HTTP transport.")
 @click.option("--timeout", type=float, help="Seconds to wait for one answer (default 300).")
+@click.option(
+    "--ca-bundle",
+    type=click.Path(exists=True, dir_okay=False, resolve_path=True, path_type=Path),
+    help="PEM file of the CAs to trust (e.g. a company's private CA); default: the system's.",
+)
 @click.option("--no-download", is_flag=True, default=None, help="Don't download artifacts.")
 @click.option(
     "--mode",

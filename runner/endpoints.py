@@ -17,6 +17,7 @@ from .errors import (
     RateLimited,
     RetryableError,
     RowError,
+    TransportFatal,
     Verdict,
     classify,
 )
@@ -111,6 +112,15 @@ def raise_for_answer(
     if resp.status == 200 and body is None:
         raise RetryableError(
             "the server answered 200 with a body that is not JSON", status=200, code=None
+        )
+    if 300 <= resp.status < 400:
+        # Following would resend a billable POST to an address nobody chose; a moved API
+        # moves for every row, so the job stops with where it went.
+        where = (resp.header(b"location") or b"no Location").decode("latin-1")
+        raise TransportFatal(
+            f"the server redirected the request (HTTP {resp.status}) to {where}; API calls "
+            "are not redirected: set --base-url to the new address",
+            status=resp.status,
         )
     code, message = error_fields(body)
     if not message:

@@ -7,10 +7,13 @@
     │   └── ResponseTimeout   no whole answer within the request's timeout
     ├── JobStopped            the job stopped early and can be resumed (exit 3)
     │   ├── FatalAPIError     the platform refused the account: auth, balance, quota
+    │   │   └── TransportFatal  no request can work as configured: an untrusted TLS
+    │   │                       certificate, a proxy that refuses the tunnel, a redirect
     │   ├── BudgetExceeded    --max-cost reached
     │   └── Interrupted       SIGINT / SIGTERM
     └── RequestFailed         one request's final outcome when it did not succeed
         ├── RowError          the platform rejected this row (bad parameter, content filter)
+        │   └── AnswerTooLarge  the answer passed the size cap (and would again)
         └── RetryableError    worth another attempt (rate limit, 5xx, dropped connection)
             └── RateLimited   the account's concurrency / frequency limit: also shrink the pool
 
@@ -25,6 +28,7 @@ import re
 from enum import Enum
 
 __all__ = [
+    "AnswerTooLarge",
     "BudgetExceeded",
     "CheckpointError",
     "ConnectionDropped",
@@ -37,6 +41,7 @@ __all__ = [
     "RetryableError",
     "RowError",
     "RunnerError",
+    "TransportFatal",
     "UsageError",
     "Verdict",
     "classify",
@@ -81,6 +86,15 @@ class FatalAPIError(JobStopped):
         self.status = status
 
 
+class TransportFatal(FatalAPIError):
+    """The connection itself cannot work as configured; every request would fail the same way.
+
+    An untrusted certificate is the usual case: retrying it for minutes (what a plain
+    "connection error" gets) only hides the one thing the user must fix. A subclass of
+    FatalAPIError so every place that stops the job on a refused account stops it here too.
+    """
+
+
 class BudgetExceeded(JobStopped):
     """Sending more rows could pass --max-cost."""
 
@@ -110,6 +124,10 @@ class RequestFailed(RunnerError):
 
 class RowError(RequestFailed):
     """The platform rejected this row; sending it again would fail the same way."""
+
+
+class AnswerTooLarge(RowError):
+    """The answer passed the transport's size cap; asking again would get the same answer."""
 
 
 class RetryableError(RequestFailed):

@@ -25,7 +25,15 @@ import anyio
 
 from .control import Budget, Control
 from .cost import PriceTable, load_prices
-from .errors import CheckpointError, FatalAPIError, Interrupted, UsageError, advice_for, redact
+from .errors import (
+    CheckpointError,
+    FatalAPIError,
+    Interrupted,
+    TransportFatal,
+    UsageError,
+    advice_for,
+    redact,
+)
 from .export import write_results_parquet
 from .http import Transport, make_transport
 from .progress import Counters, render_loop
@@ -236,6 +244,7 @@ async def open_run(
             live.base_url,
             live.api_key.reveal(),
             dict(live.provider_info.extra_headers),
+            config=live.http_config,
         )
         if live.progress:
             outer.start_soon(render_loop, counters)
@@ -276,7 +285,9 @@ def _finish_run(
     reason = control.reason
     if reason is not None:
         message = redact(str(reason), key)
-        if isinstance(reason, FatalAPIError):
+        if isinstance(reason, TransportFatal):
+            message = f"stopped: {message}"
+        elif isinstance(reason, FatalAPIError):
             message = (
                 f"stopped: the platform refused the account: {message}. "
                 f"{advice_for(reason.code, reason.status, settings.provider_info.key_env)}"

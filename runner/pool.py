@@ -37,7 +37,7 @@ from .outcome import Outcome, outcome_for
 from .progress import Counters
 from .providers import Provider
 from .ratelimit import RateLimits, estimate_tokens
-from .retry import build_retrying
+from .retry import build_retrying, first_wait
 from .settings import Settings
 from .spec import ASYNC_ENDPOINTS, Request
 
@@ -218,13 +218,15 @@ class Lanes:
         try:
             status, raw, answer = await self.call(lane, path, body, sent)
             return status, raw, answer, 1
-        except RetryableError:
-            pass
+        except RetryableError as exc:
+            first = exc
         attempts = 1
         self.ctx.counters.retries += 1
         policy = self.ctx.settings.retry
-        retrying = build_retrying(policy, on_retry=self._on_retry, sleep=self.ctx.control.pause)
-        await self.ctx.control.pause(0.0 if policy.testing else policy.initial_wait)
+        retrying = build_retrying(
+            policy, on_retry=self._on_retry, sleep=self.ctx.control.pause, first_failure=first
+        )
+        await self.ctx.control.pause(first_wait(policy, first))
         try:
             async for attempt in retrying:
                 with attempt:

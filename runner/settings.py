@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .http import HttpConfig
 from .providers import Provider, get_provider, tier_limit
 from .spec import SpecDefaults
 
@@ -78,6 +79,9 @@ class Settings:
     progress: bool = True
     transport: str = "fast"
     request_timeout: float = 300.0
+    # Trusted CAs for every connection of the job (replaces the system's; SSL_CERT_FILE
+    # works without it). Proxies come from HTTP_PROXY / HTTPS_PROXY / NO_PROXY.
+    ca_bundle: Path | None = None
     retry: RetryConfig = field(default_factory=RetryConfig)
     prices: Path | None = None
     # Async tasks (videos, async images, async chat).
@@ -102,6 +106,11 @@ class Settings:
     tpm: int | None = None
     # The user's providers file (TOML); see `providers.py`.
     providers_file: Path | None = None
+
+    @property
+    def http_config(self) -> HttpConfig:
+        """What every client of this job shares: API calls, batch files, artifacts."""
+        return HttpConfig(ca_bundle=self.ca_bundle)
 
     @property
     def provider_info(self) -> Provider:
@@ -143,7 +152,7 @@ class Settings:
         kw["out"] = Path(kw["out"])
         if kw.get("max_cost") is not None:
             kw["max_cost"] = Decimal(kw["max_cost"])
-        for name in ("prices", "providers_file"):
+        for name in ("prices", "providers_file", "ca_bundle"):
             if kw.get(name):
                 kw[name] = Path(kw[name])
         kw["retry"] = RetryConfig(**kw.get("retry", {}))
@@ -186,6 +195,7 @@ USER_SETTINGS = (
     "prices",
     "transport",
     "request_timeout",
+    "ca_bundle",
     "download",
     "task_max_age",
     "mode",
@@ -210,7 +220,7 @@ def load_job_file(path: Path) -> dict[str, Any]:
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
             f"allowed: {', '.join(sorted(allowed))}"
         )
-    for key in ("spec", "out", "prices", "providers"):
+    for key in ("spec", "out", "prices", "providers", "ca_bundle"):
         if key in data:
             p = Path(data[key])
             data[key] = p if p.is_absolute() else (path.parent / p)

@@ -54,6 +54,7 @@ from .errors import (
     RequestFailed,
     RetryableError,
     RowError,
+    TransportFatal,
 )
 from .http import ConnectionDropped
 from .outcome import Outcome, outcome_for
@@ -155,7 +156,7 @@ class Tasks:
         if s.download:
             self.downloader = Downloader(
                 s.out, max_bytes=s.max_artifact_bytes, concurrency=s.poll_concurrency,
-                timeout=s.request_timeout, sleep=self._download_backoff,
+                timeout=s.request_timeout, sleep=self._download_backoff, config=s.http_config,
             )  # fmt: skip
             await anyio.to_thread.run_sync(self.downloader.prepare)
         return self
@@ -271,6 +272,10 @@ class Tasks:
             except TimeoutError:
                 why = f"no answer within {self.settings.request_timeout:g}s"
                 raise _Unknown(_unknown(rid, why)) from None
+            except TransportFatal as exc:  # refused before anything was sent
+                await self._discard(req.seq)
+                control.stop(exc)
+                raise Stopping from exc
             except ConnectionDropped as exc:
                 if not _never_sent(exc):
                     raise _Unknown(_unknown(rid, f"connection lost: {exc}")) from exc
@@ -426,6 +431,9 @@ class Tasks:
                           row.request_id, req.custom_id)  # fmt: skip
         try:
             records = await self.downloader.fetch(prov, got[0], refresh)
+        except TransportFatal as exc:  # e.g. the file host's certificate is not trusted
+            self.ctx.control.stop(exc)
+            raise Stopping from exc
         except DownloadError as exc:
             code = "download_failed" if exc.retryable else "artifact_too_large"
             msg = f"task {row.task_id} succeeded but its files could not be downloaded ({exc})"

@@ -23,7 +23,8 @@ is not the row's own) can be sent through the online pool afterwards with
 `--retry-failed-online`; rows of endpoints the Batch API does not run wait for the same flag.
 
 JSON calls go through the job's Transport; the multipart upload and the file downloads use
-httpx with the same base URL and Authorization header. The key is only ever in that header.
+an httpx client built from the same HttpConfig (CA bundle, proxies, timeouts), base URL and
+Authorization header. The key is only ever in that header.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -39,8 +41,8 @@ import orjson
 from ..control import Budget, Control, Stopping
 from ..cost import PriceTable
 from ..endpoints import raise_for_answer
-from ..errors import FatalAPIError, RetryableError, RunnerError
-from ..http import ConnectionDropped, Response, Transport
+from ..errors import FatalAPIError, RetryableError, RunnerError, TransportFatal
+from ..http import ConnectionDropped, Response, Transport, make_client, transport_error
 from ..lifecycle import JobResult, close_run, open_run
 from ..online import run_online
 from ..outcome import Outcome
@@ -72,14 +74,22 @@ class BatchClient:
         self._balance = info.balance_statuses
         self._shape = info.error_shape
         key = settings.api_key.reveal()
-        self.http = httpx.AsyncClient(
+        self.http = make_client(
+            settings.http_config,
             base_url=settings.base_url.rstrip("/") + "/",
             headers={"Authorization": f"Bearer {key}", **dict(info.extra_headers)},
-            timeout=httpx.Timeout(settings.request_timeout, connect=10.0),
+            timeout=settings.request_timeout,
         )
+        self._where = urlsplit(settings.base_url).netloc.rsplit("@", 1)[-1]
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+    def _fatal(self, exc: httpx.TransportError) -> None:
+        """An untrusted certificate or a refused tunnel stops the job, as for API calls."""
+        mapped = transport_error(exc, self._where)
+        if isinstance(mapped, TransportFatal):
+            raise mapped from None
 
     def _answer(self, resp: Response) -> dict[str, Any]:
         return raise_for_answer(resp, balance_statuses=self._balance, error_shape=self._shape)
@@ -116,6 +126,7 @@ class BatchClient:
                         files={"file": (filename, fh, "application/jsonl")},
                     )
             except httpx.TransportError as exc:
+                self._fatal(exc)
                 raise RetryableError(f"upload: {type(exc).__name__}", code="connection") from exc
             return self._answer(Response(r.status_code, list(r.headers.raw), r.content))
 
@@ -128,7 +139,9 @@ class BatchClient:
 
         async def once() -> None:
             try:
-                async with self.http.stream("GET", f"files/{file_id}/content") as r:
+                async with self.http.stream(
+                    "GET", f"files/{file_id}/content", follow_redirects=True
+                ) as r:
                     if r.status_code != 200:
                         body = await r.aread()
                         self._answer(Response(r.status_code, list(r.headers.raw), body))
@@ -136,6 +149,7 @@ class BatchClient:
                         async for chunk in r.aiter_bytes():
                             f.write(chunk)
             except httpx.TransportError as exc:
+                self._fatal(exc)
                 raise RetryableError(f"download: {type(exc).__name__}", code="connection") from exc
             tmp.replace(dest)
 

@@ -199,7 +199,7 @@ class SimApp:
     ) -> int:
         state = self.state
         key, host = _auth_and_host(scope)
-        root = f"http://{host}" if host else self.root
+        root = f"{scope.get('scheme', 'http')}://{host}" if host else self.root
         try:
             if endpoint is None and poll_id is None:
                 raise ApiError(1222, status=404)
@@ -275,7 +275,7 @@ class SimApp:
         status: int | None = None
         try:
             key, host = _auth_and_host(scope)
-            root = f"http://{host}" if host else self.root
+            root = f"{scope.get('scheme', 'http')}://{host}" if host else self.root
             content_type = ""
             for header, value in scope["headers"]:
                 if header == b"content-type":

@@ -56,8 +56,12 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-async def _serve(config: SimConfig, host: str, port: int) -> None:
-    async with Simulator(config, host=host, port=port) as sim:
+async def _serve(
+    config: SimConfig, host: str, port: int, certfile: str | None, keyfile: str | None
+) -> None:
+    async with Simulator(
+        config, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile
+    ) as sim:
         click.echo(sim.base_url)
         sys.stdout.flush()
         await sim.serve_forever()
@@ -99,6 +103,8 @@ async def _serve(config: SimConfig, host: str, port: int) -> None:
 @click.option("--url-ttl", type=float, default=None, help="Seconds a result URL stays valid.")
 @click.option("--seed", default=0, show_default=True, help="Seed for latencies and faults.")
 @click.option("--no-ledger-ids", is_flag=True, help="Skip per-request-id maps (benchmarks).")
+@click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="Serve TLS.")
+@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="Its key.")
 def sim_command(**options: Any) -> None:
     """Serve a simulated Z.ai platform (loopback by default) until SIGINT/SIGTERM."""
     keys: dict[str, int | None] | None = None
@@ -157,6 +163,15 @@ def sim_command(**options: Any) -> None:
         backend_options["use_uvloop"] = True
     except ImportError:
         pass
+    if bool(options["ssl_certfile"]) != bool(options["ssl_keyfile"]):
+        raise click.UsageError("--ssl-certfile and --ssl-keyfile go together")
     anyio.run(
-        _serve, config, host, options["port"], backend="asyncio", backend_options=backend_options
+        _serve,
+        config,
+        host,
+        options["port"],
+        options["ssl_certfile"],
+        options["ssl_keyfile"],
+        backend="asyncio",
+        backend_options=backend_options,
     )

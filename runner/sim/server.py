@@ -86,12 +86,17 @@ class Simulator:
         port: int = 0,
         backlog: int = 4096,
         shutdown_timeout: int = 1,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         self.state = SimState(config)
         self.host = host
         self.port = port
         self._backlog = backlog
         self._shutdown_timeout = shutdown_timeout
+        # TLS, for rehearsing a job behind a private CA (tests make the certificate).
+        self._ssl_certfile = ssl_certfile
+        self._ssl_keyfile = ssl_keyfile
         self._server: _EmbeddedServer | None = None
         self._group: anyio.abc.TaskGroup | None = None
 
@@ -103,7 +108,8 @@ class Simulator:
     def root_url(self) -> str:
         """``http://HOST:PORT``: where ``/_sim/*`` lives."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self._ssl_certfile else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -137,6 +143,8 @@ class Simulator:
             backlog=self._backlog,
             timeout_keep_alive=30,
             timeout_graceful_shutdown=self._shutdown_timeout,
+            ssl_certfile=self._ssl_certfile,
+            ssl_keyfile=self._ssl_keyfile,
         )
         quiet_drops()
         server = self._server = _EmbeddedServer(config)
