@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -227,9 +227,17 @@ async def watch_grace(control: Control, scope: anyio.CancelScope, grace: float) 
 
 
 async def run_job(
-    settings: Settings, *, handle_signals: bool = True, grace: float = 30.0
+    settings: Settings,
+    *,
+    handle_signals: bool = True,
+    grace: float = 30.0,
+    lanes: Callable[..., Lanes] = Lanes,
 ) -> JobResult:
-    """Run (or resume) a job; the exit code follows the CLI contract (0/1/2/3)."""
+    """Run (or resume) a job; the exit code follows the CLI contract (0/1/2/3).
+
+    `lanes` builds the online worker pool; `generate.py` passes a subclass that checks
+    each answer (and may ask again) before the row's outcome goes to the writer.
+    """
     spec = settings.spec
     defaults = _defaults(settings)
     try:
@@ -255,7 +263,9 @@ async def run_job(
                 from .batch import run_batch
 
                 return await run_batch(settings, store, fingerprint, total, handle_signals, grace)
-            return await run_online(settings, store, fingerprint, total, handle_signals, grace)
+            return await run_online(
+                settings, store, fingerprint, total, handle_signals, grace, lanes
+            )
         except sqlite3.DatabaseError as exc:
             path = checkpoint_path(settings.out)
             raise CheckpointError(
@@ -308,6 +318,7 @@ async def run_online(
     total: int,
     handle_signals: bool,
     grace: float,
+    make_lanes: Callable[..., Lanes] = Lanes,
 ) -> JobResult:
     job_id, prices = begin_job(store, settings, fingerprint, total)
     # Async tasks from earlier runs: 'submitting' ones fail as submit_unknown, the rest are
@@ -355,7 +366,7 @@ async def run_online(
                     # Pollers run in lanes_tg, so the job waits for them; the downloader in
                     # `tasks` closes only after they are done.
                     async with tasks, anyio.create_task_group() as lanes_tg:
-                        lanes = Lanes(
+                        lanes = make_lanes(
                             settings,
                             transport,
                             prices,

@@ -9,6 +9,7 @@ All randomness comes from one RNG seeded by ``SimConfig.seed`` so a run can be r
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import re
@@ -33,6 +34,11 @@ class Markers:
     code: int | None = None
     task_fail: bool = False
     sensitive: bool = False
+    # ``bad-json-once`` / ``wrong-type-once``: the first JSON answer to this prompt is spoilt
+    # (cut short, or a field mistyped); later asks with the same marked text answer well,
+    # as a model asked again usually does. ``once_key`` names the prompt for that memory.
+    spoil_once: str | None = None
+    once_key: bytes = b""
 
 
 NO_MARKERS = Markers()
@@ -42,15 +48,24 @@ def read_markers(texts: list[str]) -> Markers:
     """Parse markers from prompt texts; the first numeric marker decides the error."""
     code: int | None = None
     task_fail = sensitive = False
+    spoil: str | None = None
     for text in texts:
         for name in _MARKER_RE.findall(text):
             if name == "task-fail":
                 task_fail = True
             elif name == "sensitive":
                 sensitive = True
+            elif name in _SPOIL_ONCE and spoil is None:
+                spoil = _SPOIL_ONCE[name]
             elif name.isdigit() and code is None:
                 code = int(name)
-    return Markers(code, task_fail, sensitive)
+    if spoil is None:
+        return Markers(code, task_fail, sensitive)
+    key = hashlib.blake2b("\0".join(texts).encode(), digest_size=16).digest()
+    return Markers(code, task_fail, sensitive, spoil, key)
+
+
+_SPOIL_ONCE = {"bad-json-once": "bad-json", "wrong-type-once": "wrong-type"}
 
 
 class Gate:
