@@ -89,3 +89,146 @@ async def test_agenerate_inside_a_running_loop(tmp_path: Path) -> None:
         )
     assert table.column("output").to_pylist()[0]
     assert table.column("status").to_pylist() == ["succeeded"] * 5
+
+
+def test_300_rows_reask_resume_and_cache(sim: SimProcess, tmp_path: Path) -> None:
+    """The issue's done-when: typed, in order, one re-ask each, then nothing sent twice."""
+    rows = topics(300, "books")
+    rows[7]["topic"] += " [[sim:bad-json-once]]"
+    rows[13]["topic"] += " [[sim:wrong-type-once]]"
+    src = tmp_path / "input.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src)
+
+    before = requests_sent(sim)
+    table = gen(src, sim, tmp_path / "out", concurrency=50, cache=True)
+    assert requests_sent(sim) - before == 302  # 300 rows, one re-ask for each spoilt answer
+    assert table.num_rows == 300
+    assert table.column("id").to_pylist() == list(range(300))
+    assert table.schema.field("title").type == pa.string()
+    assert table.schema.field("year").type == pa.int64()
+    assert table.column("status").to_pylist() == ["succeeded"] * 300
+    attempts = table.column("attempts").to_pylist()
+    assert attempts[7] == attempts[13] == 2
+    assert sum(attempts) == 302
+    assert not any(table.column("cached").to_pylist())
+    # Every ask is billed: a re-asked row costs more than one answer.
+    cost = table.column("cost").to_pylist()
+    assert cost[7] > 0 and cost[13] > 0
+
+    before = requests_sent(sim)
+    again = gen(src, sim, tmp_path / "out", concurrency=50, cache=True)
+    assert requests_sent(sim) == before  # the checkpoint: nothing is done twice
+    assert again.equals(table)
+
+    other = gen(src, sim, tmp_path / "other", concurrency=50, cache=True)
+    assert requests_sent(sim) == before  # a new job, the same requests: all from the cache
+    assert other.column("cached").to_pylist() == [True] * 300
+    assert other.column("cost").to_pylist() == [0.0] * 300
+    assert other.column("title").to_pylist() == table.column("title").to_pylist()
+    assert other.column("year").to_pylist() == table.column("year").to_pylist()
+
+
+def test_answers_still_wrong_fail_as_invalid_output_with_raw_text(
+    sim: SimProcess, tmp_path: Path
+) -> None:
+    rows = topics(4, "strict")
+    rows[1]["topic"] += " [[sim:wrong-type-once]]"
+    rows[2]["topic"] += " [[sim:bad-json-once]]"
+    table = gen(rows, sim, tmp_path / "out", max_reasks=0, cache=False)
+    status = table.column("status").to_pylist()
+    assert status == ["succeeded", "failed", "failed", "succeeded"]
+    codes = table.column("error_code").to_pylist()
+    assert codes[1] == codes[2] == "invalid_output"
+    messages = table.column("error_message").to_pylist()
+    assert "row 1" in messages[1] and "year" in messages[1]
+    assert "row 2" in messages[2] and "not valid JSON" in messages[2]
+    raw = table.column("raw_output").to_pylist()
+    assert raw[0] is None and raw[1] and raw[2] and raw[2].startswith("{")
+    assert table.column("year").to_pylist()[1] is None
+    # The wrong answer was billed, so it is counted.
+    assert table.column("cost").to_pylist()[1] > 0
+    assert table.column("completion_tokens").to_pylist()[1] > 0
+
+
+def test_bad_rows_fail_alone_naming_row_and_column(sim: SimProcess, tmp_path: Path) -> None:
+    rows = topics(5, "mixed")
+    rows[2]["topic"] = None
+
+    def prompt(row: dict[str, Any]) -> Any:
+        if row["id"] == 3:
+            raise ValueError("no prompt for three")
+        if row["id"] == 4:
+            return 42
+        return f"A book about {row['topic']}."
+
+    before = requests_sent(sim)
+    by_template = gen(rows, sim, tmp_path / "a")
+    assert by_template.column("status").to_pylist()[2] == "failed"
+    message = by_template.column("error_message").to_pylist()[2]
+    assert "row 2" in message and "'topic'" in message
+    by_function = gen(rows, sim, tmp_path / "b", prompt=prompt, cache=False)
+    status = by_function.column("status").to_pylist()
+    assert status == ["succeeded", "succeeded", "succeeded", "failed", "failed"]
+    errors = by_function.column("error_message").to_pylist()
+    assert "row 3" in errors[3] and "ValueError: no prompt for three" in errors[3]
+    assert "row 4" in errors[4] and "int 42" in errors[4]
+    # Rows that could not be built were never sent.
+    assert requests_sent(sim) - before == 4 + 3
+
+
+def test_pydantic_model_and_nested_types(sim: SimProcess, tmp_path: Path) -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class Author(pydantic.BaseModel):
+        name: str
+        born: int
+
+    class Book(pydantic.BaseModel):
+        title: str
+        rating: float
+        in_print: bool
+        tags: list[str]
+        author: Author
+
+    table = gen(topics(6, "typed"), sim, tmp_path / "out", response_format=Book)
+    types = {f.name: f.type for f in table.schema}
+    assert types["rating"] == pa.float64()
+    assert types["in_print"] == pa.bool_()
+    assert types["tags"] == pa.list_(pa.string())
+    assert types["author"] == pa.struct([("name", pa.string()), ("born", pa.int64())])
+    assert table.column("status").to_pylist() == ["succeeded"] * 6
+    first = table.slice(0, 1).to_pylist()[0]
+    Book.model_validate({k: first[k] for k in Book.model_fields})
+
+
+@pytest.mark.anyio
+async def test_sync_generate_where_a_loop_is_running(sim: SimProcess, tmp_path: Path) -> None:
+    """Jupyter runs cells inside a loop: the sync call must still work."""
+    table = gen(topics(3, "notebook"), sim, tmp_path / "out")
+    assert table.column("status").to_pylist() == ["succeeded"] * 3
+
+
+def test_key_is_never_written(sim: SimProcess, tmp_path: Path) -> None:
+    gen(topics(3, "secret"), sim, tmp_path / "out")
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_jsonl_and_csv_inputs(sim: SimProcess, tmp_path: Path) -> None:
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("".join(f'{{"id": {i}, "topic": "line {i}"}}\n' for i in range(4)))
+    csv = tmp_path / "in.csv"
+    csv.write_text("id,topic\n" + "".join(f"{i},row {i}\n" for i in range(4)))
+    for src in (jsonl, csv):
+        table = gen(src, sim, tmp_path / src.suffix[1:])
+        assert table.column("id").to_pylist() == [0, 1, 2, 3]
+        assert table.column("status").to_pylist() == ["succeeded"] * 4
+
+
+def test_result_reads_into_dataframes(sim: SimProcess, tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    table = gen(topics(3, "frames"), sim, tmp_path / "out")
+    frame = pd.read_parquet(tmp_path / "out" / "output.parquet")
+    assert list(frame["year"]) == table.column("year").to_pylist()
+    assert str(frame["year"].dtype) == "int64"
