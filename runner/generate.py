@@ -43,7 +43,7 @@ from .sources import Source, open_source
 from .spec import spec_fingerprint
 from .store import Store
 
-__all__ = ["META_COLUMNS", "agenerate", "generate"]
+__all__ = ["META_COLUMNS", "agenerate", "generate", "summary_of"]
 
 REQUESTS = "requests.jsonl"
 OUTPUT = "output.parquet"
@@ -337,3 +337,18 @@ def _run(call: Callable[[], Any]) -> pa.Table:
         options = {}
     table: pa.Table = anyio.run(call, backend="asyncio", backend_options=options)
     return table
+
+
+def summary_of(table: pa.Table) -> tuple[str, int]:
+    """One line for the CLI: counts, cache hits, re-asks and cost; and the failed count."""
+    status = table.column("status").to_pylist()
+    ok, failed = status.count("succeeded"), status.count("failed")
+    cached = sum(1 for c in table.column("cached").to_pylist() if c)
+    reasks = sum(max((a or 0) - 1, 0) for a in table.column("attempts").to_pylist())
+    cost = sum(c or 0.0 for c in table.column("cost").to_pylist())
+    text = (
+        f"{table.num_rows} rows: {ok} succeeded, {failed} failed, "
+        f"{table.num_rows - ok - failed} pending; {cached} from the cache, {reasks} re-asks; "
+        f"cost {cost:.6f}"
+    )
+    return text, failed

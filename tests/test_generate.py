@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -232,3 +233,27 @@ def test_result_reads_into_dataframes(sim: SimProcess, tmp_path: Path) -> None:
     frame = pd.read_parquet(tmp_path / "out" / "output.parquet")
     assert list(frame["year"]) == table.column("year").to_pylist()
     assert str(frame["year"].dtype) == "int64"
+
+
+def test_cli_generate_writes_output_parquet(sim: SimProcess, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from runner.cli import cli
+
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(topics(5, "cli")), src)
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SCHEMA))
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Name a book about {topic}.")
+    args = ["generate", str(src), "--prompt", f"@{prompt}", "--schema", str(schema)]
+    args += ["--out", str(tmp_path / "out"), "--base-url", sim.base_url, "--no-progress"]
+    result = CliRunner().invoke(cli, args, env={"ZAI_API_KEY": KEY})
+    assert result.exit_code == 0, result.output
+    assert "5 succeeded, 0 failed" in result.output
+    table = pq.read_table(tmp_path / "out" / "output.parquet")
+    assert table.schema.field("year").type == pa.int64()
+    again = CliRunner().invoke(cli, [*args[:2], "--prompt", "About {nope}", *args[4:]])
+    assert again.exit_code == 2 and "'nope'" in again.output
+    resume = CliRunner().invoke(cli, ["resume", str(tmp_path / "out")])
+    assert resume.exit_code == 2 and "runner generate" in resume.output
