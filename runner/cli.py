@@ -289,7 +289,12 @@ def generate(input: Path, **opts: Any) -> None:
         key_env = get_provider(opts["provider"], opts["providers_file"]).key_env
         click.echo(f"error: {redact(str(exc), os.environ.get(key_env, ''))}", err=True)
         sys.exit(EXIT_STOPPED)
-    text, failed = summary_of(table)
+    try:
+        info = get_provider(opts["provider"], opts["providers_file"])
+        currency = load_prices(info.price_table).currency
+    except UsageError:
+        currency = ""
+    text, failed = summary_of(table, currency)
     click.echo(f"{text}\nresults: {opts['out'] / 'output.parquet'}", err=True)
     sys.exit(1 if failed else 0)
 

@@ -339,7 +339,7 @@ def _run(call: Callable[[], Any]) -> pa.Table:
     return table
 
 
-def summary_of(table: pa.Table) -> tuple[str, int]:
+def summary_of(table: pa.Table, currency: str = "") -> tuple[str, int]:
     """One line for the CLI: counts, cache hits, re-asks and cost; and the failed count."""
     status = table.column("status").to_pylist()
     ok, failed = status.count("succeeded"), status.count("failed")
@@ -349,6 +349,6 @@ def summary_of(table: pa.Table) -> tuple[str, int]:
     text = (
         f"{table.num_rows} rows: {ok} succeeded, {failed} failed, "
         f"{table.num_rows - ok - failed} pending; {cached} from the cache, {reasks} re-asks; "
-        f"cost {cost:.6f}"
+        f"cost {cost:.6f} {currency}".rstrip()
     )
     return text, failed
