@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +19,7 @@ import pytest
 from simproc import SimProcess
 
 import runner
+from runner.cache import ResponseCache
 from runner.errors import UsageError
 from runner.sim import SimConfig, Simulator
 
@@ -257,3 +264,88 @@ def test_cli_generate_writes_output_parquet(sim: SimProcess, tmp_path: Path) -> 
     assert again.exit_code == 2 and "'nope'" in again.output
     resume = CliRunner().invoke(cli, ["resume", str(tmp_path / "out")])
     assert resume.exit_code == 2 and "runner generate" in resume.output
+
+
+KILLED_JOB = """
+import sys
+import runner
+runner.generate(
+    sys.argv[1], prompt="Name a book about {topic}.", model="glm-4.5-air", out=sys.argv[2],
+    response_format=%r, base_url=sys.argv[3], concurrency=20, cache=True, progress=False,
+)
+"""
+
+
+def terminal_rows(out: Path) -> int:
+    if not (out / "checkpoint.sqlite").exists():
+        return 0
+    conn = sqlite3.connect(f"file:{out / 'checkpoint.sqlite'}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(
+            conn.execute(
+                "SELECT COUNT(*) FROM rows WHERE status IN ('succeeded', 'failed')"
+            ).fetchone()[0]
+        )
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
+def test_killed_midway_resumes_and_sends_only_what_is_left(tmp_path: Path) -> None:
+    src = tmp_path / "input.parquet"
+    pq.write_table(pa.Table.from_pylist(topics(400, "killed")), src)
+    script = tmp_path / "job.py"
+    script.write_text(KILLED_JOB % (SCHEMA,))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with SimProcess("--latency", "0.2") as slow:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(src), str(out), slow.base_url], env=env
+        )
+        deadline = time.monotonic() + 60
+        while terminal_rows(out) < 100 and time.monotonic() < deadline:
+            assert proc.poll() is None, "the job ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done = terminal_rows(out)
+        assert 100 <= done < 400
+        before = requests_sent(slow)
+        table = gen(src, slow, out, cache=True)
+        sent = requests_sent(slow) - before
+    assert table.num_rows == 400
+    assert table.column("status").to_pylist() == ["succeeded"] * 400
+    assert table.column("id").to_pylist() == list(range(400))
+    # Only rows without a committed result are asked again; the cache answers the ones whose
+    # answer was cached before the kill, so at most the rest are sent.
+    assert sent <= 400 - done
+
+
+def test_two_jobs_share_the_cache_at_once(sim: SimProcess, tmp_path: Path) -> None:
+    src = tmp_path / "input.parquet"
+    pq.write_table(pa.Table.from_pylist(topics(300, "shared")), src)
+    script = tmp_path / "job.py"
+    script.write_text(KILLED_JOB % (SCHEMA,))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(src), str(tmp_path / f"out{i}"), sim.base_url],
+            env=env,
+        )
+        for i in range(2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    tables = [pq.read_table(tmp_path / f"out{i}" / "output.parquet") for i in range(2)]
+    for t in tables:
+        assert t.column("status").to_pylist() == ["succeeded"] * 300
+    assert tables[0].column("title").equals(tables[1].column("title"))
+    cache = ResponseCache(tmp_path / "xdg-cache" / "glm-batch-runner")
+    try:
+        assert len(cache) == 300
+    finally:
+        cache.close()
+    before = requests_sent(sim)
+    third = gen(src, sim, tmp_path / "out3", cache=True)
+    assert requests_sent(sim) == before
+    assert third.column("cached").to_pylist() == [True] * 300
