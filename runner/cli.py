@@ -282,7 +282,7 @@ def generate(input: Path, **opts: Any) -> None:
             force=opts["force"],
             **options,
         )
-    except (UsageError, CheckpointError, InvalidOperation) as exc:
+    except (UsageError, CheckpointError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     except RunnerError as exc:

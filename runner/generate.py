@@ -22,7 +22,7 @@ import asyncio
 import functools
 import threading
 from collections.abc import Callable, Mapping
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +242,10 @@ async def agenerate(
     out = Path(out)
     if max_reasks < 0:
         raise UsageError(f"max_reasks must be 0 or more, got {max_reasks}")
+    try:
+        budget = None if max_cost is None else Decimal(str(max_cost))
+    except InvalidOperation:
+        raise UsageError(f"max_cost is not a number: {max_cost!r}") from None
     src = await anyio.to_thread.run_sync(open_source, source)
     answers = OutputSchema(response_format) if response_format is not None else None
     _result_schema(src, answers)
@@ -264,7 +268,7 @@ async def agenerate(
             endpoint=ENDPOINT,
             concurrency=concurrency,
             tier=tier.upper() if tier else None,
-            max_cost=None if max_cost is None else Decimal(str(max_cost)),
+            max_cost=budget,
             progress=progress,
             force=force,
             **options,

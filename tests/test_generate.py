@@ -20,7 +20,7 @@ from simproc import SimProcess
 
 import runner
 from runner.cache import ResponseCache
-from runner.errors import UsageError
+from runner.errors import JobStopped, UsageError
 from runner.sim import SimConfig, Simulator
 
 KEY = "test-key-7f3a9c2e.SECRETPART"
@@ -349,3 +349,11 @@ def test_two_jobs_share_the_cache_at_once(sim: SimProcess, tmp_path: Path) -> No
     third = gen(src, sim, tmp_path / "out3", cache=True)
     assert requests_sent(sim) == before
     assert third.column("cached").to_pylist() == [True] * 300
+
+
+def test_budget_stop_raises_and_a_second_call_resumes(sim: SimProcess, tmp_path: Path) -> None:
+    rows = topics(40, "budget")
+    with pytest.raises(JobStopped, match="max-cost"):
+        gen(rows, sim, tmp_path / "out", max_cost="0.0001", concurrency=2, cache=False)
+    table = gen(rows, sim, tmp_path / "out", cache=False)
+    assert table.column("status").to_pylist() == ["succeeded"] * 40
