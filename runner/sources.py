@@ -110,9 +110,37 @@ def open_source(source: Any) -> Source:
             raise UsageError(f"the input list must hold dicts; row {bad} is {type(source[bad])}")
         try:
             return _table(pa.Table.from_pylist(source), "the input rows")
-        except (pa.ArrowException, TypeError, ValueError) as exc:
-            raise UsageError(f"the input rows do not form a table: {exc}") from exc
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            raise UsageError(
+                f"the input rows do not form a table: {_culprit(source, exc)}"
+            ) from exc
     return _table(_foreign_table(source), f"the input {type(source).__name__}")
+
+
+def _culprit(rows: list[dict[str, Any]], exc: Exception) -> str:
+    """Name the first row and column whose value does not fit the column's earlier values."""
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    for name in names:
+        first: type | None = None
+        for i, row in enumerate(rows):
+            value = row.get(name)
+            if value is None:
+                continue
+            if first is None:
+                first = type(value)
+            elif not _same_kind(first, type(value)):
+                return (
+                    f"row {i}, column {name!r}: {type(value).__name__} {value!r:.60} where earlier "
+                    f"rows hold {first.__name__}; give the column one type"
+                )
+    return str(exc)
+
+
+def _same_kind(a: type, b: type) -> bool:
+    numbers = (int, float)
+    return a is b or (a in numbers and b in numbers and bool not in (a, b))
 
 
 def _foreign_table(source: Any) -> pa.Table:

@@ -102,3 +102,13 @@ def test_bad_schemas_and_templates_are_refused_up_front() -> None:
     builder = PromptBuilder("{a:.2f}", ["a"])
     with pytest.raises(RowProblem, match="cannot be filled"):
         builder.messages({"a": "text"})
+
+
+def test_rows_that_cannot_form_a_table_are_named() -> None:
+    from runner.sources import open_source
+
+    rows: list[dict[str, Any]] = [{"id": 1, "t": "a"}, {"id": 2.5, "t": "b"}, {"id": "x", "t": 3}]
+    with pytest.raises(UsageError, match=r"row 2, column 'id': str 'x'"):
+        open_source(rows)
+    with pytest.raises(UsageError, match="row 1 is"):
+        open_source([{"a": 1}, "oops"])
