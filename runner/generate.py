@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -289,7 +291,13 @@ async def agenerate(
     store = None
     if cache:
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        store = await anyio.to_thread.run_sync(ResponseCache, folder)
+        # The cache saves money; it is never a reason to stop: unusable, the job runs without.
+        try:
+            store = await anyio.to_thread.run_sync(ResponseCache, folder)
+        except (OSError, sqlite3.Error) as exc:
+            warnings.warn(
+                f"running without the response cache: {exc}", RuntimeWarning, stacklevel=2
+            )
     asking = Asking(answers, max_reasks, scope, store)
     try:
         result = await run_job(

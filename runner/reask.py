@@ -98,6 +98,16 @@ class Asking:
             batch, self.pending = self.pending, []
             await anyio.to_thread.run_sync(self.store, batch)
 
+    def lookup(self, key: str) -> str | None:
+        """A cached answer, or None; a cache that cannot be read is switched off, with a warning."""
+        assert self.cache is not None
+        try:
+            return self.cache.get(key)
+        except sqlite3.Error as exc:
+            self.cache_error = f"the response cache {self.cache.path} cannot be read: {exc}"
+            warnings.warn(self.cache_error, RuntimeWarning, stacklevel=1)
+            return None
+
     def store(self, batch: list[tuple[str, str]]) -> None:
         """Cache writes are best effort: a locked or full cache never fails a row."""
         if self.cache is None or self.cache_error is not None:
@@ -125,8 +135,8 @@ class CheckedLanes(Lanes):
             err = RowError(str(problem), code="invalid_row")
             return outcome_for(req, "failed", attempts=0, started=time.time(), error=err)
         key = cache_key(asking.scope, req.endpoint, req.body)
-        if asking.cache is not None:
-            hit = asking.cache.get(key)
+        if asking.cache is not None and asking.cache_error is None:
+            hit = asking.lookup(key)
             if hit is not None and self._usable(hit):
                 asking.hits += 1
                 now = time.time()
@@ -135,7 +145,11 @@ class CheckedLanes(Lanes):
                     req, "succeeded", attempts=0, started=now, parsed=parsed, cost_nano=0,
                     request_fp=key,
                 )  # fmt: skip
-        return await self._ask(req, lane, key, asking)
+        try:
+            return await self._ask(req, lane, key, asking)
+        except Exception as exc:  # a bug of ours fails the row, never the job (as pool.py)
+            err = RowError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+            return outcome_for(req, "failed", attempts=1, started=time.time(), error=err)
 
     def _usable(self, response: str) -> bool:
         assert self.asking is not None

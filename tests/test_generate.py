@@ -357,3 +357,11 @@ def test_budget_stop_raises_and_a_second_call_resumes(sim: SimProcess, tmp_path:
         gen(rows, sim, tmp_path / "out", max_cost="0.0001", concurrency=2, cache=False)
     table = gen(rows, sim, tmp_path / "out", cache=False)
     assert table.column("status").to_pylist() == ["succeeded"] * 40
+
+
+def test_an_unusable_cache_only_warns(sim: SimProcess, tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be")
+    with pytest.warns(RuntimeWarning, match="without the response cache"):
+        table = gen(topics(3, "nocache"), sim, tmp_path / "out", cache_dir=blocked / "cache")
+    assert table.column("status").to_pylist() == ["succeeded"] * 3
