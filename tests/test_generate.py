@@ -365,3 +365,18 @@ def test_an_unusable_cache_only_warns(sim: SimProcess, tmp_path: Path) -> None:
     with pytest.warns(RuntimeWarning, match="without the response cache"):
         table = gen(topics(3, "nocache"), sim, tmp_path / "out", cache_dir=blocked / "cache")
     assert table.column("status").to_pylist() == ["succeeded"] * 3
+
+
+def test_the_python_sample_runs(tmp_path: Path) -> None:
+    pytest.importorskip("pydantic")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run(
+        [sys.executable, str(root / "samples" / "generate_books.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pq.read_table(tmp_path / "runs" / "books-py" / "output.parquet")
+    assert table.num_rows == 12
+    assert table.schema.field("pages").type == pa.int64()
+    assert table.column("status").to_pylist() == ["succeeded"] * 12
