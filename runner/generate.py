@@ -24,9 +24,11 @@ import sqlite3
 import threading
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import orjson
@@ -40,7 +42,7 @@ from .errors import JobStopped, UsageError
 from .job import EXIT_STOPPED, checkpoint_path, run_job
 from .prompts import PromptBuilder, RowProblem
 from .reask import PROBLEM_KEY, Asking, CheckedLanes, answer_text
-from .settings import Settings
+from .settings import Secret, Settings
 from .sources import Source, open_source
 from .spec import spec_fingerprint
 from .store import Store
@@ -274,9 +276,10 @@ async def agenerate(
             progress=progress,
             force=force,
             **options,
-        ).with_key_from_env()
+        )
     except TypeError as exc:
         raise UsageError(f"unknown option for generate: {exc}") from None
+    settings = _with_key(settings)
     out.mkdir(parents=True, exist_ok=True)
     new = out / (REQUESTS + ".new")
     await anyio.to_thread.run_sync(_write_requests, src, builder, base, new)
@@ -314,6 +317,21 @@ async def agenerate(
         raise JobStopped(f"{result.message}\n(call generate again with the same out to resume)")
     path = await anyio.to_thread.run_sync(_write_output, src, answers, out)
     return pq.read_table(path)
+
+
+def _with_key(settings: Settings) -> Settings:
+    """The provider's key from the environment; a server on this machine needs none.
+
+    A loopback base URL is the simulator or a local OpenAI-compatible server, which take
+    any key (or none), so a notebook rehearsing on the simulator need not set one.
+    """
+    try:
+        return settings.with_key_from_env()
+    except UsageError:
+        host = urlsplit(settings.base_url).hostname or ""
+        if host in ("127.0.0.1", "localhost", "::1"):
+            return replace(settings, api_key=Secret("local-no-key"))
+        raise
 
 
 def generate(source: Any, **kwargs: Any) -> pa.Table:

@@ -380,3 +380,16 @@ def test_the_python_sample_runs(tmp_path: Path) -> None:
     assert table.num_rows == 12
     assert table.schema.field("pages").type == pa.int64()
     assert table.column("status").to_pylist() == ["succeeded"] * 12
+
+
+def test_a_loopback_server_needs_no_key(
+    sim: SimProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ZAI_API_KEY")
+    table = gen(topics(2, "nokey"), sim, tmp_path / "out")
+    assert table.column("status").to_pylist() == ["succeeded"] * 2
+    with pytest.raises(UsageError, match="ZAI_API_KEY"):
+        runner.generate(
+            topics(2), prompt="{topic}", model="glm-4.5-air", out=tmp_path / "remote",
+            base_url="https://api.example.invalid/v4", progress=False,
+        )  # fmt: skip
