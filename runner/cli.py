@@ -234,7 +234,11 @@ def _text_or_file(value: str | None, flag: str) -> str | None:
     help=f"TOML file of extra providers (or ${PROVIDERS_ENV}).",
 )
 @click.option("--base-url", help="Override the provider's base URL.")
-@click.option("--tier", type=click.Choice(["V0", "V1", "V2", "V3"], case_sensitive=False))
+@click.option(
+    "--tier",
+    type=click.Choice(["V0", "V1", "V2", "V3"], case_sensitive=False),
+    help="The account's tier, which sets the model's in-flight cap (text: V0 50 ... V3 500).",
+)
 @click.option("--concurrency", type=click.IntRange(min=1), help="In-flight cap.")
 @click.option("--max-cost", help="Stop sending before spent cost could pass this amount.")
 @click.option("--force", is_flag=True, help="Resume even if the requests changed.")
@@ -293,9 +297,10 @@ def generate(input: Path, **opts: Any) -> None:
         info = get_provider(opts["provider"], opts["providers_file"])
         currency = load_prices(info.price_table).currency
     except UsageError:
-        currency = ""
+        currency = "USD"
     text, failed = summary_of(table, currency)
-    click.echo(f"{text}\nresults: {opts['out'] / 'output.parquet'}", err=True)
+    # The counts and where the table is go to stdout (what a script reads), as for run.
+    click.echo(f"{text}\nresults: {opts['out'] / 'output.parquet'}")
     sys.exit(1 if failed else 0)
 
 

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from .answers import OutputSchema
 from .cache import ResponseCache, default_cache_dir
-from .cost import NANO
+from .cost import NANO, format_cost
 from .errors import JobStopped, UsageError
 from .job import EXIT_STOPPED, checkpoint_path, run_job
 from .prompts import PromptBuilder, RowProblem
@@ -369,7 +369,7 @@ def _run(call: Callable[[], Any]) -> pa.Table:
     return table
 
 
-def summary_of(table: pa.Table, currency: str = "") -> tuple[str, int]:
+def summary_of(table: pa.Table, currency: str = "USD") -> tuple[str, int]:
     """One line for the CLI: counts, cache hits, re-asks and cost; and the failed count."""
     status = table.column("status").to_pylist()
     ok, failed = status.count("succeeded"), status.count("failed")
@@ -379,6 +379,6 @@ def summary_of(table: pa.Table, currency: str = "") -> tuple[str, int]:
     text = (
         f"{table.num_rows} rows: {ok} succeeded, {failed} failed, "
         f"{table.num_rows - ok - failed} pending; {cached} from the cache, {reasks} re-asks; "
-        f"cost {cost:.6f} {currency}".rstrip()
+        f"cost {format_cost(round(cost * NANO), currency)}"
     )
     return text, failed
