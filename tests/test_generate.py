@@ -393,3 +393,11 @@ def test_a_loopback_server_needs_no_key(
             topics(2), prompt="{topic}", model="glm-4.5-air", out=tmp_path / "remote",
             base_url="https://api.example.invalid/v4", progress=False,
         )  # fmt: skip
+
+
+def test_a_marker_in_the_system_text_spoils_each_row_once(sim: SimProcess, tmp_path: Path) -> None:
+    before = requests_sent(sim)
+    table = gen(topics(5, "system-marker"), sim, tmp_path / "out", system="[[sim:wrong-type-once]]")
+    assert requests_sent(sim) - before == 10
+    assert table.column("attempts").to_pylist() == [2] * 5
+    assert table.column("status").to_pylist() == ["succeeded"] * 5

@@ -26,6 +26,7 @@ __all__ = [
     "complete_chat",
     "embedding",
     "file_bytes",
+    "opening_key",
     "read_messages",
     "schema_in",
     "search_results",
@@ -309,6 +310,22 @@ def schema_in(messages: Any) -> dict[str, Any] | None:
         if isinstance(schema, dict):
             return schema
     return None
+
+
+def opening_key(model: str, messages: Any) -> bytes:
+    """A conversation's identity: the model and its messages up to the first user message.
+
+    A client that asks again appends the bad answer and a correction after the opening, so
+    the retry keeps the key; two rows with different prompts never share one, even when a
+    marker sits in a system text that every row shares.
+    """
+    opening: list[Any] = []
+    for message in messages if isinstance(messages, list) else []:
+        opening.append(message)
+        if isinstance(message, dict) and message.get("role") == "user":
+            break
+    raw = orjson.dumps([model, opening], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(raw, digest_size=16).digest()
 
 
 def spoil_json(text: str, how: str) -> str:

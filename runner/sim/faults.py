@@ -9,7 +9,6 @@ All randomness comes from one RNG seeded by ``SimConfig.seed`` so a run can be r
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import re
@@ -34,11 +33,10 @@ class Markers:
     code: int | None = None
     task_fail: bool = False
     sensitive: bool = False
-    # ``bad-json-once`` / ``wrong-type-once``: the first JSON answer to this prompt is spoilt
-    # (cut short, or a field mistyped); later asks with the same marked text answer well,
-    # as a model asked again usually does. ``once_key`` names the prompt for that memory.
+    # ``bad-json-once`` / ``wrong-type-once``: the first JSON answer to a conversation is
+    # spoilt (cut short, or a field mistyped); asked again, the model answers well, as real
+    # models usually do (see ``content.opening_key`` for what "the same conversation" is).
     spoil_once: str | None = None
-    once_key: bytes = b""
 
 
 NO_MARKERS = Markers()
@@ -59,10 +57,7 @@ def read_markers(texts: list[str]) -> Markers:
                 spoil = _SPOIL_ONCE[name]
             elif name.isdigit() and code is None:
                 code = int(name)
-    if spoil is None:
-        return Markers(code, task_fail, sensitive)
-    key = hashlib.blake2b("\0".join(texts).encode(), digest_size=16).digest()
-    return Markers(code, task_fail, sensitive, spoil, key)
+    return Markers(code, task_fail, sensitive, spoil)
 
 
 _SPOIL_ONCE = {"bad-json-once": "bad-json", "wrong-type-once": "wrong-type"}

@@ -139,7 +139,8 @@ def _chat_result(call: Call, state: SimState) -> tuple[dict[str, Any], Bill]:
     )
     spoil = call.markers.spoil_once
     text = done.message.get("content")
-    if spoil and isinstance(text, str) and state.first_time(call.markers.once_key):
+    opening = content.opening_key(call.model, call.body.get("messages"))
+    if spoil and isinstance(text, str) and state.first_time(opening):
         done.message["content"] = content.spoil_json(text, spoil)
     usage = {
         "prompt_tokens": prompt.tokens,
