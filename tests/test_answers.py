@@ -112,3 +112,18 @@ def test_rows_that_cannot_form_a_table_are_named() -> None:
         open_source(rows)
     with pytest.raises(UsageError, match="row 1 is"):
         open_source([{"a": 1}, "oops"])
+
+
+def test_the_simulator_spoils_json_the_way_models_do() -> None:
+    from runner.sim.content import opening_key, schema_in, spoil_json
+
+    good = '{"title": "river", "year": 1987}'
+    assert orjson.loads(spoil_json(good, "wrong-type")) == {"title": "river", "year": "1987"}
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(spoil_json(good, "bad-json"))
+    system = {"role": "system", "content": 'JSON Schema:\n{"type": "object"}'}
+    first = [system, {"role": "user", "content": "a"}]
+    again = [*first, {"role": "assistant", "content": "x"}, {"role": "user", "content": "fix"}]
+    assert opening_key("m", first) == opening_key("m", again)
+    assert opening_key("m", first) != opening_key("m", [system, {"role": "user", "content": "b"}])
+    assert schema_in(first) == {"type": "object"}
