@@ -401,3 +401,13 @@ def test_a_marker_in_the_system_text_spoils_each_row_once(sim: SimProcess, tmp_p
     assert requests_sent(sim) - before == 10
     assert table.column("attempts").to_pylist() == [2] * 5
     assert table.column("status").to_pylist() == ["succeeded"] * 5
+
+
+def test_a_pandas_dataframe_in_and_out(sim: SimProcess, tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(topics(4, "frame"))
+    table = gen(frame, sim, tmp_path / "out")
+    back = table.to_pandas()
+    assert list(back["id"]) == [0, 1, 2, 3]
+    assert str(back["year"].dtype) == "int64"
+    assert list(back["status"]) == ["succeeded"] * 4
