@@ -47,7 +47,11 @@ TOOL_LABELS = {
     "openai": "AsyncOpenAI default + Semaphore",
     "litellm": "LiteLLM acompletion + Semaphore",
     "curator": "Bespoke Curator (online)",
+    "generate": "runner generate (ours: + JSON schema check, typed columns; cache off)",
 }
+# Not a peer: `runner generate` on the same engine, measured beside `runner run` when asked
+# for (`--peers generate`); its argv is built by `tool_argv`, not from a script.
+OWN_TOOLS = ("generate",)
 PEER_SCRIPTS = {
     "aiohttp": "aiohttp_loop.py",
     "cookbook": "cookbook.py",
@@ -409,7 +413,36 @@ def _percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+GENERATE_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}, "score": {"type": "integer"}},
+    "required": ["answer", "score"],
+}
+
+
+def generate_input(spec: Path) -> tuple[Path, Path]:
+    """The spec's prompts as an input table (column `q`) and a two-field schema file."""
+    import orjson
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table, schema = spec.with_suffix(".gen.parquet"), spec.with_suffix(".gen.schema.json")
+    if not table.exists() or table.stat().st_mtime < spec.stat().st_mtime:
+        with spec.open("rb") as f:
+            prompts = [orjson.loads(line)["body"]["messages"][0]["content"] for line in f]
+        pq.write_table(pa.table({"q": prompts}), table)
+    schema.write_text(json.dumps(GENERATE_SCHEMA))
+    return table, schema
+
+
 def tool_argv(tool: str, spec: Path, base_url: str, c: int, out: Path) -> list[str]:
+    if tool == "generate":
+        table, schema = generate_input(spec)
+        return [
+            sys.executable, "-m", "runner", "generate", str(table), "--prompt", "{q}",
+            "--schema", str(schema), "--out", str(out), "--provider", "zai",
+            "--base-url", base_url, "--concurrency", str(c), "--no-cache", "--no-progress",
+        ]  # fmt: skip
     if tool == "runner":
         return [
             sys.executable, "-m", "runner", "run", str(spec), "--out", str(out),
@@ -567,7 +600,7 @@ def run_tool(
     run.cpu_s, run.maxrss_mb = done.cpu_s, done.maxrss_mb
     if sim.finished is not None:
         run.sim_cpu_s = sim.finished.cpu_s
-    if tool == "runner":
+    if tool in ("runner", *OWN_TOOLS):
         _runner_rows(out, latency, run)
     else:
         _peer_report(done.stdout, latency, run)

@@ -258,7 +258,7 @@ def summary_md(results: dict[str, list[Run]]) -> list[str]:
             continue
         bare_cpu = "-" if bare is None else f"{bare.cpu_us:,.0f} ({_fmt(bare.net_cpu_us, ',.0f')})"
         lines.append(
-            f"| {key} | {ours.of_ideal:.2f} | {bare.of_ideal if bare else float('nan'):.2f} "
+            f"| {key} | {ours.of_ideal:.2f} | {f'{bare.of_ideal:.2f}' if bare else '-'} "
             f"| {ours.cpu_us:,.0f} ({_fmt(ours.net_cpu_us, ',.0f')}) "
             f"| {bare_cpu} "
             f"| {ours.proc_wall_s:.1f} | {_fmt(ours.p99_added_ms, '.0f')} |"

@@ -213,6 +213,9 @@ def available_peers(names: str) -> list[str]:
     wanted = PEER_NAMES if names == "all" else [] if names == "none" else names.split(",")
     tools = []
     for name in wanted:
+        if name in harness.OWN_TOOLS:
+            tools.append(name)
+            continue
         if name not in PEER_SCRIPTS:
             raise SystemExit(f"unknown peer {name!r}; choose from {', '.join(PEER_NAMES)}")
         if name in ("openai", "litellm") and importlib.util.find_spec(name) is None:

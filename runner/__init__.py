@@ -16,6 +16,7 @@ from .errors import (
     RunnerError,
     UsageError,
 )
+from .generate import agenerate, generate
 from .job import JobResult, run_job
 from .settings import RetryConfig, Settings
 
@@ -34,5 +35,7 @@ __all__ = [
     "RunnerError",
     "Settings",
     "UsageError",
+    "agenerate",
+    "generate",
     "run_job",
 ]

@@ -27,6 +27,8 @@ from .cost import NANO, format_cost, load_prices
 from .errors import CheckpointError, RunnerError, UsageError, redact
 from .estimate import DEFAULT_OUTPUT_TOKENS, estimate_spec, render, transport_tokenizer
 from .export import write_results_jsonl, write_results_parquet
+from .generate import generate as run_generate
+from .generate import summary_of
 from .http import make_transport
 from .job import EXIT_STOPPED, EXIT_USAGE, checkpoint_path, run_job
 from .lifecycle import results_path
@@ -219,12 +221,119 @@ def run(spec: Path, **opts: Any) -> None:
     _execute(Settings(spec=Path(spec), **values))
 
 
+def _text_or_file(value: str | None, flag: str) -> str | None:
+    """TEXT, or @FILE for the text of FILE."""
+    if value is None or not value.startswith("@"):
+        return value
+    try:
+        return Path(value[1:]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {value[1:]}: {exc}", param_hint=flag) from None
+
+
+@cli.command()
+@click.argument("input", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--prompt", required=True, help="Template over the columns, or @FILE.")
+@click.option("--out", "-o", type=PathArg, required=True, help="Job folder; output.parquet.")
+@click.option("--schema", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON Schema file for the answers (their fields become columns).")  # fmt: skip
+@click.option("--system", help="System message, or @FILE.")
+@click.option("--model", help="Model (default glm-4.5-air on zai, zhipu and sim).")
+@click.option("--cache/--no-cache", default=True, show_default=True,
+              help="Reuse answers to identical requests from any earlier job.")  # fmt: skip
+@click.option("--cache-dir", type=PathArg, help="Cache folder (default: user cache folder).")
+@click.option("--max-reasks", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Ask again this often when an answer does not match the schema.")  # fmt: skip
+@click.option("--provider", default="zai", help="Provider (default: zai).")
+@click.option(
+    "--providers",
+    "providers_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar=PROVIDERS_ENV,
+    help=f"TOML file of extra providers (or ${PROVIDERS_ENV}).",
+)
+@click.option("--base-url", help="Override the provider's base URL.")
+@click.option(
+    "--tier",
+    type=click.Choice(["V0", "V1", "V2", "V3"], case_sensitive=False),
+    help="The account's tier, which sets the model's in-flight cap (text: V0 50 ... V3 500).",
+)
+@click.option("--concurrency", type=click.IntRange(min=1), help="In-flight cap.")
+@click.option("--max-cost", help="Stop sending before spent cost could pass this amount.")
+@click.option("--force", is_flag=True, help="Resume even if the requests changed.")
+@click.option("--no-progress", is_flag=True, default=False, help="No live progress display.")
+@click.option("--transport", type=click.Choice(["fast", "httpx"]), help="HTTP transport.")
+@click.option("--timeout", type=float, help="Seconds to wait for one answer (default 300).")
+def generate(input: Path, **opts: Any) -> None:
+    """Map --prompt over the rows of INPUT (Parquet, JSONL, CSV) into OUT/output.parquet."""
+    response_format = None
+    if opts["schema"] is not None:
+        try:
+            response_format = json.loads(opts["schema"].read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"not a JSON file: {exc}", param_hint="--schema") from None
+    model = opts["model"]
+    if model is None:
+        if opts["provider"] not in ("zai", "zhipu", "sim"):
+            raise click.UsageError(f"--model is required for provider {opts['provider']!r}")
+        model = "glm-4.5-air"
+    options: dict[str, Any] = {}
+    for name, setting in (
+        ("providers_file", "providers_file"),
+        ("transport", "transport"),
+        ("timeout", "request_timeout"),
+    ):
+        if opts[name] is not None:
+            options[setting] = opts[name]
+    try:
+        table = run_generate(
+            input,
+            prompt=_text_or_file(opts["prompt"], "--prompt"),
+            model=model,
+            out=opts["out"],
+            response_format=response_format,
+            system=_text_or_file(opts["system"], "--system"),
+            provider=opts["provider"],
+            base_url=opts["base_url"],
+            concurrency=opts["concurrency"],
+            tier=opts["tier"],
+            max_cost=opts["max_cost"],
+            cache=opts["cache"],
+            cache_dir=opts["cache_dir"],
+            max_reasks=opts["max_reasks"],
+            progress=not opts["no_progress"],
+            force=opts["force"],
+            **options,
+        )
+    except (UsageError, CheckpointError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except RunnerError as exc:
+        key_env = get_provider(opts["provider"], opts["providers_file"]).key_env
+        click.echo(f"error: {redact(str(exc), os.environ.get(key_env, ''))}", err=True)
+        sys.exit(EXIT_STOPPED)
+    try:
+        info = get_provider(opts["provider"], opts["providers_file"])
+        currency = load_prices(info.price_table).currency
+    except UsageError:
+        currency = "USD"
+    text, failed = summary_of(table, currency)
+    # The counts and where the table is go to stdout (what a script reads), as for run.
+    click.echo(f"{text}\nresults: {opts['out'] / 'output.parquet'}")
+    sys.exit(1 if failed else 0)
+
+
 @cli.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--no-progress", is_flag=True, default=False, help="No live progress display.")
 @click.option("--force", is_flag=True, default=False, help="Resume even if the spec changed.")
 def resume(out: Path, no_progress: bool, force: bool) -> None:
     """Resume the job in OUT with the settings it was started with."""
+    if (out / "generate.json").exists():
+        raise click.UsageError(
+            f"{out} holds a `runner generate` job: run the same `runner generate` command "
+            "(or call generate() with the same out) again to resume it"
+        )
     try:
         store = Store(checkpoint_path(out), create=False)
         job = store.job()

@@ -66,11 +66,18 @@ class Budget:
         limit = None if max_cost is None else int(max_cost * NANO)
         return cls(limit, spent_nano=spent_nano)
 
-    def admit(self, worst: int, control: Control, what: str = "rows") -> bool:
-        """Reserve `worst` for one more request, or stop the job: it could pass the limit."""
+    def reserve(self, worst: int) -> bool:
+        """Reserve `worst` for one more request if the limit allows it."""
         if self.limit_nano is None:
             return True
         if self.spent_nano + self.reserved_nano + worst > self.limit_nano:
+            return False
+        self.reserved_nano += worst
+        return True
+
+    def admit(self, worst: int, control: Control, what: str = "rows") -> bool:
+        """Reserve `worst` for one more request, or stop the job: it could pass the limit."""
+        if not self.reserve(worst):
             control.stop(
                 BudgetExceeded(
                     f"stopped: the next {what} could pass --max-cost "
@@ -78,7 +85,6 @@ class Budget:
                 )
             )
             return False
-        self.reserved_nano += worst
         return True
 
     def hold(self, worst: int) -> None:

@@ -8,6 +8,7 @@ out as one CheckpointError whatever task hit it. How a run begins and ends is li
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 import anyio
 
@@ -24,6 +25,7 @@ from .lifecycle import (
     folder_lock,
 )
 from .online import run_online
+from .pool import Lanes
 from .settings import Settings
 from .spec import SpecError, spec_fingerprint, validate_spec
 from .store import Store, advice
@@ -40,9 +42,17 @@ __all__ = [
 
 
 async def run_job(
-    settings: Settings, *, handle_signals: bool = True, grace: float = 30.0
+    settings: Settings,
+    *,
+    handle_signals: bool = True,
+    grace: float = 30.0,
+    lanes: Callable[..., Lanes] = Lanes,
 ) -> JobResult:
-    """Run (or resume) a job; the exit code follows the CLI contract (0/1/2/3)."""
+    """Run (or resume) a job; the exit code follows the CLI contract (0/1/2/3).
+
+    `lanes` builds the online worker pool; `generate.py` passes a subclass that checks
+    each answer (and may ask again) before the row's outcome goes to the writer.
+    """
     spec = settings.spec
     defaults = settings.spec_defaults()
     try:
@@ -61,13 +71,17 @@ async def run_job(
         raise UsageError(f"cannot read spec {spec}: {exc}") from exc
     if settings.mode not in ("online", "batch"):
         raise UsageError(f"unknown mode {settings.mode!r}: use 'online' or 'batch'")
-    run_mode = run_batch if settings.mode == "batch" else run_online
     with folder_lock(settings.out):
         store = Store(checkpoint_path(settings.out))
         try:
-            return await run_mode(
-                settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace
-            )
+            if settings.mode == "batch":
+                return await run_batch(
+                    settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace
+                )
+            return await run_online(
+                settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace,
+                make_lanes=lanes,
+            )  # fmt: skip
         except sqlite3.DatabaseError as exc:
             path = checkpoint_path(settings.out)
             raise CheckpointError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -36,6 +37,7 @@ async def run_online(
     *,
     handle_signals: bool,
     grace: float,
+    make_lanes: Callable[..., Lanes] = Lanes,
 ) -> JobResult:
     async with open_run(
         settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace
@@ -67,7 +69,7 @@ async def run_online(
                 # Pollers run in lanes_tg, so the job waits for them; the downloader in
                 # `tasks` closes only after they are done.
                 async with tasks, anyio.create_task_group() as lanes_tg:
-                    lanes = Lanes(ctx, results_send, lanes_tg, submit_task=tasks.submit)
+                    lanes = make_lanes(ctx, results_send, lanes_tg, submit_task=tasks.submit)
                     tasks.start(lanes_tg, results_send, open_rows)
                     reader_scope = anyio.CancelScope()
                     control.on_stop(reader_scope.cancel)

@@ -348,7 +348,57 @@ FILES = {
     "videos.jsonl": "`cogvideox-3` from a prompt, and from an image plus a prompt (async task)",
     "mixed.jsonl": "chat on `glm-4.7-flash`, `glm-4.5-air` and `glm-4-plus`, plus `embedding-3`",
     "bad.jsonl": "one row per error kind, listed below; `runner validate` names line and field",
+    "books.parquet": "an input table for `runner generate` (`id`, `topic`, `audience`), with "
+    "`book.schema.json` and `generate_books.py` (below)",
 }
+
+README_GENERATE = """
+## Dataset generation: `books.parquet`
+
+An input table, not a spec: `runner generate` (or `runner.generate()` in Python) maps a prompt
+over its rows. `book.schema.json` is the shape of each answer; its fields become typed columns.
+
+```sh
+runner generate samples/books.parquet --out runs/books --provider sim \\
+  --prompt "Suggest one book about {topic} for {audience}." --schema samples/book.schema.json
+```
+
+`generate_books.py` does the same from Python, with a prompt function and a pydantic model, and
+prints the table (`python samples/generate_books.py`; it serves the simulator itself).
+"""
+
+TOPICS = [
+    ("volcanoes", "children"),
+    ("the history of tea", "adults"),
+    ("sourdough baking", "beginners"),
+    ("black holes", "teenagers"),
+    ("medieval castles", "children"),
+    ("sailing", "beginners"),
+    ("bees", "children"),
+    ("the Roman roads", "adults"),
+    ("chess openings", "club players"),
+    ("rivers of Asia", "teenagers"),
+    ("typography", "designers"),
+    ("glaciers", "adults"),
+]
+BOOK_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string"},
+        "author": {"type": "string"},
+        "year": {"type": "integer"},
+        "pages": {"type": "integer", "minimum": 1},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["title", "author", "year", "pages", "tags"],
+}
+
+
+def generate_files() -> None:
+    rows = [{"id": i, "topic": t, "audience": a} for i, (t, a) in enumerate(TOPICS)]
+    write_parquet("books.parquet", pa.Table.from_pylist(rows))
+    (HERE / "book.schema.json").write_text(json.dumps(BOOK_SCHEMA, indent=2) + "\n")
+
 
 README_BAD = """
 ## `bad.jsonl`, line by line
@@ -373,6 +423,7 @@ def readme() -> None:
     text = README_HEAD + "".join(
         f"| `{n}` | {rows_in(n)} | {what} |\n" for n, what in FILES.items()
     )
+    text += README_GENERATE
     text += README_BAD
     for number, (_, field, shows) in enumerate(BAD_LINES, 1):
         if shows:
@@ -384,4 +435,5 @@ if __name__ == "__main__":
     chat_files()
     other_files()
     bad_file()
+    generate_files()
     readme()

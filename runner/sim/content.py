@@ -26,8 +26,11 @@ __all__ = [
     "complete_chat",
     "embedding",
     "file_bytes",
+    "opening_key",
     "read_messages",
+    "schema_in",
     "search_results",
+    "spoil_json",
     "tokens",
     "words",
 ]
@@ -225,8 +228,20 @@ def _bound(schema: dict[str, Any], name: str, default: float) -> float:
     return float(value)
 
 
-def _sample(schema: Any, rng: random.Random, depth: int = 0) -> Any:
+def _resolve(schema: Any, root: Any) -> Any:
+    """Follow a local ``$ref`` (``#/$defs/X``, as pydantic writes nested models) once."""
+    ref = schema.get("$ref") if isinstance(schema, dict) else None
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        return schema
+    node = root
+    for part in ref[2:].split("/"):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else schema
+
+
+def _sample(schema: Any, rng: random.Random, depth: int = 0, root: Any = None) -> Any:
     """A value that fits a (simple) JSON Schema: enough to give tool calls real arguments."""
+    schema = _resolve(schema, root)
     if not isinstance(schema, dict) or depth > 8:
         return "value"
     if "const" in schema:
@@ -237,18 +252,20 @@ def _sample(schema: Any, rng: random.Random, depth: int = 0) -> Any:
     for combo in ("anyOf", "oneOf", "allOf"):
         options = schema.get(combo)
         if isinstance(options, list) and options:
-            return _sample(options[0], rng, depth + 1)
+            return _sample(options[0], rng, depth + 1, root)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
+    if kind == "string" and schema.get("format") in _FORMATS:
+        return _FORMATS[schema["format"]]
     if kind == "object" or (kind is None and "properties" in schema):
         props = schema.get("properties")
         if not isinstance(props, dict):
             return {}
-        return {str(k): _sample(v, rng, depth + 1) for k, v in props.items()}
+        return {str(k): _sample(v, rng, depth + 1, root) for k, v in props.items()}
     if kind == "array":
         size = min(3, max(1, int(_bound(schema, "minItems", 1))))
-        return [_sample(schema.get("items"), rng, depth + 1) for _ in range(size)]
+        return [_sample(schema.get("items"), rng, depth + 1, root) for _ in range(size)]
     if kind == "integer":
         low = math.ceil(_bound(schema, "minimum", 0))
         high = max(low, math.floor(_bound(schema, "maximum", low + 100)))
@@ -262,6 +279,80 @@ def _sample(schema: Any, rng: random.Random, depth: int = 0) -> Any:
     if kind == "null":
         return None
     return _VOCAB[rng.randrange(64)]
+
+
+_FORMATS = {"date": "2025-01-31", "date-time": "2025-01-31T12:00:00Z", "email": "a@example.com"}
+_SCHEMA_HINT = "JSON Schema"
+
+
+def schema_in(messages: Any) -> dict[str, Any] | None:
+    """The JSON Schema a client put in its system message, if any (the model follows it).
+
+    A client asking for ``json_object`` output says what shape it wants in the prompt; the
+    simulated model reads the first system text that mentions a JSON Schema and parses the
+    outermost ``{...}`` in it.
+    """
+    if not isinstance(messages, list):
+        return None
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "system":
+            continue
+        text = message.get("content")
+        if not isinstance(text, str) or _SCHEMA_HINT not in text:
+            continue
+        start, end = text.find("{"), text.rfind("}")
+        if start < 0 or end < start:
+            continue
+        try:
+            schema = orjson.loads(text[start : end + 1])
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(schema, dict):
+            return schema
+    return None
+
+
+def opening_key(model: str, messages: Any) -> bytes:
+    """A conversation's identity: the model and its messages up to the first user message.
+
+    A client that asks again appends the bad answer and a correction after the opening, so
+    the retry keeps the key; two rows with different prompts never share one, even when a
+    marker sits in a system text that every row shares.
+    """
+    opening: list[Any] = []
+    for message in messages if isinstance(messages, list) else []:
+        opening.append(message)
+        if isinstance(message, dict) and message.get("role") == "user":
+            break
+    raw = orjson.dumps([model, opening], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def spoil_json(text: str, how: str) -> str:
+    """A JSON answer gone wrong the way models get it wrong: cut short, or a field mistyped.
+
+    ``how`` is ``bad-json`` (the closing brace is missing) or ``wrong-type`` (the first
+    number or boolean becomes a string; with none, the first string becomes a number).
+    """
+    if how == "bad-json":
+        return text.rstrip().removesuffix("}") or "{"
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    if not isinstance(value, dict) or not value:
+        return orjson.dumps(["not", "an", "object"]).decode()
+    for key, item in value.items():
+        if isinstance(item, bool | int | float):
+            value[key] = str(item).lower()
+            return orjson.dumps(value).decode()
+    for key, item in value.items():
+        if isinstance(item, str):
+            value[key] = 12345
+            return orjson.dumps(value).decode()
+    key = next(iter(value))
+    value[key] = 12345 if not isinstance(value[key], int | float) else "wrong"
+    return orjson.dumps(value).decode()
 
 
 def _function_tools(tools: Any) -> list[dict[str, Any]]:
@@ -302,7 +393,8 @@ def complete_chat(
     if functions and last_role != "tool":
         rng = random.Random(digest)
         function = functions[digest[2] % len(functions)]
-        arguments = orjson.dumps(_sample(function.get("parameters"), rng)).decode()
+        params = function.get("parameters")
+        arguments = orjson.dumps(_sample(params, rng, root=params)).decode()
         cost = tokens(function["name"]) + tokens(arguments)
         if remaining is None or cost <= remaining:
             message["content"] = None
@@ -317,13 +409,17 @@ def complete_chat(
             return Completion(message, "tool_calls", used + cost, reasoning_tokens)
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
-        text = orjson.dumps(
-            {
-                "answer": words(digest, 6 + digest[0] % 10),
-                "score": digest[3] % 100,
-                "tags": words(digest + b"tags", 3).split(),
-            }
-        ).decode()
+        schema = schema_in(body.get("messages"))
+        if schema is not None:
+            text = orjson.dumps(_sample(schema, random.Random(digest), root=schema)).decode()
+        else:
+            text = orjson.dumps(
+                {
+                    "answer": words(digest, 6 + digest[0] % 10),
+                    "score": digest[3] % 100,
+                    "tags": words(digest + b"tags", 3).split(),
+                }
+            ).decode()
     else:
         sentence = words(digest, 12 + digest[0] % 36)
         text = sentence[:1].upper() + sentence[1:] + "."

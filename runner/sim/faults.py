@@ -33,6 +33,10 @@ class Markers:
     code: int | None = None
     task_fail: bool = False
     sensitive: bool = False
+    # ``bad-json-once`` / ``wrong-type-once``: the first JSON answer to a conversation is
+    # spoilt (cut short, or a field mistyped); asked again, the model answers well, as real
+    # models usually do (see ``content.opening_key`` for what "the same conversation" is).
+    spoil_once: str | None = None
 
 
 NO_MARKERS = Markers()
@@ -42,15 +46,21 @@ def read_markers(texts: list[str]) -> Markers:
     """Parse markers from prompt texts; the first numeric marker decides the error."""
     code: int | None = None
     task_fail = sensitive = False
+    spoil: str | None = None
     for text in texts:
         for name in _MARKER_RE.findall(text):
             if name == "task-fail":
                 task_fail = True
             elif name == "sensitive":
                 sensitive = True
+            elif name in _SPOIL_ONCE and spoil is None:
+                spoil = _SPOIL_ONCE[name]
             elif name.isdigit() and code is None:
                 code = int(name)
-    return Markers(code, task_fail, sensitive)
+    return Markers(code, task_fail, sensitive, spoil)
+
+
+_SPOIL_ONCE = {"bad-json-once": "bad-json", "wrong-type-once": "wrong-type"}
 
 
 class Gate:

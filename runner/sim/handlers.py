@@ -130,13 +130,18 @@ def inspect_chat(body: dict[str, Any]) -> Inspected:
     return Inspected(model, prompt.marked, prompt)
 
 
-def _chat_result(call: Call) -> tuple[dict[str, Any], Bill]:
+def _chat_result(call: Call, state: SimState) -> tuple[dict[str, Any], Bill]:
     """``choices`` and ``usage`` for a chat call, shared by the sync and async forms."""
     prompt = call.prompt
     assert prompt is not None
     done = content.complete_chat(
         call.body, call.digest, prompt.last_role, sensitive=call.markers.sensitive
     )
+    spoil = call.markers.spoil_once
+    text = done.message.get("content")
+    opening = content.opening_key(call.model, call.body.get("messages"))
+    if spoil and isinstance(text, str) and state.first_time(opening):
+        done.message["content"] = content.spoil_json(text, spoil)
     usage = {
         "prompt_tokens": prompt.tokens,
         "completion_tokens": done.completion_tokens,
@@ -150,7 +155,7 @@ def _chat_result(call: Call) -> tuple[dict[str, Any], Bill]:
 
 
 def answer_chat(call: Call, state: SimState) -> Answer:
-    result, bill = _chat_result(call)
+    result, bill = _chat_result(call, state)
     payload = {
         "id": state.new_id(),
         "request_id": call.request_id,
@@ -189,7 +194,7 @@ def _accepted(task: Task) -> dict[str, Any]:
 
 def answer_async_chat(call: Call, state: SimState) -> Answer:
     # The outcome is computed (and billed) at submission; polling only reveals it.
-    result, bill = _chat_result(call)
+    result, bill = _chat_result(call, state)
     task = _submit(call, state, "chat", result)
     return Answer(_accepted(task), None if task.fail else bill)
 

@@ -34,6 +34,8 @@ class SimState:
         # Ids are unique per simulator process: a random instance prefix plus a counter.
         self._id_prefix = os.urandom(4).hex()
         self._counter = itertools.count(1)
+        # Prompts whose ``*-once`` marker has fired (see ``faults.Markers.spoil_once``).
+        self._spoilt: set[bytes] = set()
 
     @staticmethod
     def _seed_bytes(seed: int) -> bytes:
@@ -41,6 +43,13 @@ class SimState:
 
     def new_id(self) -> str:
         return f"{self._id_prefix}{next(self._counter):012d}"
+
+    def first_time(self, key: bytes) -> bool:
+        """True the first time ``key`` is seen by this simulator, False ever after."""
+        if key in self._spoilt:
+            return False
+        self._spoilt.add(key)
+        return True
 
     def update(self, updates: Mapping[str, Any]) -> SimConfig:
         """Apply knob changes (validated; raises ValueError) and return the new config."""
