@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 
 from runner.progress import Counters
-from runner.timeline import SAMPLES_PER_SECOND, Recorder, ensure_table, write_rows
+from runner.report.timeline import SAMPLES_PER_SECOND, Recorder, ensure_table, write_rows
 
 
 def per_call(fn: object, n: int) -> float:

@@ -16,7 +16,7 @@ from .errors import (
     RunnerError,
     UsageError,
 )
-from .generate import agenerate, generate
+from .generation import agenerate, generate
 from .job import JobResult, run_job
 from .settings import RetryConfig, Settings
 

@@ -27,8 +27,8 @@ from .cost import NANO, format_cost, load_prices
 from .errors import CheckpointError, RunnerError, UsageError, redact
 from .estimate import DEFAULT_OUTPUT_TOKENS, estimate_spec, render, transport_tokenizer
 from .export import write_results_jsonl, write_results_parquet
-from .generate import generate as run_generate
-from .generate import summary_of
+from .generation import generate as run_generate
+from .generation import summary_of
 from .http import make_transport
 from .job import EXIT_STOPPED, EXIT_USAGE, checkpoint_path, run_job
 from .lifecycle import results_path
@@ -474,8 +474,8 @@ def export(out: Path, fmt: str, output: Path) -> None:
 @click.option("-o", "--output", type=PathArg, help="HTML file to write (default OUT/report.html).")
 def report(out: Path, output: Path | None) -> None:
     """Write one self-contained HTML page of the job in OUT: figures, charts, errors."""
-    from .report import write_report
-    from .report_data import load_report
+    from .report.data import load_report
+    from .report.page import write_report
 
     target = output or out / "report.html"
     try:

@@ -50,7 +50,7 @@ async def run_job(
 ) -> JobResult:
     """Run (or resume) a job; the exit code follows the CLI contract (0/1/2/3).
 
-    `lanes` builds the online worker pool; `generate.py` passes a subclass that checks
+    `lanes` builds the online worker pool; `generation/generate.py` passes a subclass that checks
     each answer (and may ask again) before the row's outcome goes to the writer.
     """
     spec = settings.spec

@@ -37,9 +37,9 @@ from .errors import (
 from .export import write_results_parquet
 from .http import Transport, make_transport
 from .progress import Counters, render_loop
+from .report.timeline import record as record_timeline
 from .settings import Settings
 from .store import REOPEN_CODES, Store
-from .timeline import record as record_timeline
 
 __all__ = [
     "CHECKPOINT",

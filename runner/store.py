@@ -9,7 +9,7 @@ thousands of rows per second.
 
 Why one module of about 500 lines: every SQL statement of the checkpoint's job tables lives
 here, next to the schema it depends on, so a change of a table is one file to read; the
-callers see methods, never SQL. (The report's own `timeline` table is timeline.py's.)
+callers see methods, never SQL. (The report's own `timeline` table is report/timeline.py's.)
 """
 
 from __future__ import annotations

@@ -326,7 +326,7 @@ README_HEAD = """\
 
 Small example job specs, written by `python samples/make_samples.py` (edit the script, not the
 files). Check any of them with `runner validate samples/<file>`; a spec is JSONL or Parquet, one
-request per row (see `runner/spec.py`).
+request per row (see `runner/spec/`).
 
 | file | rows | what it shows |
 |---|---|---|

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.answers import OutputSchema
 from runner.errors import UsageError
-from runner.prompts import PromptBuilder, RowProblem
+from runner.generation.answers import OutputSchema
+from runner.generation.prompts import PromptBuilder, RowProblem
 
 RICH = {
     "type": "object",
@@ -105,7 +105,7 @@ def test_bad_schemas_and_templates_are_refused_up_front() -> None:
 
 
 def test_rows_that_cannot_form_a_table_are_named() -> None:
-    from runner.sources import open_source
+    from runner.generation.sources import open_source
 
     rows: list[dict[str, Any]] = [{"id": 1, "t": "a"}, {"id": 2.5, "t": "b"}, {"id": "x", "t": 3}]
     with pytest.raises(UsageError, match=r"row 2, column 'id': str 'x'"):

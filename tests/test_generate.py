@@ -19,8 +19,8 @@ import pytest
 from simproc import SimProcess
 
 import runner
-from runner.cache import ResponseCache
 from runner.errors import JobStopped, UsageError
+from runner.generation.cache import ResponseCache
 from runner.sim import SimConfig, Simulator
 
 KEY = "test-key-7f3a9c2e.SECRETPART"

@@ -21,8 +21,8 @@ from simproc import SimProcess
 
 from runner.cli import cli
 from runner.progress import Counters
-from runner.report_data import load_report, percentile
-from runner.timeline import Recorder
+from runner.report.data import load_report, percentile
+from runner.report.timeline import Recorder
 
 KEY = "report-test-key-5b1c9e"
 SENSITIVE = {7, 111, 222, 333, 444, 555, 666, 777, 888, 999}

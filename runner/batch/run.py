@@ -1,6 +1,6 @@
 """`--mode batch`: the job's rows through the provider's server-side Batch API, at half price.
 
-The job plans its rows into JSONL files (batch_files.py), then drives each file through
+The job plans its rows into JSONL files (files.py), then drives each file through
 upload → create → poll → download → merge, committing every step to the checkpoint's
 `batches` table before going on:
 

@@ -13,7 +13,7 @@ import string
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["PromptBuilder", "RowProblem"]
 

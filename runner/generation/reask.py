@@ -19,15 +19,15 @@ from typing import Any
 import anyio
 import orjson
 
+from ..control import Stopping
+from ..cost import Usage
+from ..endpoints import Parsed, parse_success
+from ..errors import FatalAPIError, RequestFailed, RetryableError, RowError
+from ..outcome import Outcome, outcome_for
+from ..pool import Lane, Lanes
+from ..spec import Request
 from .answers import OutputSchema
 from .cache import ResponseCache, cache_key
-from .control import Stopping
-from .cost import Usage
-from .endpoints import Parsed, parse_success
-from .errors import FatalAPIError, RequestFailed, RetryableError, RowError
-from .outcome import Outcome, outcome_for
-from .pool import Lane, Lanes
-from .spec import Request
 
 __all__ = ["PROBLEM_KEY", "Asking", "CheckedLanes", "answer_text"]
 

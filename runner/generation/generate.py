@@ -35,17 +35,17 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..cost import NANO, format_cost
+from ..errors import JobStopped, UsageError
+from ..job import EXIT_STOPPED, checkpoint_path, run_job
+from ..settings import Secret, Settings
+from ..spec import spec_fingerprint
+from ..store import Store
 from .answers import OutputSchema
 from .cache import ResponseCache, default_cache_dir
-from .cost import NANO, format_cost
-from .errors import JobStopped, UsageError
-from .job import EXIT_STOPPED, checkpoint_path, run_job
 from .prompts import PromptBuilder, RowProblem
 from .reask import PROBLEM_KEY, Asking, CheckedLanes, answer_text
-from .settings import Secret, Settings
 from .sources import Source, open_source
-from .spec import spec_fingerprint
-from .store import Store
 
 __all__ = ["META_COLUMNS", "agenerate", "generate", "summary_of"]
 

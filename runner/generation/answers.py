@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["OutputSchema"]
 

@@ -21,10 +21,10 @@ from urllib.parse import quote
 
 import orjson
 
+from ..errors import CheckpointError, UsageError
+from ..settings import Settings
+from ..spec import ASYNC_ENDPOINTS
 from . import timeline
-from .errors import CheckpointError, UsageError
-from .settings import Settings
-from .spec import ASYNC_ENDPOINTS
 
 __all__ = ["LIVE_SECONDS", "MAX_POINTS", "load_report", "percentile"]
 

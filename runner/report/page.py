@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from .cost import NANO
+from ..cost import NANO
 
 __all__ = ["render_report", "write_report"]
 
@@ -32,7 +32,7 @@ def _asset(name: str) -> str:
 
 
 def write_report(data: dict[str, Any], target: Path, *, currency: str) -> int:
-    """Write the page of `data` (from `report_data.load_report`); its size in bytes."""
+    """Write the page of `data` (from `data.load_report`); its size in bytes."""
     page = render_report(data, currency=currency).encode("utf-8")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")

@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from .progress import Counters
+from ..progress import Counters
 
 __all__ = ["COLUMNS", "TABLE", "Recorder", "ensure_table", "record"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["Source", "open_source"]
 
