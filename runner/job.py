@@ -20,6 +20,7 @@ from .lifecycle import (
     EXIT_STOPPED,
     EXIT_USAGE,
     JobResult,
+    JobStart,
     checkpoint_path,
     count_rows,
     folder_lock,
@@ -74,14 +75,10 @@ async def run_job(
     with folder_lock(settings.out):
         store = Store(checkpoint_path(settings.out))
         try:
+            start = JobStart(settings, store, fingerprint, total, handle_signals, grace)
             if settings.mode == "batch":
-                return await run_batch(
-                    settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace
-                )
-            return await run_online(
-                settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace,
-                make_lanes=lanes,
-            )  # fmt: skip
+                return await run_batch(start)
+            return await run_online(start, make_lanes=lanes)
         except sqlite3.DatabaseError as exc:
             path = checkpoint_path(settings.out)
             raise CheckpointError(

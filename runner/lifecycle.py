@@ -49,6 +49,7 @@ __all__ = [
     "EXIT_USAGE",
     "RESULTS",
     "JobResult",
+    "JobStart",
     "Run",
     "checkpoint_path",
     "close_run",
@@ -203,6 +204,18 @@ async def _watch_grace(control: Control, scope: anyio.CancelScope, grace: float)
     scope.cancel()
 
 
+@dataclass(frozen=True, slots=True)
+class JobStart:
+    """What `run_job` hands a mode: the job, its open checkpoint, and how it may stop."""
+
+    settings: Settings
+    store: Store
+    fingerprint: str  # of the spec, checked against the checkpoint's
+    total: int  # rows in the spec
+    handle_signals: bool = True
+    grace: float = 30.0  # seconds the requests in flight get after a stop
+
+
 @dataclass
 class Run:
     """One run of a job, as `open_run` gives it to a mode."""
@@ -223,17 +236,10 @@ class Run:
 
 
 @contextlib.asynccontextmanager
-async def open_run(
-    settings: Settings,
-    store: Store,
-    fingerprint: str,
-    total: int,
-    *,
-    handle_signals: bool,
-    grace: float,
-) -> AsyncIterator[Run]:
+async def open_run(start: JobStart) -> AsyncIterator[Run]:
     """Begin a run of the job: everything a mode needs, closed again when it is done."""
-    job_id, prices = _begin_job(store, settings, fingerprint, total)
+    settings, store, total, grace = start.settings, start.store, start.total, start.grace
+    job_id, prices = _begin_job(store, settings, start.fingerprint, total)
     counters = Counters(total=total, currency=prices.currency)
     control = Control()
     budget = Budget.for_job(settings.max_cost, store.summary()["cost_nano"])
@@ -249,7 +255,7 @@ async def open_run(
         if live.progress:
             outer.start_soon(render_loop, counters)
         work_scope = anyio.CancelScope()
-        if handle_signals:
+        if start.handle_signals:
             outer.start_soon(_watch_signals, control, work_scope, grace)
         outer.start_soon(_watch_grace, control, work_scope, grace)
         store_lock = anyio.CapacityLimiter(1)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .lifecycle import JobResult, close_run, open_run
+from .lifecycle import JobResult, JobStart, close_run, open_run
 from .outcome import Outcome, invalid_outcome
 from .pool import JobContext, Lanes
 from .progress import Counters
@@ -29,19 +29,9 @@ from .tasks import Tasks, prepare_resume
 __all__ = ["run_online"]
 
 
-async def run_online(
-    settings: Settings,
-    store: Store,
-    fingerprint: str,
-    total: int,
-    *,
-    handle_signals: bool,
-    grace: float,
-    make_lanes: Callable[..., Lanes] = Lanes,
-) -> JobResult:
-    async with open_run(
-        settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace
-    ) as run:
+async def run_online(start: JobStart, make_lanes: Callable[..., Lanes] = Lanes) -> JobResult:
+    store, total = start.store, start.total
+    async with open_run(start) as run:
         async with run.store_lock:  # the timeline may be writing already
             # Async tasks from earlier runs: 'submitting' ones fail as submit_unknown, the
             # rest are polled again; the reader must not send any of them.

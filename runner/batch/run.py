@@ -43,7 +43,7 @@ from ..cost import PriceTable
 from ..endpoints import raise_for_answer
 from ..errors import FatalAPIError, RetryableError, RunnerError, TransportFatal
 from ..http import ConnectionDropped, Response, Transport, make_client, transport_error
-from ..lifecycle import JobResult, close_run, open_run
+from ..lifecycle import JobResult, JobStart, close_run, open_run
 from ..online import run_online
 from ..outcome import Outcome
 from ..progress import Counters
@@ -352,20 +352,11 @@ class _Driver:
         return cost
 
 
-async def run_batch(
-    settings: Settings,
-    store: Store,
-    fingerprint: str,
-    total: int,
-    *,
-    handle_signals: bool,
-    grace: float,
-) -> JobResult:
+async def run_batch(start: JobStart) -> JobResult:
     """Run (or resume) a job in batch mode; the exit code follows the CLI contract."""
+    settings, store, total = start.settings, start.store, start.total
     plan = None
-    async with open_run(
-        settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace
-    ) as run:
+    async with open_run(start) as run:
         live, counters, control = run.settings, run.counters, run.control
         async with run.store_lock:  # the timeline may be writing already
             done = store.done_bitmap(total)
@@ -397,9 +388,7 @@ async def run_batch(
             store.discard(seqs)
         if store.summary()["pending"]:
             store.end_run(run.run_id, "batches_merged", "sending the rest online", 0, 0)
-            return await run_online(
-                settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace
-            )
+            return await run_online(start)
     result = await close_run(run)
     notes = []
     if open_batches and control.reason is None:
