@@ -115,7 +115,7 @@ def test_rows_that_cannot_form_a_table_are_named() -> None:
 
 
 def test_the_simulator_spoils_json_the_way_models_do() -> None:
-    from runner.sim.content import opening_key, schema_in, spoil_json
+    from runner.sim.structured import opening_key, schema_in, spoil_json
 
     good = '{"title": "river", "year": 1987}'
     assert orjson.loads(spoil_json(good, "wrong-type")) == {"title": "river", "year": "1987"}

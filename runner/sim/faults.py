@@ -35,7 +35,7 @@ class Markers:
     sensitive: bool = False
     # ``bad-json-once`` / ``wrong-type-once``: the first JSON answer to a conversation is
     # spoilt (cut short, or a field mistyped); asked again, the model answers well, as real
-    # models usually do (see ``content.opening_key`` for what "the same conversation" is).
+    # models usually do (see ``structured.opening_key`` for what "the same conversation" is).
     spoil_once: str | None = None
 
 

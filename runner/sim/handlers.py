@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from runner.sim import content
+from runner.sim import content, structured
 from runner.sim.errors import ApiError
 from runner.sim.faults import Markers
 from runner.sim.ledger import Bill
@@ -139,9 +139,9 @@ def _chat_result(call: Call, state: SimState) -> tuple[dict[str, Any], Bill]:
     )
     spoil = call.markers.spoil_once
     text = done.message.get("content")
-    opening = content.opening_key(call.model, call.body.get("messages"))
+    opening = structured.opening_key(call.model, call.body.get("messages"))
     if spoil and isinstance(text, str) and state.first_time(opening):
-        done.message["content"] = content.spoil_json(text, spoil)
+        done.message["content"] = structured.spoil_json(text, spoil)
     usage = {
         "prompt_tokens": prompt.tokens,
         "completion_tokens": done.completion_tokens,
