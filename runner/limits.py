@@ -1,15 +1,15 @@
 """The account tier as a limiter that gives way under 429s and grows back after them.
 
-An anyio CapacityLimiter whose `total_tokens` is adjusted once per window of answers
-(at least half a second and a round of `current` answers): lowering it makes new
-acquisitions wait, raising it wakes waiters. Decisions look at the *fraction* of 429s in
-the window, not at single 429s, because the two kinds mean different things:
+A count of slots whose size is adjusted once per window of answers (at least half a
+second and a round of `current` answers): lowering it makes new acquisitions wait,
+raising it wakes waiters. Decisions look at the *fraction* of 429s in the window, not at
+single 429s, because the two kinds mean different things:
 
 - 1302 (or a bare 429) says we are over the account's concurrency. Shrink in proportion
   to the overshoot and remember the level that was refused as a *ceiling*: the fewest
   requests we had on the wire when a 1302 came back (not the limiter's level, which may
-  have been lowered while older requests were still out); grow back by
-  an eighth per quiet window up to one slot below it and hold there. Touching the ceiling
+  have been lowered while older requests were still out); grow back by an eighth per
+  quiet window up to one slot below it and hold there. Touching the ceiling
   again is a *probe*: it costs a few 429s, so it waits `PROBE_FIRST` seconds, and each time
   the same ceiling refuses again the wait doubles (up to `PROBE_MAX`). A refusal below
   the ceiling is a new, lower ceiling (its wait starts again); a probe that passes a whole
@@ -21,16 +21,27 @@ the window, not at single 429s, because the two kinds mean different things:
   random refusals don't stop when we slow down; a quieter window grows it back by an
   eighth, so half the cap is regained in about six windows (three seconds).
 
+The slots themselves are a small counter with a queue of waiters (`_Slots`), not anyio's
+CapacityLimiter: a lane keeps a quarter more workers than slots, so every row waits for a
+slot once, and at 2,000 in flight anyio's wait (a cancellation checkpoint that looks up
+the current task and walks its scopes, then an Event) took about a quarter of the job's
+profile samples (bench/profile_run.py). Waiting on a bare future is cancellable by anyio's
+scopes like any await on asyncio, which is the only backend the runner uses.
+
 The clock is injectable so the policy is tested step by step, without sleeping.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 
 import anyio
+from anyio.lowlevel import checkpoint
 
 __all__ = ["PROBE_FIRST", "PROBE_MAX", "AdaptiveLimiter"]
 
@@ -42,8 +53,63 @@ PROBE_FIRST = 15.0
 PROBE_MAX = 300.0
 
 
+class _Slots:
+    """At most `total` holders; raising `total` (or a release) hands slots to waiters in turn."""
+
+    def __init__(self, total: int) -> None:
+        self._total = total
+        self.in_use = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @total.setter
+    def total(self, value: int) -> None:
+        self._total = value  # lowering it takes nothing back: holders release as they finish
+        self._hand_on()
+
+    def acquire_nowait(self) -> None:
+        if self.in_use >= self._total or self._waiters:
+            raise anyio.WouldBlock
+        self.in_use += 1
+
+    async def acquire(self) -> None:
+        if self.in_use < self._total and not self._waiters:
+            self.in_use += 1
+            await checkpoint()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot, but cancelled before taking it: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self.in_use -= 1
+        self._hand_on()
+
+    def _hand_on(self) -> None:
+        waiters = self._waiters
+        while waiters and self.in_use < self._total:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self.in_use += 1
+                waiter.set_result(None)
+
+
 class AdaptiveLimiter:
-    """A slot per request on the wire, at most `current` of them; `current` moves in [1, cap]."""
+    """A slot per request on the wire, at most `current` of them; `current` moves in [1, cap].
+
+    A holder is whoever acquired (not a task, as in anyio): pool workers acquire and
+    release around one request."""
 
     def __init__(
         self,
@@ -54,8 +120,8 @@ class AdaptiveLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cap = max(1, cap)
-        self._tokens = anyio.CapacityLimiter(self.cap)
-        self.current = self.cap  # mirrors total_tokens: read on every answer
+        self._tokens = _Slots(self.cap)
+        self.current = self.cap  # mirrors the slots' total: read on every answer
         self._window = window
         self._floor = max(1, min(floor, self.cap))
         self._clock = clock
@@ -102,7 +168,7 @@ class AdaptiveLimiter:
         if over_limit:
             self._over += 1
             if in_flight is None:
-                in_flight = int(self._tokens.borrowed_tokens)
+                in_flight = self._tokens.in_use
             self._refused = min(self._refused, max(1, in_flight))
         else:
             self._busy += 1
@@ -139,7 +205,7 @@ class AdaptiveLimiter:
         if new == current:
             return False
         self.current = new
-        self._tokens.total_tokens = new
+        self._tokens.total = new
         return True
 
     def _refused_at(self, level: int, now: float) -> None:

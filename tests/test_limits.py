@@ -8,6 +8,9 @@ benchmark's business (`bench/run_bench.py`, rate-limit mode), not these tests'.
 
 from __future__ import annotations
 
+import anyio
+import pytest
+
 from runner.limits import PROBE_FIRST, PROBE_MAX, AdaptiveLimiter
 
 WINDOW = 0.5
@@ -154,3 +157,46 @@ def test_a_few_busy_429s_cost_nothing_and_a_storm_at_most_half() -> None:
             lim.rate_limited(over_limit=False)
     assert lim.current == 100
     assert lim.ceiling is None  # busy refusals say nothing about the account's limit
+
+
+@pytest.mark.anyio
+async def test_slots_go_to_waiters_in_turn_and_a_cancelled_waiter_gives_way() -> None:
+    lim = AdaptiveLimiter(1)
+    lim.acquire_nowait()
+    got: list[str] = []
+
+    async def waiter(name: str) -> None:
+        async with lim:
+            got.append(name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, "a")
+        async with anyio.create_task_group() as inner:
+            inner.start_soon(waiter, "b")
+            tg.start_soon(waiter, "c")
+            await anyio.wait_all_tasks_blocked()
+            inner.cancel_scope.cancel()  # b leaves the queue before its turn
+        lim.release()
+    assert got == ["a", "c"]
+    lim.acquire_nowait()  # the slot came back
+    lim.release()
+
+
+@pytest.mark.anyio
+async def test_raising_the_limit_wakes_waiters() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(4, clock=clock)
+    lim._tokens.total = 1
+    lim.acquire_nowait()
+    done = anyio.Event()
+
+    async def waiter() -> None:
+        await lim.acquire()
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        assert not done.is_set()
+        lim._tokens.total = 2
+        await done.wait()
