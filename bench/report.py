@@ -244,6 +244,15 @@ def throughput_md(data: dict[str, Any], args: argparse.Namespace, m: dict[str, A
                     for rs in every[key]
                 )
             )
+            lines.append("")
+            lines.append(
+                "CPU µs/req (net), every run: "
+                + "; ".join(
+                    f"{rs[0].tool} "
+                    + " / ".join(f"{r.cpu_us:,.0f} ({_fmt(r.net_cpu_us, ',.0f')})" for r in rs)
+                    for rs in every[key]
+                )
+            )
         lines.append("")
     lines += summary_md(results)
     if getattr(args, "section", "throughput") == "throughput":
