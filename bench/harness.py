@@ -36,6 +36,10 @@ WORK = BENCH / "out"
 CURATOR_PY = BENCH / ".venv-curator" / "bin" / "python"
 API_KEY = "bench.key"
 MODEL = "glm-4.5-air"
+# `--models K` spreads the rows over the first K of these, round robin: C applies per model
+# (the simulator's limit is per key and model, as the platform's tier is), so K x C are in
+# flight.
+MODELS = (MODEL, "glm-4.7-flash", "glm-4.6", "glm-4.5-flash")
 
 # (concurrency C, latency L) of the default run; N rows = 10,000 at C=500, 3,000 at C=50.
 SCENARIOS = [(50, 0.2), (500, 0.2), (50, 1.0), (500, 1.0), (500, 0.5)]
@@ -311,8 +315,9 @@ class Sim:
         return doc
 
 
-def write_spec(path: Path, n: int, tag: str) -> Path:
-    """N chat rows with unique prompts (the simulator counts identical bodies as twice)."""
+def write_spec(path: Path, n: int, tag: str, models: int = 1) -> Path:
+    """N chat rows with unique prompts (the simulator counts identical bodies as twice),
+    over the first `models` of MODELS in turn."""
     import orjson
 
     if path.exists() and path.stat().st_size > 0:
@@ -328,7 +333,7 @@ def write_spec(path: Path, n: int, tag: str) -> Path:
                 "method": "POST",
                 "url": "/v4/chat/completions",
                 "body": {
-                    "model": MODEL,
+                    "model": MODELS[i % models],
                     "messages": [{"role": "user", "content": f"{tag} unique prompt {i}"}],
                     "max_tokens": 16,
                 },
@@ -348,9 +353,10 @@ class Run:
     """The figures of one tool on one fresh simulator."""
 
     tool: str
-    c: int
+    c: int  # per model
     latency: float
     n: int
+    models: int = 1
     ok: int = 0
     failed: int = 0
     rc: int | None = None
@@ -365,6 +371,7 @@ class Run:
     http_429: int = 0
     twice: int | None = None
     peak_in_flight: int = 0
+    peak_by_model: dict[str, int] = field(default_factory=dict)  # the simulator's ledger
     billed: int = 0
     sim_cpu_s: float | None = None
     startup_cpu_s: float | None = None  # CPU of the same tool on a one-row spec
@@ -374,7 +381,7 @@ class Run:
 
     @property
     def ideal_s(self) -> float:
-        return math.ceil(self.n / self.c) * self.latency
+        return math.ceil(self.n / (self.c * self.models)) * self.latency
 
     @property
     def wall_s(self) -> float:
@@ -570,10 +577,11 @@ def run_tool(
     no_pin: bool,
     sim_c: int | None = None,
     ledger_ids: bool = True,
+    models: int = 1,
 ) -> Run:
     """Run one tool to the end against a fresh simulator (limit ``sim_c``, default C)."""
     sim_c = sim_c or c
-    run = Run(tool, sim_c, latency, n)
+    run = Run(tool, sim_c, latency, n, models)
     tag = f"{tool}-c{c}-l{latency}-{time.monotonic_ns()}"
     out = WORK / "jobs" / tag
     shutil.rmtree(out, ignore_errors=True)
@@ -610,6 +618,9 @@ def run_tool(
     run.by_second = bench.get("by_second") or {}
     run.http_429 = int(stats.get("statuses", {}).get("429", 0))
     run.peak_in_flight = int(stats.get("peak_in_flight", 0))
+    for peaks in (stats.get("peak_concurrency") or {}).values():
+        for model, peak in peaks.items():
+            run.peak_by_model[model] = max(peak, run.peak_by_model.get(model, 0))
     run.billed = int(stats.get("billed", {}).get("requests", 0))
     if ledger_ids:
         run.twice = len(stats.get("duplicates", {}).get("fingerprint", []))

@@ -35,10 +35,18 @@ def table(runs: list[Run], title: str) -> list[str]:
             f"| {TOOL_LABELS.get(r.tool, r.tool)} | {r.rate:,.0f} | {r.of_ideal:.2f} "
             f"| {r.wall_s:.2f} | {_fmt(r.p50_added_ms, '.0f')} / {_fmt(r.p99_added_ms, '.0f')} "
             f"| {r.cpu_us:,.0f} ({_fmt(r.net_cpu_us, ',.0f')}) | {r.maxrss_mb:.0f} "
-            f"| {r.peak_in_flight} | {r.http_429} | {_fmt(r.twice, 'd')} | {r.ok} / {r.n}{note} "
+            f"| {_peak(r)} | {r.http_429} | {_fmt(r.twice, 'd')} | {r.ok} / {r.n}{note} "
             f"| {_fmt(r.other_load, '.2f')} |"
         )
     return lines
+
+
+def _peak(r: Run) -> str:
+    """Peak in flight; with several models, also each model's peak from the ledger."""
+    if r.models <= 1 or not r.peak_by_model:
+        return str(r.peak_in_flight)
+    per = " / ".join(str(r.peak_by_model[m]) for m in sorted(r.peak_by_model))
+    return f"{r.peak_in_flight} (per model {per})"
 
 
 def print_table(lines: list[str]) -> None:
@@ -236,6 +244,15 @@ def throughput_md(data: dict[str, Any], args: argparse.Namespace, m: dict[str, A
                     for rs in every[key]
                 )
             )
+            lines.append("")
+            lines.append(
+                "CPU µs/req (net), every run: "
+                + "; ".join(
+                    f"{rs[0].tool} "
+                    + " / ".join(f"{r.cpu_us:,.0f} ({_fmt(r.net_cpu_us, ',.0f')})" for r in rs)
+                    for rs in every[key]
+                )
+            )
         lines.append("")
     lines += summary_md(results)
     if getattr(args, "section", "throughput") == "throughput":
@@ -267,27 +284,29 @@ def summary_md(results: dict[str, list[Run]]) -> list[str]:
 
 
 def converged_after(by_second: dict[str, dict[str, int]], clean: int = 10) -> float | None:
-    """Seconds from the first request to the start of `clean` 1 s windows without a 429.
+    """Seconds from the first request to the first `clean` 1 s windows in a row without a 429.
 
-    None when the job ended before that many clean windows followed the last 429.
+    The limiter still probes its ceiling now and then after that (a few 429s each time);
+    `after_convergence` counts what those cost. None when no such stretch came.
     """
     if not by_second:
         return None
-    last = max(int(k) for k in by_second)
-    bad = [int(k) for k, v in by_second.items() if v.get("429")]
-    if not bad:
-        return 0.0
-    start = max(bad) + 1
-    # The last window is partial; count only whole windows after the last 429.
-    return float(start) if last - start >= clean else None
+    last = max(int(k) for k in by_second)  # the last window is partial
+    run = 0
+    for sec in range(last):
+        run = 0 if by_second.get(str(sec), {}).get("429") else run + 1
+        if run == clean:
+            return float(sec - clean + 1)
+    return None
 
 
-def _steady(by_second: dict[str, dict[str, int]], status: str, skip: int = 10) -> float | None:
-    """Mean count per whole second of one status after the first ``skip`` seconds."""
-    if not by_second:
+def after_convergence(by_second: dict[str, dict[str, int]], status: str) -> float | None:
+    """Mean count per whole second of one status from convergence to the end."""
+    start = converged_after(by_second)
+    if start is None:
         return None
-    last = max(int(k) for k in by_second)  # the last second is partial
-    counts = [by_second.get(str(i), {}).get(status, 0) for i in range(skip, last)]
+    last = max(int(k) for k in by_second)
+    counts = [by_second.get(str(i), {}).get(status, 0) for i in range(int(start), last)]
     return sum(counts) / len(counts) if counts else None
 
 
@@ -300,30 +319,33 @@ def rate_limit_md(data: dict[str, Any], args: argparse.Namespace) -> list[str]:
         f"The simulator's per-key limit is {data['real_c']} (HTTP 429, code 1302 beyond it), "
         f"L = {data['latency']} s, N = {data['n']:,}; the runner is started once with the "
         "tier set too high and once with it right. *Converged* = seconds from the first "
-        "request until ten consecutive 1 s windows without a 429; *steady* = answers and "
-        "429s per second after the first 10 s (ideal "
-        f"{ideal:,.0f} answers/s), from the simulator's per-second counts.",
+        "request to the first ten consecutive 1 s windows without a 429; *after* = 429s "
+        "per second from then to the end (the limiter's rare probes of its ceiling) and "
+        "answers per second then, as a share of the ideal "
+        f"{ideal:,.0f} answers/s; from the simulator's per-second counts.",
         "",
         "| runner configured | of ideal | wall s | 429s | 429s / requests sent "
-        "| converged after s | steady answers/s | steady 429s/s | 429s per second (first 15 s) "
-        "| ok / N | other load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| converged after s | after: 429s/s | after: answers/s (share of ideal) "
+        "| 429s per second (first 15 s) | seconds with a 429 after convergence | ok / N "
+        "| other load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in data["runs"].items():
         conv = converged_after(r.by_second)
         per_sec = [r.by_second.get(str(i), {}).get("429", 0) for i in range(15)]
-        last429 = max((int(k) for k, v in r.by_second.items() if v.get("429")), default=None)
-        conv_txt = (
-            f"{conv:.0f}"
-            if conv is not None
-            else f"never (last 429 at {last429} s of {r.wall_s:.0f} s)"
+        probes = sorted(
+            int(k) for k, v in r.by_second.items() if v.get("429") and int(k) > (conv or 1e9)
         )
+        answers = after_convergence(r.by_second, "200")
+        share = f" ({answers / ideal:.2f})" if answers is not None else ""
         lines.append(
             f"| {label} | {r.of_ideal:.2f} | {r.wall_s:.1f} | {r.http_429:,} "
-            f"| {r.http_429 / max(1, r.billed + r.http_429):.1%} | {conv_txt} "
-            f"| {_fmt(_steady(r.by_second, '200'), ',.0f')} "
-            f"| {_fmt(_steady(r.by_second, '429'), '.1f')} "
-            f"| {' '.join(str(x) for x in per_sec)} | {r.ok} / {r.n} "
+            f"| {r.http_429 / max(1, r.billed + r.http_429):.1%} "
+            f"| {'never' if conv is None else f'{conv:.0f}'} "
+            f"| {_fmt(after_convergence(r.by_second, '429'), '.2f')} "
+            f"| {_fmt(answers, ',.0f')}{share} "
+            f"| {' '.join(str(x) for x in per_sec)} "
+            f"| {' '.join(str(x) for x in probes) or '-'} | {r.ok} / {r.n} "
             f"| {_fmt(r.other_load, '.2f')} |"
         )
     lines.append("")

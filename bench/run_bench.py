@@ -56,6 +56,8 @@ def scenario_rows(c: int, args: argparse.Namespace) -> int:
         return int(args.rows)
     if args.quick:
         return max(6 * c, 300)
+    if c >= 2_000:
+        return 10 * c
     return 10_000 if c >= 500 else max(3_000, 20 * c)
 
 
@@ -90,15 +92,19 @@ def throughput(tools: list[str], args: argparse.Namespace) -> dict[str, Any]:
     costs = startup_costs(tools, args)
     results: dict[str, list[Run]] = {}
     every: dict[str, list[list[Run]]] = {}
+    k = args.models
     for c, latency in args.scenario_list:
-        n = scenario_rows(c, args)
-        spec = write_spec(WORK / f"spec-{n}.jsonl", n, "bench")
-        key = f"C={c}, L={latency:g} s, N={n:,} (ideal {math.ceil(n / c) * latency:.1f} s)"
+        n = scenario_rows(c * k, args)
+        name = f"spec-{n}.jsonl" if k == 1 else f"spec-{n}-m{k}.jsonl"
+        spec = write_spec(WORK / name, n, "bench", models=k)
+        ideal = math.ceil(n / (c * k)) * latency
+        shape = f"C={c}" if k == 1 else f"{k} models × C={c} ({k * c:,} in flight)"
+        key = f"{shape}, L={latency:g} s, N={n:,} (ideal {ideal:.1f} s)"
         print(f"== {key}", flush=True)
         per_tool: list[list[Run]] = [[] for _ in tools]
         for rep in range(args.repeat):
             for i, tool in enumerate(tools):
-                r = measure(args, tool, c, latency, spec, n)
+                r = measure(args, tool, c, latency, spec, n, models=k)
                 r.startup_cpu_s = costs[tool].cpu_s
                 per_tool[i].append(r)
                 print(
@@ -129,7 +135,9 @@ def rate_limit(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"  {label}: {r.of_ideal:.2f} of ideal, {r.http_429} 429s "
             f"({r.http_429 / max(1, r.billed + r.http_429):.1%} of requests), converged after "
-            f"{'never' if conv is None else f'{conv:.0f} s'}{' ⚠ ' + r.note if r.note else ''}",
+            f"{'never' if conv is None else f'{conv:.0f} s'}, then "
+            f"{report.after_convergence(r.by_second, '429') or 0:.2f} 429s/s"
+            f"{' ⚠ ' + r.note if r.note else ''}",
             flush=True,
         )
     return {"runs": runs, "n": n, "latency": latency, "real_c": real_c}
@@ -150,6 +158,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"Comma list from {','.join(PEER_NAMES)}; 'none' runs the runner alone.",
     )
     p.add_argument("--repeat", type=int, default=1, help="Runs per tool and scenario (median).")
+    p.add_argument(
+        "--models",
+        type=int,
+        default=1,
+        help="Spread the rows over this many models (1-4); C is per model, as the tier is.",
+    )
     p.add_argument("--no-rate-limit", action="store_true", help="Skip the rate-limit scenario.")
     p.add_argument("--no-pin", action="store_true", help="Do not pin with taskset.")
     p.add_argument(

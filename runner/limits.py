@@ -1,42 +1,134 @@
 """The account tier as a limiter that gives way under 429s and grows back after them.
 
-An anyio CapacityLimiter whose `total_tokens` is adjusted once per window of answers
-(at least half a second and a round of `current` answers): lowering it makes new
-acquisitions wait, raising it wakes waiters. Decisions look at the *fraction* of 429s in
-the window, not at single 429s, because the two kinds mean different things:
+A count of slots whose size is adjusted once per window of answers (at least half a
+second and a round of `current` answers): lowering it makes new acquisitions wait,
+raising it wakes waiters. Decisions look at the *fraction* of 429s in the window, not at
+single 429s, because the two kinds mean different things:
 
-- 1302 (or a bare 429) says we are over the account's concurrency: shrink in proportion
-  to the overshoot and remember the level, so growth past it is slow (one slot a window).
+- 1302 (or a bare 429) says we are over the account's concurrency. Shrink in proportion
+  to the overshoot and remember the level that was refused as a *ceiling*: the fewest
+  requests we had on the wire when a 1302 came back (not the limiter's level, which may
+  have been lowered while older requests were still out); grow back by an eighth per
+  quiet window up to one slot below it and hold there. Touching the ceiling
+  again is a *probe*: it costs a few 429s, so it waits `PROBE_FIRST` seconds, and each time
+  the same ceiling refuses again the wait doubles (up to `PROBE_MAX`). A refusal below
+  the ceiling is a new, lower ceiling (its wait starts again); a probe that passes a whole
+  window means the limit was raised, so the ceiling is forgotten and growth resumes.
+  Holding below a known ceiling instead of probing it every window is what keeps a job
+  whose real limit sits under its configured tier at well under one 429 a second.
 - 1303 / 1305 / 1312 say the platform is busy: a few percent is noise that must not cost
   throughput; a storm (over 15 %) shrinks the limit, to half the cap at most, since
   random refusals don't stop when we slow down; a quieter window grows it back by an
   eighth, so half the cap is regained in about six windows (three seconds).
+
+The slots themselves are a small counter with a queue of waiters (`_Slots`), not anyio's
+CapacityLimiter: a lane keeps a quarter more workers than slots, so every row waits for a
+slot once, and at 2,000 in flight anyio's wait (a cancellation checkpoint that looks up
+the current task and walks its scopes, then an Event) took about a quarter of the job's
+profile samples (bench/profile_run.py). Waiting on a bare future is cancellable by anyio's
+scopes like any await on asyncio, which is the only backend the runner uses.
+
+The clock is injectable so the policy is tested step by step, without sleeping.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 
 import anyio
+from anyio.lowlevel import checkpoint
 
-__all__ = ["AdaptiveLimiter"]
+__all__ = ["PROBE_FIRST", "PROBE_MAX", "AdaptiveLimiter"]
 
 _STORM = 0.15  # busy-platform 429s above this fraction shrink the limit
 _QUIET = 0.08  # and below this fraction let it grow
+# Seconds to hold one slot under a ceiling before touching it again; doubled per refusal.
+# The first wait is longer than the ten clean seconds that count as converged.
+PROBE_FIRST = 15.0
+PROBE_MAX = 300.0
+
+
+class _Slots:
+    """At most `total` holders; raising `total` (or a release) hands slots to waiters in turn."""
+
+    def __init__(self, total: int) -> None:
+        self._total = total
+        self.in_use = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @total.setter
+    def total(self, value: int) -> None:
+        self._total = value  # lowering it takes nothing back: holders release as they finish
+        self._hand_on()
+
+    def acquire_nowait(self) -> None:
+        if self.in_use >= self._total or self._waiters:
+            raise anyio.WouldBlock
+        self.in_use += 1
+
+    async def acquire(self) -> None:
+        if self.in_use < self._total and not self._waiters:
+            self.in_use += 1
+            await checkpoint()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot, but cancelled before taking it: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self.in_use -= 1
+        self._hand_on()
+
+    def _hand_on(self) -> None:
+        waiters = self._waiters
+        while waiters and self.in_use < self._total:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self.in_use += 1
+                waiter.set_result(None)
 
 
 class AdaptiveLimiter:
-    """A slot per request on the wire, at most `current` of them; `current` moves in [1, cap]."""
+    """A slot per request on the wire, at most `current` of them; `current` moves in [1, cap].
 
-    def __init__(self, cap: int, *, window: float = 0.5, floor: int = 1) -> None:
+    A holder is whoever acquired (not a task, as in anyio): pool workers acquire and
+    release around one request."""
+
+    def __init__(
+        self,
+        cap: int,
+        *,
+        window: float = 0.5,
+        floor: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cap = max(1, cap)
-        self._tokens = anyio.CapacityLimiter(self.cap)
+        self._tokens = _Slots(self.cap)
+        self.current = self.cap  # mirrors the slots' total: read on every answer
         self._window = window
         self._floor = max(1, min(floor, self.cap))
-        self._ceiling: int | None = None  # where 1302s started, if they did
-        self._ceiling_at = 0.0
-        self._reset(time.monotonic())
+        self._clock = clock
+        self.ceiling: int | None = None  # the lowest level refused with 1302, if any
+        self.probe_wait = PROBE_FIRST  # hold under `ceiling` this long before touching it
+        self._probe_at = 0.0
+        self._reset(clock())
         # A moving average of successful requests' latency (capped at 5 s).
         self.typical_latency = 0.0
 
@@ -45,10 +137,7 @@ class AdaptiveLimiter:
         self._ok = 0
         self._busy = 0
         self._over = 0
-
-    @property
-    def current(self) -> int:
-        return int(self._tokens.total_tokens)
+        self._refused = self.cap  # the fewest slots in use at a 1302 in this window
 
     def acquire_nowait(self) -> None:
         """Take a slot if one is free (raises anyio.WouldBlock otherwise) without yielding:
@@ -69,10 +158,18 @@ class AdaptiveLimiter:
     ) -> None:
         self._tokens.release()
 
-    def rate_limited(self, over_limit: bool = True) -> bool:
-        """Note a 429 (`over_limit`: 1302 / bare 429); True when the limit changed."""
+    def rate_limited(self, over_limit: bool = True, in_flight: int | None = None) -> bool:
+        """Note a 429 (`over_limit`: 1302 / bare 429); True when the limit changed.
+
+        `in_flight`: our requests on the wire when it came back, this one included; by
+        default the slots now taken, which is right while the refused request still holds
+        its slot (Lanes.call notes it there).
+        """
         if over_limit:
             self._over += 1
+            if in_flight is None:
+                in_flight = self._tokens.in_use
+            self._refused = min(self._refused, max(1, in_flight))
         else:
             self._busy += 1
         return self._maybe_adjust()
@@ -86,27 +183,53 @@ class AdaptiveLimiter:
         return self._maybe_adjust()
 
     def _maybe_adjust(self) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         answers = self._ok + self._busy + self._over
-        if now - self._start < self._window or answers < min(20, self.current):
-            return False
         current = self.current
+        if now - self._start < self._window or answers < min(20, current):
+            return False
         over, busy = self._over / answers, self._busy / answers
         new = current
         if self._over:
-            self._ceiling, self._ceiling_at = current, now
-            new = int(current * (1 - over / 2))
+            level = self._refused
+            self._refused_at(level, now)
+            if level <= current:  # else they were sent before the last cut: it stands
+                new = min(level - 1, int(level * (1 - over / 2)))
         elif busy > _STORM:
             # Random platform 429s don't fall as we shrink: never give up more than half.
             new = max(self.cap // 2, int(current * (1 - busy / 2)))
         elif busy < _QUIET:
-            # Probe past a known ceiling one slot at a time; forget it after a minute.
-            ceiling = self._ceiling if now - self._ceiling_at < 60 else None
-            step = 1 if ceiling is not None and current >= ceiling - 1 else max(1, current // 8)
-            new = current + step
+            new = self._grown(current, now)
         self._reset(now)
         new = max(self._floor, min(self.cap, new))
         if new == current:
             return False
-        self._tokens.total_tokens = new
+        self.current = new
+        self._tokens.total = new
         return True
+
+    def _refused_at(self, level: int, now: float) -> None:
+        """1302s at `level`: the same ceiling again doubles its wait, a lower one starts anew."""
+        if self.ceiling is not None and level >= self.ceiling:
+            if now < self._probe_at:
+                return  # late answers to the probe already counted
+            self.probe_wait = min(PROBE_MAX, self.probe_wait * 2)
+        else:
+            self.ceiling = level
+            self.probe_wait = PROBE_FIRST
+        self._probe_at = now + self.probe_wait
+
+    def _grown(self, current: int, now: float) -> int:
+        """The level after a quiet window: an eighth more, but hold below a known ceiling."""
+        step = max(1, current // 8)
+        ceiling = self.ceiling
+        if ceiling is None:
+            return current + step
+        if current >= ceiling:
+            # A whole quiet window at the ceiling: the limit was raised. Grow freely again.
+            self.ceiling = None
+            self.probe_wait = PROBE_FIRST
+            return current + step
+        if current < ceiling - 1:
+            return min(ceiling - 1, current + step)
+        return ceiling if now >= self._probe_at else current

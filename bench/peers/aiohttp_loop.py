@@ -1,6 +1,8 @@
 """Bare aiohttp loop: Semaphore(C) and TCPConnector(limit=C); no checkpoint, no retry.
 
-The reference of PEERS.md: the least a client can do per request on asyncio.
+The reference of PEERS.md: the least a client can do per request on asyncio. A spec over
+several models gets a Semaphore(C) per model and a connector of C per model, since the
+platform's tier (and the simulator's limit) is per key and model.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ async def main() -> None:
     report = Report("aiohttp")
     url = args.base_url.rstrip("/") + "/chat/completions"
     headers = {"Authorization": f"Bearer {args.api_key}", "Content-Type": "application/json"}
-    sem = asyncio.Semaphore(args.concurrency)
-    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    bodies = [body for _, body in read_spec(args.spec)]
+    sems = {str(b["model"]): asyncio.Semaphore(args.concurrency) for b in bodies}
+    connector = aiohttp.TCPConnector(limit=args.concurrency * len(sems))
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def one(body: dict[str, object]) -> None:
-            async with sem:
+            async with sems[str(body["model"])]:
                 t0 = report.sent()
                 try:
                     async with session.post(url, data=orjson.dumps(body), headers=headers) as r:
@@ -37,7 +40,7 @@ async def main() -> None:
                 except Exception as exc:
                     report.done(t0, False, type(exc).__name__)
 
-        await asyncio.gather(*(one(body) for _, body in read_spec(args.spec)))
+        await asyncio.gather(*(one(body) for body in bodies))
     report.emit()
 
 
