@@ -50,6 +50,11 @@ class AdaptiveLimiter:
     def current(self) -> int:
         return int(self._tokens.total_tokens)
 
+    @property
+    def borrowed(self) -> int:
+        """Slots in use now."""
+        return int(self._tokens.borrowed_tokens)
+
     def acquire_nowait(self) -> None:
         """Take a slot if one is free (raises anyio.WouldBlock otherwise) without yielding:
         `async with` costs two loop checkpoints, which show at thousands of rows a second."""
