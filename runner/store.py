@@ -56,6 +56,8 @@ BATCH_COLUMNS: dict[str, type] = {
     "message": str,
     "created_at": float,
     "updated_at": float,
+    # The key that uploaded the file and created the batch (its fingerprint, keys.py).
+    "key_fp": str,
 }
 _OPEN_BATCH_SQL = (
     "SELECT {cols} FROM batch_rows b JOIN batches k ON k.key = b.key "
@@ -193,6 +195,8 @@ class Store:
         if "batches" not in db.table_names():
             # Batch mode (batch.py): one row per uploaded file, with its steps as they commit.
             self._table("batches").create(BATCH_COLUMNS, pk="key")
+        elif "key_fp" not in self._table("batches").columns_dict:
+            db.execute("ALTER TABLE batches ADD COLUMN key_fp TEXT")
         if "batch_rows" not in db.table_names():
             # Which spec rows a batch file carries, so a resume never plans them twice.
             self._table("batch_rows").create(

@@ -15,14 +15,20 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import reliability_harness as h
 
+from jobs import settings_for
+from runner import run_job
 from runner.cost import NANO
+from runner.job import checkpoint_path
 from runner.keys import key_fingerprint, key_label, load_keys_file
 from runner.settings import Settings
+from runner.sim import SimConfig, Simulator
 from runner.sim.config import key_id
+from runner.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 # Keys with recognisable secret parts; the last four characters are all a label shows.
@@ -221,3 +227,58 @@ def test_three_keys_each_at_its_own_limit_one_runs_dry(tmp_path: Path) -> None:
     assert keys["key #2 (...qrst)"]["state"] == "retired"
     assert sum(k["rows"] for k in keys.values()) == 3000
     scan_for_keys(tmp_path, [r.stdout, r.stderr, st.stdout, st.stderr], POOL)
+
+
+# -- things that belong to an account stay with it -------------------------------------------
+
+
+def _pool_settings(tmp_path: Path, rows: list[dict[str, Any]], base_url: str, **kw: Any) -> Any:
+    spec = h.write_spec(tmp_path / "spec.jsonl", rows)
+    settings = settings_for(tmp_path / "out", spec, base_url, **kw)
+    return settings.with_key_from_env({"ZAI_API_KEY": f"{KEY_A},{KEY_B}"})
+
+
+def _key_fps(out: Path, table: str = "rows") -> dict[str | None, int]:
+    store = Store(checkpoint_path(out))
+    try:
+        sql = f"SELECT key_fp, COUNT(*) FROM {table} GROUP BY key_fp"
+        return {fp: int(n) for fp, n in store.db.execute(sql)}
+    finally:
+        store.close()
+
+
+@pytest.mark.anyio
+async def test_async_tasks_are_polled_with_the_key_that_created_them(tmp_path: Path) -> None:
+    """The simulator answers 404 to a poll by another key: every task must succeed."""
+    rows: list[dict[str, Any]] = [
+        {
+            "custom_id": f"v{i}",
+            "url": "/v4/videos/generations",
+            "body": {"model": "cogvideox-3", "prompt": f"clip {i}"},
+        }
+        for i in range(12)
+    ]
+    config = SimConfig(task_seconds=0.2, keys={KEY_A: 2, KEY_B: 2})
+    async with Simulator(config) as sim:
+        settings = _pool_settings(tmp_path, rows, sim.base_url, concurrency=2, download=False)
+        result = await run_job(settings, handle_signals=False)
+    assert result.exit_code == 0, result.message
+    fps = _key_fps(tmp_path / "out")
+    assert set(fps) == {key_fingerprint(KEY_A), key_fingerprint(KEY_B)}, fps
+
+
+@pytest.mark.anyio
+async def test_batches_are_read_with_the_key_that_created_them(tmp_path: Path) -> None:
+    """Batch files go to the keys in turn; each batch is polled and read with its own key
+    (the simulator hides a key's files and batches from the others)."""
+    rows = [h.chat_line(f"c{i}", f"batch row {i}") for i in range(40)]
+    config = SimConfig(batch_seconds=0.3, keys={KEY_A: None, KEY_B: None})
+    async with Simulator(config) as sim:
+        settings = _pool_settings(tmp_path, rows, sim.base_url, mode="batch", batch_lines=10)
+        result = await run_job(settings, handle_signals=False)
+    assert result.exit_code == 0, result.message
+    out = tmp_path / "out"
+    both = {key_fingerprint(KEY_A): 2, key_fingerprint(KEY_B): 2}
+    assert _key_fps(out, "batches") == both
+    assert _key_fps(out) == {fp: 20 for fp in both}
+    scan_for_keys(tmp_path, [], (KEY_A, KEY_B))
