@@ -24,8 +24,8 @@ from jobs import settings_for
 from runner import run_job
 from runner.cost import NANO
 from runner.job import checkpoint_path
-from runner.keys import key_fingerprint, key_label, load_keys_file
-from runner.settings import Settings
+from runner.keys import KeySpec, key_fingerprint, key_label, load_keys_file
+from runner.settings import Settings, load_job_file
 from runner.sim import SimConfig, Simulator
 from runner.sim.config import key_id
 from runner.store import Store
@@ -100,6 +100,9 @@ def test_keys_come_from_a_variable_or_a_keys_file(tmp_path: Path) -> None:
         )
     with pytest.raises(Exception, match="same key"):
         settings.with_key_from_env({"ZAI_API_KEY": f"{KEY_A},{KEY_A}"})
+    job = tmp_path / "job.toml"
+    job.write_text('spec = "s.jsonl"\nout = "o"\n[[keys]]\nenv = "TEAM_A"\nrpm = 60\n')
+    assert load_job_file(job)["keys"] == (KeySpec(env="TEAM_A", rpm=60),)
     bad = tmp_path / "bad.toml"
     bad.write_text('[[keys]]\nkey = "sk-123"\n')
     with pytest.raises(Exception, match="never the keys themselves"):
@@ -221,6 +224,7 @@ def test_three_keys_each_at_its_own_limit_one_runs_dry(tmp_path: Path) -> None:
     mid = len(both) // 2
     a_mid = sorted(x for x, _ in both)[mid]
     c_mid = sorted(y for _, y in both)[mid]
+    print(f"A {a}, B {b}, C {c}; median in flight A {a_mid}, C {c_mid} ({len(both)} samples)")
     assert a_mid >= 24 and c_mid >= 10, (a_mid, c_mid, a, c)
     st = run("status", str(out), "--json", env={})
     keys = json.loads(st.stdout)["keys"]
