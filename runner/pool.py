@@ -278,10 +278,15 @@ class Lanes:
         self, lane: Lane, path: str, body: bytes, sent: list[float] | None = None
     ) -> tuple[int, bytes, dict[str, Any], int]:
         """Send with retries; a key the platform refuses for good is retired and the row
-        moves to another key (`lane` then names the key that answered)."""
+        moves to another key (`lane` then names the key that answered). The first attempt
+        runs bare; tenacity is built only for rows that need a retry."""
         while True:
             try:
-                return await self._call_with_retry(lane, path, body, sent)
+                try:
+                    status, raw, answer = await self.call(lane, path, body, sent)
+                    return status, raw, answer, 1
+                except RetryableError as exc:
+                    return await self._retry(lane, path, body, sent, exc)
             except FatalAPIError as exc:
                 if isinstance(exc, TransportFatal):
                     raise
@@ -307,15 +312,15 @@ class Lanes:
             raise pool.exhausted() from None
         lane.account, lane.limiter = best[1], best[2]
 
-    async def _call_with_retry(
-        self, lane: Lane, path: str, body: bytes, sent: list[float] | None = None
+    async def _retry(
+        self,
+        lane: Lane,
+        path: str,
+        body: bytes,
+        sent: list[float] | None,
+        first: RetryableError,
     ) -> tuple[int, bytes, dict[str, Any], int]:
-        """The first attempt runs bare; tenacity is built only for rows that need a retry."""
-        try:
-            status, raw, answer = await self.call(lane, path, body, sent)
-            return status, raw, answer, 1
-        except RetryableError as exc:
-            first = exc
+        """The attempts after a first that failed, under the tenacity policy."""
         attempts = 1
         self.ctx.counters.retries += 1
         policy = self.ctx.settings.retry
