@@ -148,6 +148,25 @@ def test_two_keys_one_runs_dry_the_job_goes_on(tmp_path: Path) -> None:
     scan_for_keys(tmp_path, texts, (KEY_A, KEY_B))
 
 
+def test_a_key_the_platform_does_not_know_is_retired_and_the_job_goes_on(
+    tmp_path: Path,
+) -> None:
+    spec = chat_spec(tmp_path / "spec.jsonl", 40)
+    out = tmp_path / "out"
+    with h.SimProcess("--api-key", KEY_A) as sim:  # KEY_C: an unknown key, HTTP 401
+        r = run(
+            "run", str(spec), "--out", str(out), "--base-url", sim.base_url,
+            "--no-progress", "--concurrency", "4", env={"ZAI_API_KEY": f"{KEY_C},{KEY_A}"},
+        )  # fmt: skip
+        stats = sim.stats()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "key #1 (...mnop) retired for this run" in r.stderr, r.stderr
+    assert stats["billed"]["requests"] == 40
+    st = run("status", str(out), env={})
+    assert "key #1 (...mnop): 0 rows" in st.stdout and "retired" in st.stdout, st.stdout
+    scan_for_keys(tmp_path, [r.stdout, r.stderr, st.stdout], (KEY_A, KEY_C))
+
+
 def test_every_key_retired_stops_resumable_and_a_recharged_key_comes_back(
     tmp_path: Path,
 ) -> None:
