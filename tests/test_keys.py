@@ -27,7 +27,7 @@ from runner.job import checkpoint_path
 from runner.keys import KeySpec, key_fingerprint, key_label, load_keys_file
 from runner.settings import Settings, load_job_file
 from runner.sim import SimConfig, Simulator
-from runner.sim.config import key_id
+from runner.sim.config import apply_updates, key_id, public_view
 from runner.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,3 +305,28 @@ async def test_batches_are_read_with_the_key_that_created_them(tmp_path: Path) -
     assert _key_fps(out, "batches") == both
     assert _key_fps(out) == {fp: 20 for fp in both}
     scan_for_keys(tmp_path, [], (KEY_A, KEY_B))
+
+
+@pytest.mark.anyio
+async def test_each_key_keeps_to_its_own_cap_from_the_keys_file(tmp_path: Path) -> None:
+    rows = [h.chat_line(f"c{i}", f"capped row {i}") for i in range(120)]
+    specs = (KeySpec(env="TEAM_A", concurrency=3), KeySpec(env="TEAM_B", concurrency=5))
+    async with Simulator(SimConfig(latency=0.05)) as sim:
+        spec = h.write_spec(tmp_path / "spec.jsonl", rows)
+        settings = settings_for(tmp_path / "out", spec, sim.base_url, keys=specs)
+        settings = settings.with_key_from_env({"TEAM_A": KEY_A, "TEAM_B": KEY_B})
+        result = await run_job(settings, handle_signals=False)
+        stats = sim.stats()
+    assert result.exit_code == 0, result.message
+    peaks = stats["peak_concurrency"]
+    assert peaks[key_id(KEY_A)]["glm-4.5-air"] == 3
+    assert peaks[key_id(KEY_B)]["glm-4.5-air"] == 5
+
+
+def test_the_simulator_shows_key_balances_by_key_id_only() -> None:
+    config = apply_updates(SimConfig(), {"key_balances": {KEY_B: 300}})
+    view = json.dumps(public_view(config))
+    assert key_id(KEY_B) in view and KEY_B not in view and "300" in view
+    assert KEY_B not in repr(config)
+    with pytest.raises(ValueError, match="key_balances"):
+        apply_updates(SimConfig(), {"key_balances": {KEY_B: -1}})
