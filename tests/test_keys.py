@@ -330,3 +330,19 @@ def test_the_simulator_shows_key_balances_by_key_id_only() -> None:
     assert KEY_B not in repr(config)
     with pytest.raises(ValueError, match="key_balances"):
         apply_updates(SimConfig(), {"key_balances": {KEY_B: -1}})
+
+
+def test_each_key_has_its_own_per_minute_buckets(tmp_path: Path) -> None:
+    from runner.accounts import Accounts
+
+    specs = (KeySpec(env="TEAM_A", rpm=60), KeySpec(env="TEAM_B"))
+    settings = Settings(spec=tmp_path / "s", out=tmp_path / "o", keys=specs, tpm=1000)
+    settings = settings.with_key_from_env({"TEAM_A": KEY_A, "TEAM_B": f"{KEY_B},{KEY_C}"})
+    pool = Accounts(settings, [object(), object(), object()])  # type: ignore[list-item]
+    a, b, c = pool.items
+    assert a.rate is not None and b.rate is not None and c.rate is not None
+    assert a.rate.rpm == 60 and b.rate.rpm is None and a.rate.tpm == b.rate.tpm == 1000
+    assert a.rate is not b.rate is not c.rate  # one account's minute is not another's
+    assert [x.label for x in pool.items] == [
+        "key #1 (...wxyz)", "key #2 (...qrst)", "key #3 (...mnop)",
+    ]  # fmt: skip
