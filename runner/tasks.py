@@ -385,7 +385,16 @@ class Tasks:
             self.ctx.counters.retries += 1
             return None
         except FatalAPIError as exc:
-            self.ctx.control.stop(exc)
+            pool = self.ctx.pool
+            account = pool.by_fingerprint(row.key_fp)
+            if account is None or len(pool) == 1 or isinstance(exc, TransportFatal):
+                self.ctx.control.stop(exc)
+            else:
+                # Only this key may read its task: retire it and leave the row 'submitted'
+                # for a resume once the account is in order; the other keys go on.
+                pool.retire(account, exc)
+                if not pool.active():
+                    self.ctx.control.stop(pool.exhausted())
             raise Stopping from exc
         status = answer.get("task_status")
         row.last_status = "UNKNOWN" if status is None else str(status)
