@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import reliability_harness as h
 
@@ -346,3 +347,39 @@ def test_each_key_has_its_own_per_minute_buckets(tmp_path: Path) -> None:
     assert [x.label for x in pool.items] == [
         "key #1 (...wxyz)", "key #2 (...qrst)", "key #3 (...mnop)",
     ]  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_a_key_refused_while_polling_leaves_its_tasks_for_the_resume(
+    tmp_path: Path,
+) -> None:
+    """B's key stops working after its tasks were submitted: B is retired, A's tasks finish,
+    the job stops resumable (exit 3); with B back, the resume polls B's tasks (never
+    submitting again)."""
+    rows: list[dict[str, Any]] = [
+        {
+            "custom_id": f"v{i}",
+            "url": "/v4/videos/generations",
+            "body": {"model": "cogvideox-3", "prompt": f"clip {i}"},
+        }
+        for i in range(8)
+    ]
+    both = {KEY_A: None, KEY_B: None}
+    async with Simulator(SimConfig(task_seconds=1.0, keys=both)) as sim:
+        settings = _pool_settings(tmp_path, rows, sim.base_url, concurrency=4, download=False)
+
+        async def take_b_away() -> None:
+            await anyio.sleep(0.4)
+            sim.update(keys={KEY_A: None})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take_b_away)
+            first = await run_job(settings, handle_signals=False)
+        assert first.exit_code == 3, first.message
+        sim.update(keys=both)
+        second = await run_job(settings, handle_signals=False)
+        stats = sim.stats()
+    assert second.exit_code == 0, second.message
+    assert stats["tasks"]["submitted"] == 8  # B's tasks were polled again, not resubmitted
+    fps = _key_fps(tmp_path / "out")
+    assert set(fps) == {key_fingerprint(KEY_A), key_fingerprint(KEY_B)}, fps
