@@ -31,6 +31,7 @@ from .generation import generate as run_generate
 from .generation import summary_of
 from .http import make_transport
 from .job import EXIT_STOPPED, EXIT_USAGE, checkpoint_path, run_job
+from .keys import load_keys_file
 from .lifecycle import results_path
 from .providers import PROVIDERS, PROVIDERS_ENV, get_provider
 from .settings import USER_SETTINGS, Settings, load_job_file
@@ -95,7 +96,7 @@ def _execute(settings: Settings) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     except RunnerError as exc:
-        click.echo(f"error: {redact(str(exc), settings.api_key.reveal())}", err=True)
+        click.echo(f"error: {redact(str(exc), *settings.secrets())}", err=True)
         sys.exit(EXIT_STOPPED)
     s = result.summary
     cost = format_cost(s["cost_nano"], result.counters.currency)
@@ -181,6 +182,13 @@ def cli() -> None:
 @click.option("--batch-lines", type=click.IntRange(min=1), help="Most lines per batch file.")
 @click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute per model.")
 @click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute per model.")
+@click.option(
+    "--keys",
+    "keys_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML file of [[keys]]: the variables holding several keys, with each account's tier "
+    "and limits.",
+)
 def run(spec: Path, **opts: Any) -> None:
     """Run SPEC (JSONL, Parquet, or a .toml job file); run again to resume."""
     values: dict[str, Any] = {}
@@ -202,6 +210,11 @@ def run(spec: Path, **opts: Any) -> None:
         values["request_timeout"] = opts["timeout"]
     if opts.get("no_download"):
         values["download"] = False
+    if opts.get("keys_file") is not None:
+        try:
+            values["keys"] = load_keys_file(opts["keys_file"])
+        except UsageError as exc:
+            raise click.UsageError(str(exc)) from exc
     if opts["model_concurrency"]:
         values["model_concurrency"] = {
             **values.get("model_concurrency", {}),
@@ -367,6 +380,10 @@ def _status_json(summary: dict[str, Any], currency: str) -> dict[str, Any]:
         "errors": summary["errors"],
         "runs": summary["runs"],
         "spec": summary["spec"],
+        "keys": {
+            label: {**k, "cost": k["cost_nano"] / NANO}
+            for label, k in summary.get("by_key", {}).items()
+        },
     }
 
 
@@ -409,6 +426,13 @@ def status(out: Path, as_json: bool) -> None:
             f"{format_cost(m['cost_nano'], currency)}"
             + (f" ({_rows(m['unpriced'])} with no price)" if m["unpriced"] else "")
         )
+    if len(data["keys"]) > 1:
+        click.echo("keys:")
+        for label, k in data["keys"].items():
+            state = k["state"] + (f": {k['reason']}" if k["reason"] else "")
+            click.echo(
+                f"  {label}: {_rows(k['rows'])}, {format_cost(k['cost_nano'], currency)}, {state}"
+            )
     if data["batches"]:
         click.echo("batches:")
         for b in data["batches"]:

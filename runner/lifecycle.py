@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 
+from .accounts import Accounts
 from .control import Budget, Control
 from .cost import PriceTable, load_prices
 from .errors import (
@@ -233,6 +234,8 @@ class Run:
     work_scope: anyio.CancelScope
     # Held by whichever thread uses the checkpoint's connection: one at a time.
     store_lock: anyio.CapacityLimiter
+    # The job's keys, one account each; `transport` is the first one's.
+    accounts: Accounts
 
 
 @contextlib.asynccontextmanager
@@ -245,13 +248,20 @@ async def open_run(start: JobStart) -> AsyncIterator[Run]:
     budget = Budget.for_job(settings.max_cost, store.summary()["cost_nano"])
     run_id = store.start_run()
     async with _serve_backend(settings) as live, anyio.create_task_group() as outer:
-        transport = make_transport(
-            live.transport,
-            live.base_url,
-            live.api_key.reveal(),
-            dict(live.provider_info.extra_headers),
-            config=live.http_config,
-        )
+        # One transport per key: the key sits in one header of its connections, nowhere else.
+        transports = [
+            make_transport(
+                live.transport,
+                live.base_url,
+                key.secret.reveal(),
+                dict(live.provider_info.extra_headers),
+                config=live.http_config,
+            )
+            for key in live.key_pool
+        ]
+        transport = transports[0]
+        accounts = Accounts(live, transports)
+        store.record_keys(accounts.states())
         if live.progress:
             outer.start_soon(render_loop, counters)
         work_scope = anyio.CancelScope()
@@ -264,17 +274,19 @@ async def open_run(start: JobStart) -> AsyncIterator[Run]:
         try:
             yield Run(
                 live, store, job_id, run_id, prices, counters, control, budget, transport,
-                work_scope, store_lock,
+                work_scope, store_lock, accounts,
             )  # fmt: skip
         finally:
             with anyio.CancelScope(shield=True):
-                await transport.aclose()
+                for t in transports:
+                    await t.aclose()
             outer.cancel_scope.cancel()
 
 
 async def close_run(run: Run) -> JobResult:
     """Export results.parquet and end the run with its message and exit code."""
     store = run.store
+    store.record_keys(run.accounts.states())
     await anyio.to_thread.run_sync(write_results_parquet, store, results_path(run.settings.out))
     return _finish_run(run.settings, store, run.run_id, run.control, run.counters, store.summary())
 
@@ -287,10 +299,9 @@ def _finish_run(
     counters: Counters,
     summary: dict[str, Any],
 ) -> JobResult:
-    key = settings.api_key.reveal()
     reason = control.reason
     if reason is not None:
-        message = redact(str(reason), key)
+        message = redact(str(reason), *settings.secrets())
         if isinstance(reason, TransportFatal):
             message = f"stopped: {message}"
         elif isinstance(reason, FatalAPIError):

@@ -139,6 +139,11 @@ class AdaptiveLimiter:
         self._over = 0
         self._refused = self.cap  # the fewest slots in use at a 1302 in this window
 
+    @property
+    def borrowed(self) -> int:
+        """Slots in use now."""
+        return self._tokens.in_use
+
     def acquire_nowait(self) -> None:
         """Take a slot if one is free (raises anyio.WouldBlock otherwise) without yielding:
         `async with` costs two loop checkpoints, which show at thousands of rows a second."""

@@ -49,7 +49,9 @@ async def run_online(start: JobStart, make_lanes: Callable[..., Lanes] = Lanes) 
                     done[seq >> 3] |= 1 << (seq & 7)
         run.counters.already_done = already
         live, control = run.settings, run.control
-        ctx = JobContext(live, run.transport, run.prices, run.counters, control, run.budget)
+        ctx = JobContext(
+            live, run.transport, run.prices, run.counters, control, run.budget, run.accounts
+        )
         results_send, results_recv = anyio.create_memory_object_stream[Outcome](4096)
         store_lock = run.store_lock  # the writer's, the task commits' and the timeline's
         tasks = Tasks(ctx, store, store_lock, run.job_id)

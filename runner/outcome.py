@@ -48,6 +48,8 @@ class Outcome:
     finished_at: float | None = None
     latency_s: float | None = None
     artifacts: str | None = None
+    # Which key sent the row: its fingerprint (keys.py), never the key.
+    key_fp: str | None = None
 
     @classmethod
     def from_stored(cls, row: Mapping[str, Any]) -> Outcome:
@@ -77,6 +79,7 @@ def outcome_for(
     task_id: str | None = None,
     task_status: str | None = None,
     artifacts: str | None = None,
+    key_fp: str | None = None,
 ) -> Outcome:
     """The outcome of a row that was sent (or, for a batch, handed to the platform)."""
     finished = time.time() if finished is None else finished
@@ -108,6 +111,7 @@ def outcome_for(
         finished_at=finished,
         latency_s=round(finished - started, 6),
         artifacts=artifacts,
+        key_fp=key_fp,
     )
 
 

@@ -1,10 +1,15 @@
-"""The worker pool: one lane per model, each capped at that model's tier.
+"""The worker pool: per model one stream of rows, per (key, model) a set of workers.
 
-A lane is a bounded stream of rows, an adaptive limiter sized to the model's cap, and a
-few more workers than the cap. A worker holds a limiter token only while its request is
-on the wire, so rows waiting out a backoff never hold a slot, and the extra workers keep
-the slots busy meanwhile (no idle slots while results are written or retries wait).
-Results go to the single writer through a bounded stream; nothing here touches SQLite.
+Each key is an account (accounts.py) with, per model, an adaptive limiter sized to that
+account's cap and a few more workers than the cap. A worker first takes a slot of its own
+account, then a row from the model's stream, so rows go to whichever key has a free slot:
+no static split, and no key idle while rows wait. A slot is held only while the request is
+on the wire; a retry waits without one and takes a fresh one of the same key, so rows
+waiting out a backoff never hold a slot, and the extra workers keep the slots busy
+meanwhile. A key the platform refuses for good is retired: the row that met the refusal
+(and any row that finds its key retired) moves to another key at once, and the key's
+workers stop. Results go to the single writer through a bounded stream; nothing here
+touches SQLite.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from tenacity import RetryCallState
 
+from .accounts import Account, Accounts
 from .control import Budget, Control, Stopping
 from .cost import PriceTable
 from .endpoints import parse_success, raise_for_answer
@@ -30,13 +36,14 @@ from .errors import (
     RequestFailed,
     RetryableError,
     RowError,
+    TransportFatal,
 )
 from .http import ConnectionDropped, Response, ResponseTimeout, Transport
 from .limits import AdaptiveLimiter
 from .outcome import Outcome, outcome_for
 from .progress import Counters
 from .providers import Provider
-from .ratelimit import RateLimits, estimate_tokens
+from .ratelimit import estimate_tokens
 from .retry import build_retrying, first_wait
 from .settings import Settings
 from .spec import ASYNC_ENDPOINTS, Request
@@ -48,11 +55,16 @@ def fingerprint(endpoint: str, body: bytes) -> str:
     return hashlib.blake2b(endpoint.encode() + b"\0" + body, digest_size=8).hexdigest()
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Lane:
+    """One worker's view of its (key, model): the key's limiter for the model, the model's
+    row stream, and whether the worker holds a slot for the row it is about to send."""
+
     model: str
     limiter: AdaptiveLimiter
     send: MemoryObjectSendStream[Request]
+    account: Account
+    held: bool = False
 
 
 @dataclass
@@ -65,11 +77,27 @@ class JobContext:
     counters: Counters
     control: Control
     budget: Budget
+    accounts: Accounts | None = None
     provider: Provider = field(init=False)
+    # Retire a lane's key and point the lane at another (set by Lanes; tasks.py uses it).
+    move_lane: Callable[[Lane, FatalAPIError], None] = field(init=False)
 
     def __post_init__(self) -> None:
         # Resolved once: a user's providers file must not be re-read per request.
         self.provider = self.settings.provider_info
+        if self.accounts is None:
+            self.accounts = Accounts(self.settings, [self.transport])
+
+    @property
+    def pool(self) -> Accounts:
+        assert self.accounts is not None
+        return self.accounts
+
+    def transport_for(self, fingerprint: str | None) -> Transport:
+        """The transport of the key that created a task or a batch (the first key if that
+        key is no longer in the pool: the platform then says whether it may be read)."""
+        account = self.pool.by_fingerprint(fingerprint)
+        return (account or self.pool.first).transport
 
     def raise_for_answer(self, resp: Response) -> dict[str, Any]:
         """The answer's JSON, or the error it is, as the provider words its errors."""
@@ -81,45 +109,49 @@ class JobContext:
 
 @dataclass
 class Lanes:
-    """Creates a lane the first time a model appears in the spec, and feeds rows to it."""
+    """Creates the lanes the first time a model appears in the spec, and feeds rows to them."""
 
     ctx: JobContext
     results: MemoryObjectSendStream[Outcome]
     task_group: TaskGroup
     submit_task: Callable[..., Any] | None = None
-    lanes: dict[str, Lane] = field(default_factory=dict)
-    rate: RateLimits | None = None
+    # Per model its row stream; per (key position, model) that account's limiter.
+    streams: dict[str, MemoryObjectSendStream[Request]] = field(default_factory=dict)
+    limiters: dict[tuple[int, str], AdaptiveLimiter] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.rate is None:
-            self.rate = RateLimits.from_settings(self.ctx.settings)  # None without --rpm/--tpm
+        self.ctx.move_lane = self._move
 
-    def _lane(self, model: str) -> Lane:
-        lane = self.lanes.get(model)
-        if lane is not None:
-            return lane
-        cap = self.ctx.settings.cap_for(model)
-        limiter = AdaptiveLimiter(cap)
+    def _stream(self, model: str) -> MemoryObjectSendStream[Request]:
+        send = self.streams.get(model)
+        if send is not None:
+            return send
+        settings = self.ctx.settings
+        accounts = self.ctx.pool.items
+        caps = [settings.cap_for(model, a.key.spec) for a in accounts]
         # A small buffer keeps workers fed without reading far ahead of them.
-        send, receive = anyio.create_memory_object_stream[Request](max(64, cap))
-        lane = Lane(model, limiter, send)
-        self.lanes[model] = lane
-        self.ctx.counters.cap = sum(x.limiter.cap for x in self.lanes.values())
-        for _ in range(cap + max(8, cap // 4)):
-            self.task_group.start_soon(self._worker, lane, receive.clone(), self.results.clone())
+        send, receive = anyio.create_memory_object_stream[Request](max(64, sum(caps)))
+        self.streams[model] = send
+        for n, (account, cap) in enumerate(zip(accounts, caps, strict=True)):
+            limiter = self.limiters[n, model] = AdaptiveLimiter(cap)
+            for _ in range(cap + max(8, cap // 4)):
+                lane = Lane(model, limiter, send, account)
+                rows, results = receive.clone(), self.results.clone()
+                self.task_group.start_soon(self._worker, lane, rows, results)
         receive.close()
-        return lane
+        self.ctx.counters.cap = sum(x.cap for x in self.limiters.values())
+        return send
 
     async def feed(self, req: Request) -> None:
-        send = self._lane(req.model).send
+        send = self.streams.get(req.model) or self._stream(req.model)
         try:
             send.send_nowait(req)
         except anyio.WouldBlock:
             await send.send(req)
 
     def close(self) -> None:
-        for lane in self.lanes.values():
-            lane.send.close()
+        for send in self.streams.values():
+            send.close()
         self.results.close()
 
     async def _worker(
@@ -128,26 +160,48 @@ class Lanes:
         rows: MemoryObjectReceiveStream[Request],
         results: MemoryObjectSendStream[Outcome],
     ) -> None:
+        account, limiter = lane.account, lane.limiter
         async with rows, results:
-            while True:
-                # The non-blocking receive first: anyio's receive() yields to the loop even
-                # when a row is ready, and at thousands of rows per second that shows.
+            while account.retired is None:
+                # A slot of this key first, then a row: a key with no free slot leaves the
+                # rows to the others. The non-blocking calls first: anyio's acquire() and
+                # receive() yield to the loop even when ready, which shows at thousands of
+                # rows per second.
                 try:
-                    req = rows.receive_nowait()
+                    limiter.acquire_nowait()
                 except anyio.WouldBlock:
-                    try:
-                        req = await rows.receive()
-                    except anyio.EndOfStream:
-                        return
-                except anyio.EndOfStream:
+                    await limiter.acquire()
+                if account.retired is not None:
+                    limiter.release()
                     return
+                try:
+                    try:
+                        req = rows.receive_nowait()
+                    except anyio.WouldBlock:
+                        req = await rows.receive()
+                except anyio.EndOfStream:
+                    limiter.release()
+                    return
+                except BaseException:
+                    limiter.release()
+                    raise
                 if self.ctx.control.reason is not None:
+                    limiter.release()
                     continue  # stopping: leave the row pending for the resume
                 if req.endpoint in ASYNC_ENDPOINTS and self.submit_task is not None:
+                    limiter.release()  # the submit takes its slot itself
                     await self.submit_task(req, lane, results)
                     continue
-                out = await self._run_row(req, lane)
+                lane.held = True
+                try:
+                    out = await self._run_row(req, lane)
+                finally:
+                    if lane.held:  # never sent (budget, cache): the slot was not used
+                        lane.held = False
+                        lane.limiter.release()
                 if out is not None:
+                    if out.attempts:
+                        out.key_fp = lane.account.fingerprint
                     try:
                         results.send_nowait(out)
                     except anyio.WouldBlock:
@@ -160,15 +214,21 @@ class Lanes:
         self, lane: Lane, path: str, body: bytes, sent: list[float] | None = None
     ) -> tuple[int, bytes, dict[str, Any]]:
         """One attempt: hold a slot only while on the wire; map every failure to our tree."""
-        if self.rate is not None:
-            await self.rate.acquire(lane.model, estimate_tokens(body))
+        account = lane.account
         limiter = lane.limiter
         counters = self.ctx.counters
+        if lane.held:  # the worker took it before the row
+            lane.held = False
+        else:
+            try:
+                limiter.acquire_nowait()
+            except anyio.WouldBlock:
+                await limiter.acquire()
         try:
-            limiter.acquire_nowait()
-        except anyio.WouldBlock:
-            await limiter.acquire()
-        try:
+            if account.retired is not None:  # call_with_retry moves the row to another key
+                raise FatalAPIError(account.why, code=account.retired.code)
+            if account.rate is not None:
+                await account.rate.acquire(lane.model, estimate_tokens(body))
             if self.ctx.control.reason is not None:
                 raise Stopping  # the job stopped while this row waited for a slot
             counters.in_flight += 1
@@ -179,7 +239,7 @@ class Lanes:
                 sent.append(time.time())  # the row's latency counts from its first send
             started = time.monotonic()
             try:
-                resp = await self.ctx.transport.request(
+                resp = await account.transport.request(
                     "POST", path, body, self.ctx.settings.request_timeout
                 )
             except ResponseTimeout as exc:
@@ -209,17 +269,58 @@ class Lanes:
 
     def _show_caps(self) -> None:
         """The progress line shows the effective caps, which move under 429s."""
-        self.ctx.counters.cap = sum(lane.limiter.current for lane in self.lanes.values())
+        pool = self.ctx.pool.items
+        self.ctx.counters.cap = sum(
+            limiter.current for (n, _), limiter in self.limiters.items() if pool[n].retired is None
+        )
 
     async def call_with_retry(
         self, lane: Lane, path: str, body: bytes, sent: list[float] | None = None
     ) -> tuple[int, bytes, dict[str, Any], int]:
-        """The first attempt runs bare; tenacity is built only for rows that need a retry."""
-        try:
-            status, raw, answer = await self.call(lane, path, body, sent)
-            return status, raw, answer, 1
-        except RetryableError as exc:
-            first = exc
+        """Send with retries; a key the platform refuses for good is retired and the row
+        moves to another key (`lane` then names the key that answered). The first attempt
+        runs bare; tenacity is built only for rows that need a retry."""
+        while True:
+            try:
+                try:
+                    status, raw, answer = await self.call(lane, path, body, sent)
+                    return status, raw, answer, 1
+                except RetryableError as exc:
+                    return await self._retry(lane, path, body, sent, exc)
+            except FatalAPIError as exc:
+                if isinstance(exc, TransportFatal):
+                    raise
+                self._move(lane, exc)
+
+    def _move(self, lane: Lane, exc: FatalAPIError) -> None:
+        """Retire the lane's key and point the lane at the active key with most free slots;
+        raise the job's stop reason when none is left."""
+        if lane.held:
+            lane.held = False
+            lane.limiter.release()
+        pool = self.ctx.pool
+        pool.retire(lane.account, exc)
+        self._show_caps()
+        best: tuple[int, Account, AdaptiveLimiter] | None = None
+        for n, account in enumerate(pool.items):
+            limiter = self.limiters.get((n, lane.model))
+            if account.retired is None and limiter is not None:
+                free = limiter.current - limiter.borrowed
+                if best is None or free > best[0]:
+                    best = (free, account, limiter)
+        if best is None:
+            raise pool.exhausted() from None
+        lane.account, lane.limiter = best[1], best[2]
+
+    async def _retry(
+        self,
+        lane: Lane,
+        path: str,
+        body: bytes,
+        sent: list[float] | None,
+        first: RetryableError,
+    ) -> tuple[int, bytes, dict[str, Any], int]:
+        """The attempts after a first that failed, under the tenacity policy."""
         attempts = 1
         self.ctx.counters.retries += 1
         policy = self.ctx.settings.retry

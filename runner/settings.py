@@ -17,10 +17,11 @@ from typing import Any
 
 from .errors import UsageError
 from .http import HttpConfig
+from .keys import KeySpec, key_fingerprint, key_label, parse_key_specs, split_keys
 from .providers import Provider, get_provider, tier_limit
 from .spec import SpecDefaults
 
-__all__ = ["RetryConfig", "Secret", "Settings", "load_job_file"]
+__all__ = ["ApiKey", "RetryConfig", "Secret", "Settings", "load_job_file"]
 
 
 class Secret:
@@ -41,6 +42,20 @@ class Secret:
         return "Secret('***')"
 
     __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One key of the job's pool: the secret, its account's settings, and its safe names."""
+
+    secret: Secret = field(repr=False)
+    spec: KeySpec
+    fingerprint: str
+    label: str
+
+    @classmethod
+    def of(cls, position: int, value: str, spec: KeySpec) -> ApiKey:
+        return cls(Secret(value), spec, key_fingerprint(value), key_label(position, value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +121,11 @@ class Settings:
     tpm: int | None = None
     # The user's providers file (TOML); see `providers.py`.
     providers_file: Path | None = None
+    # Several keys, one account each (keys.py): the variables that hold them and each
+    # account's settings. Empty: the provider's variable, with one key or several.
+    keys: tuple[KeySpec, ...] = ()
+    # The keys themselves, read from the environment (never recorded); empty: `api_key`.
+    api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
 
     @property
     def http_config(self) -> HttpConfig:
@@ -120,8 +140,28 @@ class Settings:
         """What the spec reader fills in for rows that leave it out."""
         return SpecDefaults(endpoint=self.endpoint, model=self.model, body=dict(self.body_defaults))
 
-    def cap_for(self, model: str) -> int:
-        """The in-flight cap for one model: explicit per-model, then --concurrency, then tier."""
+    @property
+    def key_pool(self) -> tuple[ApiKey, ...]:
+        """The job's keys, in order; a single `api_key` is a pool of one."""
+        if self.api_keys:
+            return self.api_keys
+        spec = KeySpec(env=self.provider_info.key_env)
+        return (ApiKey.of(1, self.api_key.reveal(), spec),)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every key of the pool, for `redact`."""
+        return tuple(k.secret.reveal() for k in self.key_pool)
+
+    def cap_for(self, model: str, key: KeySpec | None = None) -> int:
+        """The in-flight cap for one model: the key's own settings (per-model, concurrency,
+        tier), then the job's explicit per-model, --concurrency, then tier."""
+        if key is not None:
+            if model in key.model_concurrency:
+                return key.model_concurrency[model]
+            if key.concurrency is not None:
+                return key.concurrency
+            if key.tier is not None:
+                return tier_limit(model, key.tier)
         if model in self.model_concurrency:
             return self.model_concurrency[model]
         if self.concurrency is not None:
@@ -132,10 +172,12 @@ class Settings:
         """What the checkpoint stores: every setting that shapes the job, never the key."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name == "api_key":
+            if f.name in ("api_key", "api_keys"):
                 continue
             value = getattr(self, f.name)
-            if isinstance(value, RetryConfig):
+            if f.name == "keys":
+                value = [k.to_record() for k in value]
+            elif isinstance(value, RetryConfig):
                 value = {g.name: getattr(value, g.name) for g in fields(value)}
             elif isinstance(value, Path | Decimal):
                 value = str(value)
@@ -156,24 +198,39 @@ class Settings:
             if kw.get(name):
                 kw[name] = Path(kw[name])
         kw["retry"] = RetryConfig(**kw.get("retry", {}))
-        known = {f.name for f in fields(cls)}
+        kw["keys"] = parse_key_specs(kw["keys"], "checkpoint") if kw.get("keys") else ()
+        known = {f.name for f in fields(cls)} - {"api_keys"}
         kw = {k: v for k, v in kw.items() if k in known}
         kw.update(overrides)
         return cls(**kw)
 
     def with_key_from_env(self, env: Mapping[str, str] | None = None) -> Settings:
-        """Read the API key from the provider's variable; the simulator takes any key."""
+        """Read the API keys: from the variables a keys file names, else from the provider's
+        variable (one key, or several separated by commas); the simulator takes any key."""
         env = os.environ if env is None else env
         info = self.provider_info
-        key = env.get(info.key_env, "")
-        if not key and self.provider == "sim":
-            key = "sim-key"
-        if not key:
-            raise UsageError(
-                f"no API key: set {info.key_env} in the environment for provider "
-                f"{self.provider!r} (keys are never read from files or flags)"
-            )
-        return replace(self, api_key=Secret(key))
+        specs = self.keys or (KeySpec(env=info.key_env),)
+        pool: list[ApiKey] = []
+        seen: dict[str, str] = {}
+        for spec in specs:
+            values = split_keys(env.get(spec.env, ""))
+            if not values and self.provider == "sim" and not self.keys:
+                values = ["sim-key"]
+            if not values:
+                raise UsageError(
+                    f"no API key: set {spec.env} in the environment for provider "
+                    f"{self.provider!r} (keys are never read from files or flags)"
+                )
+            for value in values:
+                key = ApiKey.of(len(pool) + 1, value, spec)
+                if value in seen:
+                    raise UsageError(
+                        f"{key.label} is the same key as {seen[value]}: each key is an "
+                        "account, list it once"
+                    )
+                seen[value] = key.label
+                pool.append(key)
+        return replace(self, api_key=pool[0].secret, api_keys=tuple(pool))
 
 
 # The settings a user chooses: each is a flag of `runner run` and a key of a job file
@@ -203,6 +260,7 @@ USER_SETTINGS = (
     "batch_lines",
     "rpm",
     "tpm",
+    "keys",
 )
 JOB_FILE_NAMES = {"body_defaults": "body", "providers_file": "providers"}
 
@@ -227,4 +285,6 @@ def load_job_file(path: Path) -> dict[str, Any]:
     for name, key in JOB_FILE_NAMES.items():
         if key in data:
             data[name] = data.pop(key)
+    if "keys" in data:
+        data["keys"] = parse_key_specs(data["keys"], str(path))
     return data

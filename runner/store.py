@@ -56,6 +56,8 @@ BATCH_COLUMNS: dict[str, type] = {
     "message": str,
     "created_at": float,
     "updated_at": float,
+    # The key that uploaded the file and created the batch (its fingerprint, keys.py).
+    "key_fp": str,
 }
 _OPEN_BATCH_SQL = (
     "SELECT {cols} FROM batch_rows b JOIN batches k ON k.key = b.key "
@@ -160,6 +162,23 @@ class Store:
                 "WHERE error_code IS NOT 'invalid_row'"
             )
             self._table("rows").create_index(["status"])
+        elif "key_fp" not in self._table("rows").columns_dict:
+            # A checkpoint from before key pools: rows it recorded name no key.
+            db.execute("ALTER TABLE rows ADD COLUMN key_fp TEXT")
+        if "keys" not in db.table_names():
+            # The job's keys by safe names only (keys.py): never the key itself.
+            self._table("keys").create(
+                {
+                    "fingerprint": str,
+                    "position": int,
+                    "label": str,
+                    "state": str,
+                    "reason": str,
+                    "advice": str,
+                    "updated_at": float,
+                },
+                pk="fingerprint",
+            )
         if "job" not in db.table_names():
             self._table("job").create(
                 {
@@ -176,6 +195,8 @@ class Store:
         if "batches" not in db.table_names():
             # Batch mode (batch.py): one row per uploaded file, with its steps as they commit.
             self._table("batches").create(BATCH_COLUMNS, pk="key")
+        elif "key_fp" not in self._table("batches").columns_dict:
+            db.execute("ALTER TABLE batches ADD COLUMN key_fp TEXT")
         if "batch_rows" not in db.table_names():
             # Which spec rows a batch file carries, so a resume never plans them twice.
             self._table("batch_rows").create(
@@ -250,6 +271,11 @@ class Store:
             [time.time(), outcome, message, sent, retries, run_id],
         )
         self.db.conn.commit()
+
+    def record_keys(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """The keys of this run and their state (active, or retired and why)."""
+        with self.db.conn:
+            self._table("keys").upsert_all([dict(s) for s in states], pk="fingerprint")
 
     # -- rows ------------------------------------------------------------------------------
 
@@ -445,6 +471,7 @@ class Store:
             self.db.execute(_OPEN_BATCH_SQL.format(cols="COUNT(*)")).fetchone()[0] or 0
         )
         runs = [dict(r) for r in self.db.query("SELECT * FROM runs ORDER BY id")]
+        by_key = self._by_key()
         return {
             "total": total,
             "succeeded": counts["succeeded"],
@@ -454,12 +481,40 @@ class Store:
             "tokens": {k: v for k, v in tot.items() if k != "cost_nano"},
             "cost_nano": tot["cost_nano"],
             "by_model": by_model,
+            "by_key": by_key,
             "error_codes": error_codes,
             "errors": self.error_groups(),
             "runs": runs,
             "settings": job["settings"] if job else {},
             "spec": job["spec_path"] if job else None,
         }
+
+    def _by_key(self) -> dict[str, dict[str, Any]]:
+        """Rows, outcomes and cost per key label; rows no key sent (invalid ones) are left
+        out, so the costs add up to the total. Empty for a job of one key and no pool."""
+        names = self.db.table_names()
+        if "keys" not in names or "key_fp" not in self._table("rows").columns_dict:
+            return {}
+        keys = {r["fingerprint"]: dict(r) for r in self.db.query("SELECT * FROM keys")}
+        out: dict[str, dict[str, Any]] = {}
+        for k in sorted(keys.values(), key=lambda r: int(r["position"] or 0)):
+            out[k["label"]] = {
+                "rows": 0, "succeeded": 0, "failed": 0, "cost_nano": 0,
+                "state": k["state"], "reason": k["reason"], "advice": k["advice"],
+            }  # fmt: skip
+        for row in self.db.query(
+            "SELECT key_fp, COUNT(*) AS rows, SUM(status = 'succeeded') AS succeeded, "
+            "SUM(status = 'failed') AS failed, COALESCE(SUM(cost_nano), 0) AS cost_nano "
+            "FROM rows WHERE key_fp IS NOT NULL GROUP BY key_fp"
+        ):
+            known = keys.get(row["key_fp"])
+            label = known["label"] if known else f"key {row['key_fp'][:8]} (not in the last run)"
+            entry = out.setdefault(label, {"state": "gone", "reason": None, "advice": None})
+            entry.update(
+                rows=int(row["rows"]), succeeded=int(row["succeeded"] or 0),
+                failed=int(row["failed"] or 0), cost_nano=int(row["cost_nano"]),
+            )  # fmt: skip
+        return out
 
     def error_groups(self, limit: int = 20) -> list[dict[str, Any]]:
         """Failed rows grouped by code and message shape, largest first.

@@ -70,6 +70,14 @@ TERMINAL_TASK_STATUSES = frozenset({"SUCCESS", "FAIL"})
 REFRESH_POLLS = 8
 
 
+class _Refused(Exception):
+    """The platform refused the submitting key itself (nothing was accepted)."""
+
+    def __init__(self, error: FatalAPIError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Unknown(Exception):
     """The submit may or may not have reached the platform."""
 
@@ -88,6 +96,7 @@ class TaskRow:
     attempts: int
     worst: int = 0
     last_status: str = ""  # the platform's task_status, as last seen
+    key_fp: str | None = None  # the key that created the task, which alone polls it
 
     @classmethod
     def from_stored(cls, r: Mapping[str, Any]) -> TaskRow:
@@ -95,7 +104,7 @@ class TaskRow:
         return cls(
             req, str(r["request_id"] or ""), r["request_fingerprint"], str(r["task_id"]),
             float(r["started_at"] or time.time()), int(r["attempts"] or 1),
-            last_status=str(r["task_status"] or "PROCESSING"),
+            last_status=str(r["task_status"] or "PROCESSING"), key_fp=r.get("key_fp"),
         )  # fmt: skip
 
 
@@ -207,7 +216,17 @@ class Tasks:
         row = TaskRow(req, rid, fingerprint(req.endpoint, body), "", time.time(), 0, worst)
         err: RequestFailed
         try:
-            answer, row.attempts = await self._send(row, lane, body)
+            while True:
+                row.key_fp = lane.account.fingerprint
+                try:
+                    answer, row.attempts = await self._send(row, lane, body)
+                    break
+                except _Refused as refused:  # this key is refused: submit with another
+                    try:
+                        ctx.move_lane(lane, refused.error)
+                    except FatalAPIError as exc:
+                        ctx.control.stop(exc)
+                        raise Stopping from exc
         except Stopping:
             ctx.budget.settle(worst, 0)
             return
@@ -262,13 +281,16 @@ class Tasks:
         async with lane.limiter:
             if control.reason is not None:
                 raise Stopping
+            retired = lane.account.retired
+            if retired is not None:
+                raise _Refused(FatalAPIError(lane.account.why, code=retired.code))
             await self._commit(self._outcome(row, "submitting"))
             counters.in_flight += 1
             counters.peak_in_flight = max(counters.peak_in_flight, counters.in_flight)
             counters.sent += 1
             try:
                 with anyio.fail_after(self.settings.request_timeout):
-                    resp = await self.ctx.transport.request("POST", "/" + req.endpoint, body)
+                    resp = await lane.account.transport.request("POST", "/" + req.endpoint, body)
             except TimeoutError:
                 why = f"no answer within {self.settings.request_timeout:g}s"
                 raise _Unknown(_unknown(rid, why)) from None
@@ -296,8 +318,7 @@ class Tasks:
         except (FatalAPIError, RowError) as exc:
             await self._discard(req.seq)
             if isinstance(exc, FatalAPIError):
-                control.stop(exc)
-                raise Stopping from exc
+                raise _Refused(exc) from exc
             raise
         lane.limiter.succeeded()
         return answer
@@ -348,6 +369,7 @@ class Tasks:
             request_id=row.request_id, task_id=row.task_id or None,
             task_status=row.last_status or None,
             artifacts=None if artifacts is None else orjson.dumps(artifacts).decode(),
+            key_fp=row.key_fp,
         )  # fmt: skip
 
     async def _poll_once(self, row: TaskRow) -> tuple[dict[str, Any], bytes] | None:
@@ -356,13 +378,23 @@ class Tasks:
         try:
             async with self.poll_limiter:
                 with anyio.fail_after(self.settings.request_timeout):
-                    resp = await self.ctx.transport.request("GET", path, None)
+                    transport = self.ctx.transport_for(row.key_fp)
+                    resp = await transport.request("GET", path, None)
             answer = self.ctx.raise_for_answer(resp)
         except (TimeoutError, ConnectionDropped, RetryableError):
             self.ctx.counters.retries += 1
             return None
         except FatalAPIError as exc:
-            self.ctx.control.stop(exc)
+            pool = self.ctx.pool
+            account = pool.by_fingerprint(row.key_fp)
+            if account is None or len(pool) == 1 or isinstance(exc, TransportFatal):
+                self.ctx.control.stop(exc)
+            else:
+                # Only this key may read its task: retire it and leave the row 'submitted'
+                # for a resume once the account is in order; the other keys go on.
+                pool.retire(account, exc)
+                if not pool.active():
+                    self.ctx.control.stop(pool.exhausted())
             raise Stopping from exc
         status = answer.get("task_status")
         row.last_status = "UNKNOWN" if status is None else str(status)

@@ -174,6 +174,7 @@ def test_hostile_spec_files_end_to_end(
 # -- 4. secrets --------------------------------------------------------------------------------
 
 BAD_KEY = "reliability-BAD-key-93ab.DO-NOT-LEAK"
+POOL_KEY = "reliability-pool-key-2e8d.DO-NOT-LEAK-EITHER"
 
 
 def _strings_of_parquet(path: Path) -> str:
@@ -182,24 +183,27 @@ def _strings_of_parquet(path: Path) -> str:
 
 
 def test_the_api_key_is_never_written_printed_or_raised(tmp_path: Path) -> None:
-    """401 with a wrong key, 1113 mid-job, then resume with downloads, status and exports:
-    neither key appears in any file, any output, or any error's text or repr."""
+    """401 with a wrong key, 1113 mid-job on a pool of two keys, then resume with downloads,
+    status and exports: no key of the pool appears in any file, any output, or any error's
+    text or repr."""
     rows = [h.chat_line(f"c{i}", f"question {i}") for i in range(6)]
     rows += [h.video_line("v0", "a lighthouse"), h.chat_line("bad", "x [[sim:1214]]")]
     spec = h.write_spec(tmp_path / "spec.jsonl", rows)
     out = tmp_path / "out"
     outputs: list[str] = []
     with h.SimProcess(
-        "--api-key", h.KEY, "--task-seconds", "0.3", "--balance-requests", "3"
-    ) as sim:
+        "--api-key", h.KEY, "--api-key", POOL_KEY, "--task-seconds", "0.3",
+        "--balance-requests", "3",
+    ) as sim:  # fmt: skip
         r = run_cli(spec, out, sim.base_url, "--concurrency", "2", key=BAD_KEY)
         outputs += [r.stdout, r.stderr]
         assert r.returncode == 3 and "ZAI_API_KEY" in r.stderr, r.stderr  # the 401 path
-        r = run_cli(spec, out, sim.base_url, "--concurrency", "2")
+        r = run_cli(spec, out, sim.base_url, "--concurrency", "2", key=f"{h.KEY},{POOL_KEY}")
         outputs += [r.stdout, r.stderr]
         assert r.returncode == 3 and "1113" in r.stderr, r.stderr  # balance: stop, resumable
+        assert "every key is retired" in r.stderr, r.stderr
         sim.configure(balance_requests=None)
-        r = cli("resume", str(out))  # with the progress display on
+        r = cli("resume", str(out), key=f"{h.KEY},{POOL_KEY}")  # with the progress display on
         outputs += [r.stdout, r.stderr]
         assert r.returncode == 1, r.stderr  # the 1214 row
         for args in (
@@ -241,12 +245,13 @@ def test_the_api_key_is_never_written_printed_or_raised(tmp_path: Path) -> None:
     assert {p.name for p in files} >= {"checkpoint.sqlite", "results.parquet", "o.jsonl"}
     for p in files:
         data = p.read_bytes()
-        for key in (h.KEY, BAD_KEY):
+        for key in (h.KEY, BAD_KEY, POOL_KEY):
             assert key.encode() not in data, p
         if p.suffix == ".parquet":
             texts.append(_strings_of_parquet(p))
     for text in texts:
-        assert h.KEY not in text and BAD_KEY not in text, text[:500]
+        for key in (h.KEY, BAD_KEY, POOL_KEY):
+            assert key not in text, text[:500]
 
 
 # -- 5. disk and store faults ------------------------------------------------------------------

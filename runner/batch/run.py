@@ -66,14 +66,16 @@ T = TypeVar("T")
 class BatchClient:
     """The Files and Batches endpoints of one provider, with the job's retry policy."""
 
-    def __init__(self, settings: Settings, control: Control, transport: Transport) -> None:
+    def __init__(
+        self, settings: Settings, control: Control, transport: Transport, key: str | None = None
+    ) -> None:
         self.settings = settings
         self.control = control
         self.transport = transport
         info = settings.provider_info
         self._balance = info.balance_statuses
         self._shape = info.error_shape
-        key = settings.api_key.reveal()
+        key = settings.api_key.reveal() if key is None else key
         self.http = make_client(
             settings.http_config,
             base_url=settings.base_url.rstrip("/") + "/",
@@ -180,7 +182,7 @@ class _Driver:
         self,
         settings: Settings,
         store: Store,
-        client: BatchClient,
+        clients: dict[str, BatchClient],
         prices: PriceTable,
         counters: Counters,
         control: Control,
@@ -190,7 +192,9 @@ class _Driver:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.client = client
+        # Per key fingerprint, in the pool's order: a batch and its files are the account's
+        # that uploaded them, so each batch keeps to the key recorded with it.
+        self.clients = clients
         self.prices = prices
         self.counters = counters
         self.control = control
@@ -218,38 +222,49 @@ class _Driver:
             # planned; record why, so `runner status` and the resume can say it.
             await self.step(int(batch["key"]), message=str(exc)[:500])
 
+    def _client(self, b: dict[str, Any], key: int) -> BatchClient:
+        """The batch's key: the one recorded with it, else the pool's keys in turn."""
+        fps = list(self.clients)
+        fp = b.get("key_fp")
+        if fp not in self.clients:
+            # Not yet uploaded (or its key has left the pool: the first key then asks).
+            fp = fps[key % len(fps)] if not fp or b["state"] == "planned" else fps[0]
+        b["key_fp"] = fp
+        return self.clients[fp]
+
     async def _drive(self, b: dict[str, Any]) -> None:
         key = int(b["key"])
         filename = f"{self.job_id}-{key:05d}.jsonl"
+        client = self._client(b, key)
         if b["state"] in ("planned", "uploading"):
             found = None
             if b["state"] == "uploading":  # the upload window: was it stored?
-                found = await self.client.find("files", lambda f: f.get("filename") == filename)
+                found = await client.find("files", lambda f: f.get("filename") == filename)
             if found is None:
                 if self.control.reason is not None:
                     raise Stopping
-                await self.step(key, state="uploading")
+                await self.step(key, state="uploading", key_fp=b["key_fp"])
                 async with self._uploads:
-                    found = await self.client.upload(Path(b["path"]), filename)
+                    found = await client.upload(Path(b["path"]), filename)
             b["file_id"] = str(found["id"])
             b["state"] = "uploaded"
             await self.step(key, state="uploaded", file_id=b["file_id"])
         if b["state"] in ("uploaded", "creating"):
-            await self._create(b, key)
+            await self._create(b, key, client)
         if b["state"] == "created":
             if "reserved" not in b:
                 # A batch created by an earlier run is already committed spending.
                 b["reserved"] = int(b["worst_nano"] or 0)
                 self.budget.hold(b["reserved"])
-            await self._poll(b, key)
+            await self._poll(b, key, client)
         if b["state"] == "finished":
-            await self._merge(b, key)
+            await self._merge(b, key, client)
 
-    async def _create(self, b: dict[str, Any], key: int) -> None:
+    async def _create(self, b: dict[str, Any], key: int, client: BatchClient) -> None:
         file_id = b["file_id"]
         found = None
         if b["state"] == "creating":  # the create window: does a batch use this file?
-            found = await self.client.find("batches", lambda x: x.get("input_file_id") == file_id)
+            found = await client.find("batches", lambda x: x.get("input_file_id") == file_id)
         if found is None:
             if self.control.reason is not None:
                 raise Stopping
@@ -264,18 +279,18 @@ class _Driver:
                 "completion_window": "24h",
                 "metadata": {"runner_job": self.job_id, "runner_file": str(key)},
             }
-            found = await self.client.call("POST", "/batches", body)
+            found = await client.call("POST", "/batches", body)
         b["batch_id"] = str(found["id"])
         b["status"] = str(found.get("status") or "validating")
         b["state"] = "created"
         await self.step(key, state="created", batch_id=b["batch_id"], status=b["status"])
 
-    async def _poll(self, b: dict[str, Any], key: int) -> None:
+    async def _poll(self, b: dict[str, Any], key: int, client: BatchClient) -> None:
         wait = self.settings.poll_initial
         self.counters.polling += 1
         try:
             while True:
-                found = await self.client.call("GET", f"/batches/{b['batch_id']}")
+                found = await client.call("GET", f"/batches/{b['batch_id']}")
                 status = str(found.get("status") or "")
                 if status != b.get("status"):
                     b["status"] = status
@@ -295,7 +310,7 @@ class _Driver:
         b["error_file_id"] = found.get("error_file_id") or None
         b["state"] = "finished"
 
-    async def _merge(self, b: dict[str, Any], key: int) -> None:
+    async def _merge(self, b: dict[str, Any], key: int, client: BatchClient) -> None:
         paths: list[Path | None] = []
         for kind in ("output", "error"):
             file_id = b.get(f"{kind}_file_id")
@@ -303,7 +318,7 @@ class _Driver:
                 paths.append(None)
                 continue
             dest = self.folder / f"{kind}-{key:05d}.jsonl"
-            await self.client.download(str(file_id), dest)
+            await client.download(str(file_id), dest)
             paths.append(dest)
         cost = await self.db(self._merge_sync, b, key, paths)
         self.budget.settle(int(b.pop("reserved", 0)), cost)
@@ -318,6 +333,8 @@ class _Driver:
 
         def record(chunk: list[Outcome]) -> None:
             nonlocal cost
+            for o in chunk:
+                o.key_fp = b.get("key_fp")
             store.record(chunk)
             for o in chunk:
                 counters.succeeded += o.status == "succeeded"
@@ -361,9 +378,12 @@ async def run_batch(start: JobStart) -> JobResult:
         async with run.store_lock:  # the timeline may be writing already
             done = store.done_bitmap(total)
         counters.already_done = sum(bin(x).count("1") for x in done)
-        client = BatchClient(live, control, run.transport)
+        clients = {
+            a.fingerprint: BatchClient(live, control, a.transport, a.key.secret.reveal())
+            for a in run.accounts.items
+        }
         driver = _Driver(
-            live, store, client, run.prices, counters, control, run.budget, run.job_id,
+            live, store, clients, run.prices, counters, control, run.budget, run.job_id,
             run.store_lock,
         )  # fmt: skip
         try:
@@ -379,7 +399,8 @@ async def run_batch(start: JobStart) -> JobResult:
                             tg.start_soon(driver.drive, b)
         finally:
             with anyio.CancelScope(shield=True):
-                await client.aclose()
+                for client in clients.values():
+                    await client.aclose()
 
     open_batches = [b for b in store.batches() if b["state"] != "merged"]
     if settings.retry_failed_online and control.reason is None and not open_batches:

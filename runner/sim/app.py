@@ -215,6 +215,7 @@ class SimApp:
             if request_id is not None and not isinstance(request_id, str):
                 raise ApiError(1214, "request_id must be a string")
             seen = endpoint.inspect(body)
+            state.ledger.authenticated(kid)
             state.gate.check_account(kid, time.monotonic(), endpoint.billable)
         except ApiError as err:
             return await self._error(send, err)
@@ -253,7 +254,7 @@ class SimApp:
                 answer = endpoint.answer(call, state)
                 data = orjson.dumps(answer.payload)
                 if answer.bill is not None:
-                    state.ledger.bill(model, answer.bill)
+                    state.ledger.bill(model, answer.bill, kid)
                     billed = True
                 if state.ledger.track_ids:
                     hashed = hashlib.sha256(endpoint.name.encode() + b"\n" + canon)
@@ -266,7 +267,7 @@ class SimApp:
             return await self._error(send, err)
         finally:
             if endpoint.billable:
-                state.gate.settle(billed)
+                state.gate.settle(billed, kid)
 
     async def _batches(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """The File and Batch APIs (sim/batches.py); no admission gate, no faults."""

@@ -90,6 +90,7 @@ async def _serve(
 @click.option("--rate-stall", default=0.0, help="Probability of stalling the response.")
 @click.option("--stall-seconds", default=30.0, show_default=True, help="How long a stall lasts.")
 @click.option("--balance-requests", type=int, default=None, help="1113 after N billed.")
+@click.option("--key-balance", multiple=True, metavar="KEY=N", help="1113 for KEY after N billed.")
 @click.option(
     "--error-shape",
     type=click.Choice(["nested", "flat", "siliconflow"]),
@@ -118,6 +119,13 @@ def sim_command(**options: Any) -> None:
             if not name:
                 raise click.BadParameter("empty API key", param_hint="--api-key")
             keys[name] = _count(limit, "--api-key")
+    key_balances: dict[str, int] = {}
+    for value in options["key_balance"]:
+        name, sep, count = value.rpartition("=")
+        parsed = _count(count, "--key-balance") if sep and count.isdigit() else None
+        if not name or parsed is None:
+            raise click.BadParameter("expected KEY=N", param_hint="--key-balance")
+        key_balances[name] = parsed
     model_limits: dict[str, int] = {}
     for name, limit in _pairs(options["model_limit"], "=", "--model-limit").items():
         parsed = _count(limit, "--model-limit")
@@ -139,6 +147,7 @@ def sim_command(**options: Any) -> None:
         "rate_stall": options["rate_stall"],
         "stall_seconds": options["stall_seconds"],
         "balance_requests": options["balance_requests"],
+        "key_balances": key_balances,
         "error_shape": options["error_shape"],
         "task_seconds": options["task_seconds"],
         "batch_seconds": options["batch_seconds"],

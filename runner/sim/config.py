@@ -47,6 +47,9 @@ class SimConfig:
     stall_seconds: float = 30.0
     # After this many billed requests every request gets 429 / 1113; None means unlimited.
     balance_requests: int | None = None
+    # Per-key balances (billed requests each key may still run), apart from the global one:
+    # a team's accounts run dry one at a time.
+    key_balances: dict[str, int] = field(default_factory=dict, repr=False)  # secrets: no repr
     error_shape: ErrorShape = "nested"
     # Seconds an async task stays PROCESSING after its submission.
     task_seconds: float = 0.5
@@ -128,6 +131,15 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise ValueError("model_limits must be an object of model -> limit")
         return {str(k): _count(f"model_limits[{k}]", v) for k, v in value.items()}
+    if name == "key_balances":
+        if not isinstance(value, Mapping):
+            raise ValueError("key_balances must be an object of key -> billed requests")
+        balances: dict[str, int] = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or not k:
+                raise ValueError("key_balances keys must be non-empty strings")
+            balances[k] = _count("key_balances[...]", v)
+        return balances
     if name == "keys":
         if value is None:
             return None
@@ -163,4 +175,5 @@ def public_view(config: SimConfig) -> dict[str, Any]:
     if config.keys is not None:
         view["keys"] = {key_id(k): v for k, v in config.keys.items()}
     view["model_limits"] = dict(config.model_limits)
+    view["key_balances"] = {key_id(k): v for k, v in config.key_balances.items()}
     return view

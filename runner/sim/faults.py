@@ -78,12 +78,17 @@ class Gate:
         # credit so that concurrent requests cannot overshoot ``balance_requests``.
         self.billed = 0
         self._reserved = 0
+        # The same per key id, for keys with a balance of their own (``key_balances``).
+        self._key_balance: dict[str, int] = {}
+        self._key_billed: dict[str, int] = {}
+        self._key_reserved: dict[str, int] = {}
         self.configure(config)
 
     def configure(self, config: SimConfig) -> None:
         if config.seed != self.config.seed:
             self.rng.seed(config.seed)
         self.config = config
+        self._key_balance = {key_id(k): n for k, n in config.key_balances.items()}
         edges = []
         total = 0.0
         for rate in (config.rate_429, config.rate_500, config.rate_503):
@@ -98,6 +103,7 @@ class Gate:
     def reset_usage(self) -> None:
         """Forget consumed balance and the RPM windows (in-flight slots are live state)."""
         self.billed = 0
+        self._key_billed.clear()
         self._windows.clear()
 
     def authenticate(self, key: str) -> str:
@@ -118,8 +124,14 @@ class Gate:
         """Balance (1113) then requests-per-minute (1303); reserves a credit if billable."""
         limit = self.config.balance_requests
         if limit is not None and self.billed + self._reserved >= limit:
-            self.ledger.fault("1113")
+            self.ledger.fault("1113", kid)
             raise ApiError(1113)
+        own = self._key_balance.get(kid)
+        if own is not None:
+            used = self._key_billed.get(kid, 0) + self._key_reserved.get(kid, 0)
+            if used >= own:
+                self.ledger.fault("1113", kid)
+                raise ApiError(1113)
         rpm = self.config.rpm_limit
         if rpm is not None:
             window = self._windows.get(kid)
@@ -129,17 +141,30 @@ class Gate:
             while window and window[0] <= horizon:
                 window.popleft()
             if len(window) >= rpm:
-                self.ledger.fault("1303")
+                self.ledger.fault("1303", kid)
                 raise ApiError(1303)
             window.append(now)
         if billable:
             self._reserved += 1
+            if own is not None:
+                self._key_reserved[kid] = self._key_reserved.get(kid, 0) + 1
 
-    def settle(self, billed: bool) -> None:
+    def settle(self, billed: bool, kid: str = "") -> None:
         """Release the credit reserved by ``check_account``; consume it if billed."""
         self._reserved -= 1
         if billed:
             self.billed += 1
+        if kid in self._key_balance:
+            self._key_reserved[kid] -= 1
+            if billed:
+                self._key_billed[kid] = self._key_billed.get(kid, 0) + 1
+
+    def in_flight_by_key(self) -> dict[str, int]:
+        """Requests holding a concurrency slot now, per key id (all models together)."""
+        out: dict[str, int] = {}
+        for (kid, _model), n in self._slots.items():
+            out[kid] = out.get(kid, 0) + n
+        return out
 
     def draw_fault(self) -> str | None:
         """None, or one of "429", "500", "503", "drop", "stall" by the configured rates."""
@@ -163,7 +188,7 @@ class Gate:
         now = self._slots.get(slot, 0)
         limit = self.config.limit_for(key, model)
         if limit is not None and now >= limit:
-            self.ledger.fault("1302")
+            self.ledger.fault("1302", kid)
             raise ApiError(1302)
         self._slots[slot] = now + 1
         self.ledger.concurrency(kid, model, now + 1)

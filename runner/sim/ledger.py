@@ -52,6 +52,9 @@ class Ledger:
         self.tasks = {"submitted": 0, "succeeded": 0, "failed": 0, "polls": 0}
         self.downloads = 0
         self.faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
+        # Per key id: API requests that passed authentication, billed ones, and refusals,
+        # so a test can tell one account of a pool from another.
+        self.by_key: dict[str, dict[str, int]] = {}
         # The server-side Batch API, kept apart from online billing (it is priced apart).
         self.batch: dict[str, Any] = {
             **dict.fromkeys(("files", "batches", "requests", "failed"), 0),
@@ -72,8 +75,21 @@ class Ledger:
             name = str(status)
             self.statuses[name] = self.statuses.get(name, 0) + 1
 
-    def fault(self, kind: str) -> None:
+    def fault(self, kind: str, key_id: str = "") -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
+        if key_id:
+            row = self._key_row(key_id)
+            row[kind] = row.get(kind, 0) + 1
+
+    def _key_row(self, key_id: str) -> dict[str, int]:
+        row = self.by_key.get(key_id)
+        if row is None:
+            row = self.by_key[key_id] = {"requests": 0, "billed": 0}
+        return row
+
+    def authenticated(self, key_id: str) -> None:
+        """One API request from this key reached the account checks."""
+        self._key_row(key_id)["requests"] += 1
 
     def concurrency(self, key_id: str, model: str, now: int) -> None:
         """Record the in-flight count of one (key, model) right after it grew."""
@@ -83,8 +99,10 @@ class Ledger:
         if now > peaks.get(model, 0):
             peaks[model] = now
 
-    def bill(self, model: str, bill: Bill) -> None:
+    def bill(self, model: str, bill: Bill, key_id: str = "") -> None:
         total = bill.prompt_tokens + bill.completion_tokens
+        if key_id:
+            self._key_row(key_id)["billed"] += 1
         billed = self.billed
         billed["requests"] += 1
         billed["prompt_tokens"] += bill.prompt_tokens
@@ -162,6 +180,7 @@ class Ledger:
             "tasks": dict(self.tasks),
             "downloads": self.downloads,
             "faults": dict(self.faults),
+            "by_key": {k: dict(v) for k, v in self.by_key.items()},
             "batch": {
                 **{k: v for k, v in self.batch.items() if k != "by_model"},
                 "by_model": {m: dict(r) for m, r in self.batch["by_model"].items()},

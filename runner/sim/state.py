@@ -67,7 +67,9 @@ class SimState:
 
     def stats(self, now: float) -> dict[str, Any]:
         self.tasks.settle(now)
-        return self.ledger.snapshot()
+        snap = self.ledger.snapshot()
+        snap["in_flight_by_key"] = self.gate.in_flight_by_key()
+        return snap
 
     def public_config(self) -> dict[str, Any]:
         return public_view(self.config)
