@@ -250,6 +250,10 @@ class Lanes:
                 lane, "/" + req.endpoint, body, sent
             )
             parsed = parse_success(req.endpoint, raw, answer)
+            if self.rate is not None and parsed.usage.total_tokens:
+                # TPM was taken at the estimate; the answer says what was really used.
+                estimate = estimate_tokens(body, req.body.get("max_tokens"))
+                self.rate.refund(req.model, estimate - parsed.usage.total_tokens)
             cost = self.ctx.prices.cost(req.model, parsed.usage)
             actual = cost or 0
             return outcome_for(
