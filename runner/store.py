@@ -117,6 +117,23 @@ def advice(exc: sqlite3.DatabaseError, path: Path) -> str:
     return "Check that it is a writable file (not a folder) on a working disk, then run again."
 
 
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """Open a checkpoint in a folder that cannot be written, seeing every committed row.
+
+    A WAL database needs its `-shm` file. A killed run leaves `-wal` and `-shm` behind:
+    `mode=ro` reads through both (the WAL holds the last commits). A run that closed
+    cleanly folded its WAL into the file and deleted both; `mode=ro` would then need to
+    create `-shm`, which it cannot, while `immutable=1` reads the file alone, which is then
+    the whole truth. (`immutable=1` with a WAL present would hide its commits, so it is
+    never used then.)
+    """
+    uri = path.resolve().as_uri()
+    wal = path.with_name(path.name + "-wal")
+    has_wal = wal.exists() and wal.stat().st_size > 0
+    mode = "mode=ro" if has_wal else "immutable=1"
+    return sqlite3.connect(f"{uri}?{mode}", uri=True, check_same_thread=False, timeout=5.0)
+
+
 class Store:
     """The checkpoint of one job folder. Not thread-safe: one user at a time."""
 
@@ -126,13 +143,21 @@ class Store:
             raise CheckpointError(
                 f"no checkpoint at {path}: is this the --out folder of a job run by `runner run`?"
             )
+        # Only a reader (`runner status`) may meet a folder it cannot write: read-only media,
+        # a snapshot. The job's writer always opens read-write, so a read-only folder stops
+        # it with the store's advice before anything is sent.
+        self.read_only = not create and not os.access(path.parent, os.W_OK)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), check_same_thread=False, timeout=5.0)
-            self.db = sqlite_utils.Database(conn)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self._ensure_schema()
+            if self.read_only:
+                conn = _connect_read_only(path)
+                self.db = sqlite_utils.Database(conn)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(str(path), check_same_thread=False, timeout=5.0)
+                self.db = sqlite_utils.Database(conn)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self._ensure_schema()
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(
                 f"cannot open checkpoint {path}: {exc}. {advice(exc, path)}"
