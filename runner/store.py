@@ -64,6 +64,9 @@ _OPEN_BATCH_SQL = (
 )
 
 
+# How long a commit waits for a lock another process holds (a backup, a sqlite3 shell).
+_BUSY_MS = 5000
+
 _SHAPE = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
 
 
@@ -153,7 +156,7 @@ class Store:
                 self.db = sqlite_utils.Database(conn)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(str(path), check_same_thread=False, timeout=5.0)
+                conn = sqlite3.connect(str(path), check_same_thread=False, timeout=_BUSY_MS / 1000)
                 self.db = sqlite_utils.Database(conn)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
@@ -170,6 +173,7 @@ class Store:
             f"VALUES ({', '.join('?' for _ in cols)})"
         )
         self._getter = operator.attrgetter(*cols)
+        self._checkpointer: sqlite3.Connection | None = None
 
     def _table(self, name: str) -> sqlite_utils.db.Table:
         return self.db.table(name)
@@ -292,6 +296,47 @@ class Store:
                 f"cannot write checkpoint {self.path}: {exc}. Nothing after the last commit "
                 "was counted as done; fix the cause (disk full? read-only?) and resume."
             ) from exc
+
+    def record_at_once(self, outcomes: Sequence[Outcome]) -> bool:
+        """`record`, but give up at once (False, nothing written) if another process holds
+        the lock, instead of waiting up to the busy timeout; the caller then waits for it
+        with `record` in a thread. Lets the writer commit on the event loop, where a commit
+        of a few hundred rows takes milliseconds, without ever stalling the loop on a lock.
+        """
+        conn = self.db.conn
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self.record(outcomes)
+        except CheckpointError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, sqlite3.OperationalError) and "locked" in str(cause):
+                return False
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+        return True
+
+    def defer_checkpoints(self, deferred: bool) -> None:
+        """Stop (or restart) the writer's own WAL checkpoints while `checkpoint_wal` runs.
+
+        SQLite checkpoints inside the commit that crosses 1,000 WAL pages, and that commit
+        then takes hundreds of milliseconds (it copies pages and syncs the file): answers
+        pile up behind it, and a kill -9 then loses them all. Deferred, every commit only
+        appends to the WAL, and the copying happens beside it.
+        """
+        self.db.execute(f"PRAGMA wal_autocheckpoint={0 if deferred else 1000}")
+
+    def checkpoint_wal(self) -> None:
+        """Copy committed WAL pages into the file from a second connection (PASSIVE: it
+        neither waits for nor blocks the writer); best effort, the next call catches up."""
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(
+                    str(self.path), check_same_thread=False, timeout=0
+                )
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass
 
     def terminal_seqs(self) -> Iterator[int]:
         """Seqs of rows with a final result (succeeded or failed)."""
@@ -514,4 +559,6 @@ class Store:
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()  # first: the last connection folds the WAL in
         self.db.conn.close()
