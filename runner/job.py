@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import anyio
 
-from .batch import run_batch
 from .errors import CheckpointError, UsageError
 from .lifecycle import (
     EXIT_FAILED_ROWS,
@@ -75,6 +74,8 @@ async def run_job(
         store = Store(checkpoint_path(settings.out))
         try:
             if settings.mode == "batch":
+                from .batch import run_batch  # only batch jobs load the Batch API driver
+
                 return await run_batch(
                     settings, store, fingerprint, total, handle_signals=handle_signals, grace=grace
                 )
