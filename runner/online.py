@@ -23,7 +23,7 @@ from .pool import JobContext, Lanes
 from .progress import Counters
 from .settings import Settings
 from .spec import Request, SpecDefaults, read_spec
-from .store import Store
+from .store import Claims, Store
 from .tasks import Tasks, prepare_resume
 
 __all__ = ["run_online"]
@@ -74,7 +74,7 @@ async def run_online(
                     reader_scope = anyio.CancelScope()
                     control.on_stop(reader_scope.cancel)
                     with reader_scope:
-                        await _read(live, live.spec_defaults(), done, lanes)
+                        await _read(live, live.spec_defaults(), done, lanes, store)
                     lanes.close()
             # If the lanes were cancelled (hard stop), the writer still owns its stream.
             results_send.close()
@@ -170,8 +170,31 @@ async def _checkpoints(store: Store) -> None:
         await anyio.to_thread.run_sync(store.checkpoint_wal)
 
 
-async def _read(settings: Settings, defaults: SpecDefaults, done: bytearray, lanes: Lanes) -> None:
-    batches = read_spec(settings.spec, defaults)
+async def _read(
+    settings: Settings,
+    defaults: SpecDefaults,
+    done: bytearray,
+    lanes: Lanes,
+    store: Store,
+) -> None:
+    """Feed the spec's pending rows to the lanes; rows done before are skipped unparsed."""
+    # Only a resume skips rows; their ids are then checked against the checkpoint.
+    claims = await anyio.to_thread.run_sync(store.claims) if any(done) else None
+    try:
+        await _feed(settings, defaults, done, lanes, claims)
+    finally:
+        if claims is not None:
+            claims.close()
+
+
+async def _feed(
+    settings: Settings,
+    defaults: SpecDefaults,
+    done: bytearray,
+    lanes: Lanes,
+    claims: Claims | None,
+) -> None:
+    batches = read_spec(settings.spec, defaults, skip=done if claims else None, taken=claims)
     invalid: list[Outcome] = []
     seen_invalid = 0
     while True:
@@ -179,9 +202,6 @@ async def _read(settings: Settings, defaults: SpecDefaults, done: bytearray, lan
         if batch is None:
             break
         for item in batch:
-            seq = item.seq
-            if seq >> 3 < len(done) and done[seq >> 3] & (1 << (seq & 7)):
-                continue
             if isinstance(item, Request):
                 await lanes.feed(item)
             else:

@@ -30,7 +30,7 @@ import sqlite_utils
 from .errors import CheckpointError
 from .outcome import COLUMNS, Outcome
 
-__all__ = ["BATCH_COLUMNS", "COLUMNS", "REOPEN_CODES", "TERMINAL", "Store", "advice"]
+__all__ = ["BATCH_COLUMNS", "COLUMNS", "REOPEN_CODES", "TERMINAL", "Claims", "Store", "advice"]
 
 TERMINAL = ("succeeded", "failed")
 # Failed async rows that a resume polls again (never resubmits): the task outlived
@@ -135,6 +135,44 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     has_wal = wal.exists() and wal.stat().st_size > 0
     mode = "mode=ro" if has_wal else "immutable=1"
     return sqlite3.connect(f"{uri}?{mode}", uri=True, check_same_thread=False, timeout=5.0)
+
+
+class Claims:
+    """Whether a custom_id was claimed by a row stored in the checkpoint, for a reader that
+    skips finished rows without parsing them (`read_spec`'s `taken`).
+
+    Every row read claims its id, and every stored row keeps the id it claimed (a
+    duplicate is stored without one), so the stored ids are exactly the skipped rows'
+    claims. One indexed lookup per row the reader parses, on a connection of its own (the
+    reader runs in a thread beside the writer; WAL lets it read while the writer commits).
+    Invalid rows that claimed an id are outside the unique index; they are few, and held
+    in memory.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+        )
+        self._invalid = {
+            str(cid)
+            for (cid,) in self._conn.execute(
+                "SELECT custom_id FROM rows WHERE status = 'failed' "
+                "AND error_code = 'invalid_row' AND custom_id IS NOT NULL"
+            )
+        }
+        # `error_code IS NOT 'invalid_row'` as the index states it, so SQLite uses the index.
+        self._sql = (
+            "SELECT 1 FROM rows WHERE custom_id = ? AND error_code IS NOT 'invalid_row' "
+            "AND seq < ? LIMIT 1"
+        )
+
+    def __call__(self, custom_id: str, seq: int) -> bool:
+        if custom_id in self._invalid:
+            return True
+        return self._conn.execute(self._sql, (custom_id, seq)).fetchone() is not None
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 class Store:
@@ -315,6 +353,10 @@ class Store:
         finally:
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
         return True
+
+    def claims(self) -> Claims:
+        """What a resume's reader asks about the ids of the rows it skips (see `Claims`)."""
+        return Claims(self.path)
 
     def defer_checkpoints(self, deferred: bool) -> None:
         """Stop (or restart) the writer's own WAL checkpoints while `checkpoint_wal` runs.
