@@ -235,7 +235,8 @@ async def open_run(
     job_id, prices = _begin_job(store, settings, fingerprint, total)
     counters = Counters(total=total, currency=prices.currency)
     control = Control()
-    budget = Budget.for_job(settings.max_cost, store.summary()["cost_nano"])
+    spent = store.total_cost() if settings.max_cost is not None else 0
+    budget = Budget.for_job(settings.max_cost, spent)
     run_id = store.start_run()
     async with _serve_backend(settings) as live, anyio.create_task_group() as outer:
         transport = make_transport(

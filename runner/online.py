@@ -47,7 +47,7 @@ async def run_online(
             # rest are polled again; the reader must not send any of them.
             open_rows = prepare_resume(store)
             done = store.done_bitmap(total)
-            already = sum(bin(b).count("1") for b in done)
+            already = int.from_bytes(done, "little").bit_count()
             for row in open_rows:
                 seq = int(row["seq"])
                 if seq < total:
