@@ -100,10 +100,12 @@ def _execute(settings: Settings) -> None:
     # with the progress and warnings.
     trouble = result.exit_code in (EXIT_USAGE, EXIT_STOPPED)
     click.echo(result.message, err=trouble)
+    results = results_path(settings.out)
+    where = results if results.exists() else "in the checkpoint"  # a signal stop skips it
     click.echo(
         f"rows: {s['total']} total, {s['succeeded']} succeeded, {s['failed']} failed, "
         f"{s['pending']} pending; cost {cost}\n"
-        f"results: {results_path(settings.out)}  (runner status {settings.out})"
+        f"results: {where}  (runner status {settings.out})"
     )
     sys.exit(result.exit_code)
 

@@ -589,7 +589,6 @@ class Store:
         in_batches = int(
             self.db.execute(_OPEN_BATCH_SQL.format(cols="COUNT(*)")).fetchone()[0] or 0
         )
-        runs = [dict(r) for r in self.db.query("SELECT * FROM runs ORDER BY id")]
         return {
             "total": total,
             "succeeded": counts["succeeded"],
@@ -601,10 +600,14 @@ class Store:
             "by_model": by_model,
             "error_codes": error_codes,
             "errors": self.error_groups(),
-            "runs": runs,
+            "runs": self.runs(),
             "settings": job["settings"] if job else {},
             "spec": job["spec_path"] if job else None,
         }
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run of the job (start, end, outcome, message, requests sent, retries)."""
+        return [dict(r) for r in self.db.query("SELECT * FROM runs ORDER BY id")]
 
     def error_groups(self, limit: int = 20) -> list[dict[str, Any]]:
         """Failed rows grouped by code and message shape, largest first.
