@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar, cast
 
 import anyio
 
@@ -97,9 +98,18 @@ async def run_job(
             # A task group wraps what its tasks raised; the writer's store failure is the
             # one the user must act on (disk full, read-only), so it is the one we raise.
             store_error = group.subgroup(CheckpointError)
-            if store_error is None:
+            if store_error is not None:
+                raise _first(store_error) from group
+            # SQLite refusing the file itself (damaged pages) inside a task: the reader's
+            # id lookups or a resume's first reads can meet it before anything else does.
+            db_error = group.subgroup(sqlite3.DatabaseError)
+            if db_error is None:
                 raise
-            raise _first(store_error) from group
+            path = checkpoint_path(settings.out)
+            cause = _first(db_error)
+            raise CheckpointError(
+                f"cannot use checkpoint {path}: {cause}. {advice(cause, path)}"
+            ) from group
         finally:
             store.close()
 
@@ -111,9 +121,11 @@ def _count_rows(spec: Path) -> int:
         raise UsageError(f"cannot read spec {spec}: {exc}") from exc
 
 
-def _first(group: BaseExceptionGroup[CheckpointError]) -> CheckpointError:
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _first(group: BaseExceptionGroup[_E]) -> _E:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
-    assert isinstance(exc, CheckpointError)
-    return exc
+    return cast(_E, exc)

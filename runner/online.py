@@ -122,10 +122,10 @@ async def _writer(
                 # full. The bound is on time, not on count: an answer is paid for the moment
                 # it arrives and until its commit a kill -9 loses it (the resume pays it
                 # again), so at thousands of rows per second the backlog must stay tens of
-                # milliseconds long. Answers that arrived while the last commit ran in its
-                # thread have waited already: they are committed at once, so under load the
-                # batches grow with the rate and the backlog stays about two commits long,
-                # while a trickle is grouped into at most one commit per interval.
+                # milliseconds long. Answers that queued while the last commit ran (and the
+                # loop served the workers) have waited already: they are committed at once,
+                # so under load the batches grow with the rate and the backlog stays about
+                # two commits long, while a trickle is grouped into one commit per interval.
                 if not batch:
                     try:
                         batch.append(results.receive_nowait())
