@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo report-demo test check bench bench-sim bench-transports soak clean
+.PHONY: demo report-demo test check bench bench-sim bench-transports bench-kill-window soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-transports: $(STAMP)  ## CPU µs per request of each HTTP transport candid
 bench: $(STAMP)  ## the runner against its peers on the simulator (docs/BENCHMARKS.md)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run_bench.py
+
+bench-kill-window: $(STAMP)  ## answers a kill -9 costs at C=500, against those in flight
+	$(BIN)/python bench/kill_window.py --repeat 3
 
 soak: $(STAMP)  ## 100+ SIGKILLs, a fault storm, 200 hostile specs; prints the figures
 	$(BIN)/python bench/soak.py

@@ -393,13 +393,21 @@ def scale_md(data: dict[str, Any], args: argparse.Namespace, m: dict[str, Any]) 
             f"| {p.get('served', 0):,} | {p.get('committed') or 0:,} | {p['maxrss_mb']:.0f} "
             f"| {p['status_json_s']:.2f} |"
         )
+    killed = next((p for p in ph if "in_flight_at_kill" in p), None)
+    in_flight = (
+        f" The SIGKILL found {killed['in_flight_at_kill']:,} requests in flight (the "
+        "simulator's count just after it)."
+        if killed
+        else ""
+    )
     lines += [
         "",
         f"Billed {kr['billed']:,} requests for {kr['n']:,} rows: **{kr['paid_twice']:,} "
         f"paid twice** (rows answered by the server but not yet committed when the process "
-        f"was killed); {kr['http_429']} 429s. *First new request after* is measured from "
-        "the resume process's start (Python start-up, checkpoint open, spec check, skipping "
-        "finished rows) to the first request the simulator sees, polled every 50 ms.",
+        f"was killed); {kr['http_429']} 429s.{in_flight} *First new request after* is "
+        "measured from the resume process's start (Python start-up, checkpoint open, spec "
+        "check, skipping finished rows) to the first request the simulator sees, polled "
+        "every 50 ms.",
         "",
     ]
     return lines

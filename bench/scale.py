@@ -103,12 +103,14 @@ def kill_and_resume(
         first = _wait_for(sim, child, lambda s: _received(s) > base, 300, 0.05)
         at = _wait_for(sim, child, lambda s: _served(s) >= 3 * n // 4, limit, 0.2)
         child.signal(signal.SIGKILL)
+        in_flight = int(sim.stats().get("in_flight", 0))  # sent by the dead process
         done = child.wait(60)
         stats = _drain(sim)
         status, status_s = _status_json(out)
         phases.append({
             "phase": "resume after SIGTERM, SIGKILL at 3/4", "first_request_s": first,
             "signal_at_s": at, "rc": done.rc, "served": _served(stats),
+            "in_flight_at_kill": in_flight,
             "committed": status.get("succeeded"), "cpu_s": done.cpu_s,
             "maxrss_mb": done.maxrss_mb, "status_json_s": status_s,
         })  # fmt: skip

@@ -3,6 +3,8 @@
 The public API is what `__all__` lists; every other module may change without notice.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     BudgetExceeded,
     CheckpointError,
@@ -16,9 +18,11 @@ from .errors import (
     RunnerError,
     UsageError,
 )
-from .generation import agenerate, generate
 from .job import JobResult, run_job
 from .settings import RetryConfig, Settings
+
+if TYPE_CHECKING:
+    from .generation import agenerate, generate
 
 __all__ = [
     "BudgetExceeded",
@@ -39,3 +43,13 @@ __all__ = [
     "generate",
     "run_job",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # generate and agenerate import pyarrow, which `runner run` needs only at the end (to
+    # export), so they load on first use.
+    if name in ("generate", "agenerate"):
+        from . import generation
+
+        return getattr(generation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,17 +23,19 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiofiles
 import anyio
-import httpx
 import orjson
 
 from .cost import Usage
 from .errors import TransportFatal
 from .http import HttpConfig, make_client, transport_error
+
+if TYPE_CHECKING:  # imported where used: httpx (with its CLI's imports) is slow to load
+    import httpx
 
 __all__ = [
     "ARTIFACTS_DIR",
@@ -288,6 +290,8 @@ class Downloader:
         return {"kind": item.kind, "url": item.url, "path": rel, "bytes": size, "sha256": digest}
 
     async def _stream(self, url: str, dest: Path) -> tuple[int, str]:
+        import httpx
+
         tmp = dest.with_name(f".{dest.name}.part")
         limit = self.max_bytes
         h = hashlib.sha256()

@@ -22,13 +22,9 @@ from typing import Any
 import anyio
 import click
 
-from .batch import batch_summary
 from .cost import NANO, format_cost, load_prices
 from .errors import CheckpointError, RunnerError, UsageError, redact
 from .estimate import DEFAULT_OUTPUT_TOKENS, estimate_spec, render, transport_tokenizer
-from .export import write_results_jsonl, write_results_parquet
-from .generation import generate as run_generate
-from .generation import summary_of
 from .http import make_transport
 from .job import EXIT_STOPPED, EXIT_USAGE, checkpoint_path, run_job
 from .keys import load_keys_file
@@ -105,10 +101,12 @@ def _execute(settings: Settings) -> None:
     # with the progress and warnings.
     trouble = result.exit_code in (EXIT_USAGE, EXIT_STOPPED)
     click.echo(result.message, err=trouble)
+    results = results_path(settings.out)
+    where = results if results.exists() else "in the checkpoint"  # a signal stop skips it
     click.echo(
         f"rows: {s['total']} total, {s['succeeded']} succeeded, {s['failed']} failed, "
         f"{s['pending']} pending; cost {cost}\n"
-        f"results: {results_path(settings.out)}  (runner status {settings.out})"
+        f"results: {where}  (runner status {settings.out})"
     )
     sys.exit(result.exit_code)
 
@@ -299,6 +297,8 @@ def generate(input: Path, **opts: Any) -> None:
         if opts[name] is not None:
             options[setting] = opts[name]
     try:
+        from .generation import generate as run_generate
+
         table = run_generate(
             input,
             prompt=_text_or_file(opts["prompt"], "--prompt"),
@@ -330,6 +330,8 @@ def generate(input: Path, **opts: Any) -> None:
         currency = load_prices(info.price_table).currency
     except UsageError:
         currency = "USD"
+    from .generation import summary_of
+
     text, failed = summary_of(table, currency)
     # The counts and where the table is go to stdout (what a script reads), as for run.
     click.echo(f"{text}\nresults: {opts['out'] / 'output.parquet'}")
@@ -398,6 +400,8 @@ def status(out: Path, as_json: bool) -> None:
         raise click.UsageError(str(exc)) from exc
     try:
         summary = store.summary()
+        from .batch import batch_summary
+
         batches = batch_summary(store)
     finally:
         store.close()
@@ -484,6 +488,8 @@ def export(out: Path, fmt: str, output: Path) -> None:
     except CheckpointError as exc:
         raise click.UsageError(str(exc)) from exc
     try:
+        from .export import write_results_jsonl, write_results_parquet
+
         n = (write_results_parquet if fmt == "parquet" else write_results_jsonl)(store, output)
     except (CheckpointError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)

@@ -23,7 +23,6 @@ from typing import Any
 import anyio
 import orjson
 
-from .batch import BATCH_ENDPOINTS
 from .cost import NANO, PriceTable, Usage
 from .http import ConnectionDropped, Transport
 from .spec import Request, SpecDefaults, read_spec
@@ -167,6 +166,8 @@ async def estimate_spec(
     tokenizer: Tokenizer | None = None,
 ) -> Estimate:
     """Walk the spec once and price every valid row (see the module docstring)."""
+    from .batch import BATCH_ENDPOINTS as batch_endpoints
+
     est = Estimate(
         prices.currency,
         output_guess=output_tokens,
@@ -195,7 +196,7 @@ async def estimate_spec(
         m.videos += videos
         m.uses += uses
         m.online_nano += cost
-        if req.endpoint in BATCH_ENDPOINTS:
+        if req.endpoint in batch_endpoints:
             m.batch_nano += int(Decimal(cost) * prices.batch_factor)
         else:
             m.batch_nano += cost

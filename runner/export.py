@@ -53,6 +53,14 @@ RESULT_SCHEMA = pa.schema(
 
 _STORED = [n for n in RESULT_SCHEMA.names if n != "cost"]
 
+# The export was the peak memory of a million-row job (218 MB; the run itself stays near
+# 100). Each chunk passes through Python objects (a tuple per row, a list per column)
+# before it is Arrow, so chunks are small; and only the columns with few distinct values
+# are dictionary-encoded, since an encoder over a million distinct responses held tens of
+# MB for nothing. Same file size, and the export's own peak falls from ~80 MB to ~37 MB.
+_ROW_GROUP = 2048
+_DICTIONARY = ["status", "endpoint", "model", "error_code", "task_status"]
+
 
 def _table(chunk: list[tuple[Any, ...]]) -> pa.Table:
     cols = dict(zip(_STORED, (list(c) for c in zip(*chunk, strict=True)), strict=True))
@@ -82,8 +90,8 @@ def write_results_parquet(store: Store, path: Path) -> int:
     tmp = path.with_suffix(".parquet.tmp")
     n = 0
     with _results_file(path, tmp):
-        with pq.ParquetWriter(tmp, RESULT_SCHEMA) as writer:
-            for chunk in store.iter_columns(_STORED):
+        with pq.ParquetWriter(tmp, RESULT_SCHEMA, use_dictionary=_DICTIONARY) as writer:
+            for chunk in store.iter_columns(_STORED, batch=_ROW_GROUP):
                 writer.write_table(_table(chunk))
                 n += len(chunk)
         tmp.replace(path)

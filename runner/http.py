@@ -26,15 +26,16 @@ import functools
 import os
 import ssl
 import time
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
 import httptools
-import httpx
+
+if TYPE_CHECKING:  # imported where used: httpx (with its CLI's imports) is slow to load
+    import httpx
 
 from .errors import AnswerTooLarge, ConnectionDropped, ResponseTimeout, TransportFatal, UsageError
 
@@ -86,6 +87,8 @@ class HttpConfig:
         """The proxy URL for a target, or None (no proxy set, or NO_PROXY matches)."""
         if not self.trust_env:
             return None
+        import urllib.request  # here: it loads http.client and email, which nothing else needs
+
         proxies = urllib.request.getproxies_environment()
         proxy = proxies.get(scheme) or proxies.get("all")
         if not proxy:
@@ -568,6 +571,8 @@ def make_client(
     max_connections: int | None = None,
 ) -> httpx.AsyncClient:
     """An httpx client with the job's trust, proxies and timeouts (batch files, artifacts)."""
+    import httpx
+
     return httpx.AsyncClient(
         base_url=base_url,
         headers=headers,
@@ -583,6 +588,8 @@ def make_client(
 
 def transport_error(exc: httpx.TransportError, where: str) -> Exception:
     """An httpx failure as our own: a certificate problem stops the job, the rest drop."""
+    import httpx
+
     fatal = _cert_problem(exc, where)
     if fatal is not None:
         return fatal
@@ -621,6 +628,8 @@ class HttpxTransport:
     async def request(
         self, method: str, path: str, body: bytes | None = None, timeout: float | None = None
     ) -> Response:
+        import httpx
+
         for attempt in (1, 2):
             started = time.monotonic()
             try:
@@ -641,6 +650,8 @@ class HttpxTransport:
     async def _once(
         self, method: str, path: str, body: bytes | None, timeout: float | None
     ) -> Response:
+        import httpx
+
         limit = self._limit
         async with self._client.stream(
             method, self._t.url(path), content=body, timeout=httpx.Timeout(timeout)

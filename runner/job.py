@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar, cast
 
 import anyio
 
-from .batch import run_batch
 from .errors import CheckpointError, UsageError
 from .lifecycle import (
     EXIT_FAILED_ROWS,
@@ -51,14 +52,13 @@ async def run_job(
 ) -> JobResult:
     """Run (or resume) a job; the exit code follows the CLI contract (0/1/2/3).
 
-    `lanes` builds the online worker pool; `generation/generate.py` passes a subclass that checks
+    `lanes` builds the online worker pool; `runner.generate` passes a subclass that checks
     each answer (and may ask again) before the row's outcome goes to the writer.
     """
     spec = settings.spec
     defaults = settings.spec_defaults()
     try:
         fingerprint = await anyio.to_thread.run_sync(spec_fingerprint, spec)
-        total = await anyio.to_thread.run_sync(count_rows, spec)
         if settings.strict:
             report = await anyio.to_thread.run_sync(validate_spec, spec, defaults)
             if report.invalid:
@@ -75,8 +75,15 @@ async def run_job(
     with folder_lock(settings.out):
         store = Store(checkpoint_path(settings.out))
         try:
+            # A resume of the same spec takes the count it recorded: counting a million
+            # lines again would delay its first request by a fifth of a second.
+            total = store.stored_total(fingerprint)
+            if total is None:
+                total = await anyio.to_thread.run_sync(_count_rows, spec)
             start = JobStart(settings, store, fingerprint, total, handle_signals, grace)
             if settings.mode == "batch":
+                from .batch import run_batch  # only batch jobs load the Batch API driver
+
                 return await run_batch(start)
             return await run_online(start, make_lanes=lanes)
         except sqlite3.DatabaseError as exc:
@@ -88,16 +95,34 @@ async def run_job(
             # A task group wraps what its tasks raised; the writer's store failure is the
             # one the user must act on (disk full, read-only), so it is the one we raise.
             store_error = group.subgroup(CheckpointError)
-            if store_error is None:
+            if store_error is not None:
+                raise _first(store_error) from group
+            # SQLite refusing the file itself (damaged pages) inside a task: the reader's
+            # id lookups or a resume's first reads can meet it before anything else does.
+            db_error = group.subgroup(sqlite3.DatabaseError)
+            if db_error is None:
                 raise
-            raise _first(store_error) from group
+            path = checkpoint_path(settings.out)
+            cause = _first(db_error)
+            raise CheckpointError(
+                f"cannot use checkpoint {path}: {cause}. {advice(cause, path)}"
+            ) from group
         finally:
             store.close()
 
 
-def _first(group: BaseExceptionGroup[CheckpointError]) -> CheckpointError:
+def _count_rows(spec: Path) -> int:
+    try:
+        return count_rows(spec)
+    except OSError as exc:
+        raise UsageError(f"cannot read spec {spec}: {exc}") from exc
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _first(group: BaseExceptionGroup[_E]) -> _E:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
-    assert isinstance(exc, CheckpointError)
-    return exc
+    return cast(_E, exc)

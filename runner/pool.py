@@ -51,6 +51,12 @@ from .spec import ASYNC_ENDPOINTS, Request
 __all__ = ["JobContext", "Lane", "Lanes", "fingerprint"]
 
 
+def _total_tokens(answer: dict[str, Any]) -> int:
+    usage = answer.get("usage")
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return total if isinstance(total, int) and not isinstance(total, bool) else 0
+
+
 def fingerprint(endpoint: str, body: bytes) -> str:
     return hashlib.blake2b(endpoint.encode() + b"\0" + body, digest_size=8).hexdigest()
 
@@ -227,8 +233,10 @@ class Lanes:
         try:
             if account.retired is not None:  # call_with_retry moves the row to another key
                 raise FatalAPIError(account.why, code=account.retired.code)
+            estimate = 0
             if account.rate is not None:
-                await account.rate.acquire(lane.model, estimate_tokens(body))
+                estimate = estimate_tokens(body)
+                await account.rate.acquire(lane.model, estimate)
             if self.ctx.control.reason is not None:
                 raise Stopping  # the job stopped while this row waited for a slot
             counters.in_flight += 1
@@ -263,6 +271,11 @@ class Lanes:
                 raise
             if limiter.succeeded(time.monotonic() - started):
                 self._show_caps()
+            if account.rate is not None:
+                # TPM was taken at the estimate; the answer says what this key really used.
+                used = _total_tokens(answer)
+                if used:
+                    account.rate.refund(lane.model, estimate - used)
         finally:
             limiter.release()
         return resp.status, resp.body, answer

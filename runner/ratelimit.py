@@ -18,7 +18,9 @@ stream of small ones.
 
 A request's tokens are estimated before it is sent, since TPM counts input and output:
 ``len(body bytes) // 3 + max_tokens`` (JSON bytes over-count the prompt a little, which
-errs on the safe side), with `DEFAULT_MAX_OUTPUT` when the row sets no max_tokens.
+errs on the safe side), with `DEFAULT_MAX_OUTPUT` when the row sets no max_tokens. Once
+the answer arrives the pool calls `RateLimits.refund` with the estimate less the answer's
+`usage.total_tokens`, so the bucket follows real usage instead of the estimate.
 """
 
 from __future__ import annotations
@@ -97,8 +99,10 @@ class TokenBucket:
             self._level -= n  # may go below zero for n > burst: the debt
 
     def refund(self, n: int) -> None:
-        """Give back units taken but not used (the answer's real usage was smaller)."""
-        if n > 0:
+        """Correct the level by units taken but not used: ``n`` > 0 gives them back (the
+        answer's real usage was smaller than the estimate), ``n`` < 0 takes the excess as
+        debt (it was larger), so the bucket follows what the platform really counted."""
+        if n:
             self._refill()
             self._level = min(float(self.burst), self._level + n)
 

@@ -108,7 +108,7 @@ class Settings:
     max_artifact_bytes: int = 512 * 1024 * 1024
     # Rows whose results are committed in one SQLite transaction.
     commit_batch: int = 512
-    commit_interval: float = 0.2
+    commit_interval: float = 0.02
     # "online" (the worker pool) or "batch" (the provider's server-side Batch API, half price).
     mode: str = "online"
     # Batch mode: afterwards, send rows the batches did not finish through the online pool.

@@ -34,11 +34,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
-import httpx
 import orjson
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
@@ -62,6 +61,9 @@ from .pool import JobContext, Lane, fingerprint
 from .retry import build_retrying
 from .spec import Request
 from .store import Store
+
+if TYPE_CHECKING:  # imported where used: httpx (with its CLI's imports) is slow to load
+    pass
 
 __all__ = ["TERMINAL_TASK_STATUSES", "Tasks", "prepare_resume"]
 
@@ -138,6 +140,8 @@ def prepare_resume(store: Store) -> list[dict[str, Any]]:
 
 def _never_sent(exc: BaseException) -> bool:
     """A connection that could not be opened carried no request: safe to send again."""
+    import httpx
+
     return isinstance(exc.__cause__, OSError | httpx.ConnectError | httpx.ConnectTimeout)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from simproc import SimProcess
@@ -263,6 +264,11 @@ def test_graceful_stop_exit_3_then_resume_bills_nothing_twice(
         assert 0 < done < n
         # Every answer the platform billed before the stop was recorded.
         assert sim.stats()["billed"]["requests"] == done
+        # A signal stop leaves the export to the end (or to `runner export`), so it is quick.
+        assert not (out / "results.parquet").exists() and "runner export" in err
+        part = tmp_path / "part.parquet"
+        exported = CliRunner().invoke(cli, ["export", str(out), "-o", str(part)])
+        assert exported.exit_code == 0 and pq.read_table(part).num_rows == done
         r = subprocess.run(
             [sys.executable, "-m", "runner", "resume", str(out), "--no-progress"],
             env=env,
@@ -271,6 +277,7 @@ def test_graceful_stop_exit_3_then_resume_bills_nothing_twice(
             timeout=60,
         )
         assert r.returncode == 0, r.stderr
+        assert pq.read_table(out / "results.parquet").num_rows == n
         stats = sim.stats()
     finally:
         sim.stop()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import orjson
 import pytest
 
 from jobs import settings_for, write_spec
-from runner import Settings, UsageError, run_job
+from runner import Settings, UsageError, accounts, run_job
 from runner.endpoints import raise_for_answer
 from runner.errors import FatalAPIError, RateLimited, RetryableError, RowError, Verdict, classify
 from runner.http import Response
@@ -274,3 +274,45 @@ def test_token_estimate() -> None:
     s = Settings(spec=Path("x"), out=Path("y"), provider="siliconflow", rpm=100, tpm=1000)
     limits = RateLimits.from_settings(s)
     assert limits is not None and (limits.rpm, limits.tpm) == (100, 1000)
+
+
+class _RecordingLimits(RateLimits):
+    """The job's real buckets, noting each correction the pool makes after an answer."""
+
+    refunds: ClassVar[list[tuple[str, int]]] = []
+
+    def refund(self, model: str, tokens: int) -> None:
+        self.refunds.append((model, tokens))
+        super().refund(model, tokens)
+
+
+@pytest.mark.anyio
+async def test_tpm_bucket_is_corrected_to_each_answers_real_usage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = [f"question {i}" for i in range(12)]
+    spec = sf_spec(tmp_path / "s.jsonl", texts)
+    # Each key's buckets are built by its account: record what the pool refunds them.
+    monkeypatch.setattr(accounts, "RateLimits", _RecordingLimits)
+    _RecordingLimits.refunds = []
+    limits = _RecordingLimits
+
+    async with Simulator(SimConfig(error_shape="siliconflow")) as sim:
+        settings = sf_settings(tmp_path, spec, sim.base_url, tpm=600_000)
+        result = await run_job(settings, handle_signals=False)
+    assert result.exit_code == 0, result.message
+    store = Store(checkpoint_path(tmp_path / "out"))
+    try:
+        used = {r["custom_id"]: r["total_tokens"] for chunk in store.iter_rows() for r in chunk}
+    finally:
+        store.close()
+    # One correction per answer: the estimate (no max_tokens: the default output) less
+    # the tokens the answer reports, so the bucket follows what the platform counted.
+    assert len(limits.refunds) == len(texts)
+    lines = spec.read_bytes().splitlines()
+    expected = sorted(
+        estimate_tokens(orjson.dumps(orjson.loads(line)["body"])) - used[f"r{i}"]
+        for i, line in enumerate(lines)
+    )
+    assert sorted(n for _, n in limits.refunds) == expected
+    assert all(model == "zai-org/GLM-4.5-Air" and n > 0 for model, n in limits.refunds)

@@ -338,6 +338,43 @@ def test_read_only_output_is_exit_2_untouched_then_resumes(tmp_path: Path) -> No
         assert stats["billed"]["requests"] == 40 and not stats["duplicates"]["fingerprint"]
 
 
+def test_status_reads_a_checkpoint_on_read_only_media(tmp_path: Path) -> None:
+    """`runner status` on a read-only mount, in the two states a checkpoint is found in:
+    as kill -9 left it (a WAL holding the last commits, and its -shm) and as a run that
+    ended cleanly left it (no WAL). It must see every committed row and write nothing
+    (the mount refuses writes even from root, so a status that tried would fail)."""
+    spec = chat_spec(tmp_path / "spec.jsonl", 400)
+    with tmpfs(tmp_path / "mnt", "16m") as base, h.SimProcess("--latency", "0.05") as sim:
+        out = base / "out"
+        proc = subprocess.Popen(
+            h.runner_cmd(spec, out, sim.base_url, "--concurrency", "4"),
+            env=h.runner_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while h.observe(out).statuses.get("succeeded", 0) < 40:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert (out / "checkpoint.sqlite-wal").stat().st_size > 0  # the commits are in it
+        killed = sum(r["status"] == "succeeded" for r in h.read_rows_ro(out))
+        remount(base, "ro")
+        try:
+            assert h.status_json(out)["succeeded"] == killed
+        finally:
+            remount(base, "rw")
+        assert run_cli(spec, out, sim.base_url).returncode == 0
+        assert not (out / "checkpoint.sqlite-wal").exists()  # folded in at the clean close
+        remount(base, "ro")
+        try:
+            data = h.status_json(out)
+            assert (data["succeeded"], data["pending"]) == (400, 0)
+        finally:
+            remount(base, "rw")
+
+
 @pytest.fixture(scope="module")
 def disk_full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A job whose disk fills up mid-run, then gets room and is run again (once per module)."""

@@ -249,3 +249,42 @@ async def test_secret_never_written(tmp_path: Path) -> None:
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+
+
+async def test_a_duplicate_after_a_resume_is_still_a_duplicate(tmp_path: Path) -> None:
+    """A resume skips finished rows without parsing them, yet a pending row that repeats a
+    skipped row's custom_id (one that succeeded, one that was invalid but claimed its id)
+    is still refused as a duplicate, is never sent, and leaves the first row's result."""
+    rows = [chat_row(i) for i in range(2100)]
+    rows[8] = {**chat_row(8), "body": {"messages": [{"role": "user", "content": "no model"}]}}
+    rows[2060] = {**chat_row(2060), "custom_id": "row-5"}
+    rows[2070] = {**chat_row(2070), "custom_id": "row-8"}
+    spec = write_spec(tmp_path / "spec.jsonl", rows)
+    out = tmp_path / "out"
+    # The first run stops (balance) after 1,100 answers: the reader is then in its second
+    # batch of 1,024 rows and has never read the two repeats.
+    async with Simulator(SimConfig(latency=0.0, balance_requests=1100)) as sim:
+        first = await run_job(settings_for(out, spec, sim.base_url), handle_signals=False)
+    assert first.exit_code == 3, first.message
+    store = Store(checkpoint_path(out))
+    try:
+        assert store.get("row-5") is not None and store.get("row-8") is not None
+        assert not {r["seq"] for chunk in store.iter_rows() for r in chunk} & {2060, 2070}
+    finally:
+        store.close()
+    async with Simulator(SimConfig(latency=0.0)) as sim:
+        second = await run_job(settings_for(out, spec, sim.base_url), handle_signals=False)
+        billed = sim.stats()["billed"]["requests"]
+    assert second.exit_code == 1, second.message
+    assert second.summary["succeeded"] == 2100 - 3
+    assert billed == 2100 - 3 - first.summary["succeeded"]
+    store = Store(checkpoint_path(out))
+    try:
+        by_seq = {r["seq"]: r for chunk in store.iter_rows() for r in chunk}
+    finally:
+        store.close()
+    assert by_seq[5]["custom_id"] == "row-5" and by_seq[5]["status"] == "succeeded"
+    for seq, cid in ((2060, "row-5"), (2070, "row-8")):
+        # Stored under its line's id, never the id it repeated.
+        assert by_seq[seq]["status"] == "failed" and by_seq[seq]["custom_id"] == f"line-{seq + 1}"
+        assert f"duplicate custom_id '{cid}'" in by_seq[seq]["error_message"]

@@ -28,6 +28,7 @@ from runner.spec import (
     validate_spec,
 )
 from runner.spec.checks import CHECKS, MODELLESS_ENDPOINTS
+from runner.spec.rows import IdSet
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 CHAT_URL = "/v4/chat/completions"
@@ -193,6 +194,47 @@ def test_first_duplicate_stays_valid_even_after_an_invalid_row(tmp_path: Path) -
     error_at(dup_a, 2, "custom_id")
     assert isinstance(b, Request)
     assert "duplicate custom_id 'b'" in error_at(dup_b, 4, "custom_id").message
+
+
+def test_skipped_rows_are_not_parsed_and_keep_every_seq(tmp_path: Path) -> None:
+    """`skip` (a resume's done bitmap) leaves rows out unparsed, even broken ones; blank
+    lines still are not rows, so the seqs of what is read are those of a full read."""
+    lines = [line("a"), b"{broken", b"", line("c"), line("d", body="oops"), line("e")]
+    path = write(tmp_path, lines)
+    full = read_all(path)
+    skip = bytearray([0b0000_0011])  # seqs 0 and 1: "a" and the broken line
+    kept = read_all(path, skip=skip)
+    assert [(x.seq, x.line) for x in kept] == [(x.seq, x.line) for x in full[2:]]
+    assert [x.custom_id for x in kept] == ["c", "d", "e"] and isinstance(kept[1], InvalidRow)
+    # A row past the bitmap's end is read; an empty bitmap skips nothing.
+    assert len(read_all(path, skip=bytearray([0xFF]))) == 0
+    assert len(read_all(path, skip=bytearray())) == len(full)
+
+
+def test_skipped_rows_keep_their_ids_through_taken(tmp_path: Path) -> None:
+    """A row repeating the id of a skipped row is a duplicate when `taken` says the id was
+    claimed; the first row to claim an id in this read stays valid."""
+    path = write(tmp_path, [line("a"), line("b"), line("a"), line("c"), line("c")])
+    asked: list[tuple[str, int]] = []
+
+    def taken(cid: str, seq: int) -> bool:
+        asked.append((cid, seq))
+        return cid == "a"
+
+    kept = read_all(path, skip=bytearray([0b0000_0001]), taken=taken)
+    b, dup_a, c, dup_c = kept
+    assert isinstance(b, Request) and isinstance(c, Request)
+    assert "duplicate custom_id 'a'" in error_at(dup_a, 3, "custom_id").message
+    error_at(dup_c, 5, "custom_id")
+    assert asked == [("b", 1), ("a", 2), ("c", 3)]  # a repeat within the read asks nothing
+
+
+def test_id_set_grows_and_keeps_every_id() -> None:
+    ids = IdSet(capacity=8)
+    assert all(ids.add(f"id-{i}") for i in range(5000))
+    assert len(ids) == 5000
+    assert not any(ids.add(f"id-{i}") for i in range(0, 5000, 7))
+    assert ids.add("id-5000") and len(ids) == 5001
 
 
 # --- every error kind -------------------------------------------------------------------------

@@ -31,11 +31,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
-import httpx
 import orjson
 
 from ..control import Budget, Control, Stopping
@@ -51,6 +50,9 @@ from ..retry import build_retrying
 from ..settings import Settings
 from ..store import Store
 from .files import merge_file, missing_outcome, plan_files, retry_online
+
+if TYPE_CHECKING:  # imported where used: httpx (with its CLI's imports) is slow to load
+    import httpx
 
 __all__ = ["TERMINAL_BATCH", "run_batch"]
 
@@ -119,6 +121,8 @@ class BatchClient:
         return result
 
     async def upload(self, path: Path, filename: str) -> dict[str, Any]:
+        import httpx
+
         async def once() -> dict[str, Any]:
             try:
                 with path.open("rb") as fh:
@@ -136,6 +140,8 @@ class BatchClient:
         return result
 
     async def download(self, file_id: str, dest: Path) -> None:
+        import httpx
+
         """Stream a file's content to `dest` (through a temporary name)."""
         tmp = dest.with_suffix(dest.suffix + ".part")
 
