@@ -1,7 +1,7 @@
 """Per endpoint kind: where it is sent, and how its answer becomes a result, usage and errors.
 
 Everything here is pure (bytes in, values out) so it is cheap on the hot path and easy to
-test. The HTTP call itself is the pool's (`Lanes.call` in pool.py), over http.py.
+test. The HTTP call itself is the pool's (`Lanes.call` in pool.py), over http/.
 """
 
 from __future__ import annotations

@@ -1,185 +1,29 @@
-"""The HTTP seam: one small client interface, two transports behind it, one configuration.
+"""`FastTransport`: keep-alive HTTP/1.1 connections on asyncio protocols, parsed by httptools.
 
-Measured on one harness (docs/BENCHMARKS.md, "HTTP transports": C=500, L=0.2 s, client
-on one core, CPU per request): the protocol pool below (`FastTransport`: keep-alive
-connections on asyncio protocols with the httptools parser) 63 µs, pyreqwest 102, aiohttp
-201, curl_cffi 353, httpx over aiohttp 594, niquests 934, httpx's own pool 1,640. The
-runner's budget is 150 µs per row *including* checkpoint and cost, so `FastTransport` is
-the default, kept only because it passes the same conformance suite as httpx
-(tests/test_transport_conformance.py): proxies from the environment (CONNECT for https),
-TLS with a private CA, gzip/deflate, chunked and close-delimited bodies, 1xx answers,
-redirects refused, stale keep-alive connections, IPv6 literals, credentials and a query in
-the base URL, and a size cap. `HttpxTransport` keeps httpx behind the same interface
-(`--transport httpx`).
-
-`HttpConfig` is what every connection of a job shares (CA bundle, proxies, timeouts, caps):
-API calls, batch file transfers and artifact downloads are all built from it
-(`make_transport`, `make_client`), so one job never behaves two ways.
+The default transport (see the package's docstring for why): it owns its protocol code, so
+the conformance suite (tests/test_transport_conformance.py) is what keeps it honest.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
-import functools
-import os
 import ssl
 import time
 import zlib
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
-from urllib.parse import unquote, urlsplit
+from typing import cast
+from urllib.parse import urlsplit
 
 import httptools
 
-if TYPE_CHECKING:  # imported where used: httpx (with its CLI's imports) is slow to load
-    import httpx
+from ..errors import AnswerTooLarge, ConnectionDropped, ResponseTimeout, TransportFatal, UsageError
+from .base import ACCEPT_ENCODING, MAX_ANSWER_BYTES, STALE_WINDOW, Response, Target, redact_url
+from .config import HttpConfig, cert_problem
 
-from .errors import AnswerTooLarge, ConnectionDropped, ResponseTimeout, TransportFatal, UsageError
-
-__all__ = [
-    "MAX_ANSWER_BYTES",
-    "ConnectionDropped",
-    "FastTransport",
-    "HttpConfig",
-    "HttpxTransport",
-    "Response",
-    "ResponseTimeout",
-    "Transport",
-    "make_client",
-    "make_transport",
-    "transport_error",
-]
-
-# The largest API answer read into memory. A chat answer is kilobytes; a runaway or hostile
-# server must not take the process's memory with it. Files stream to disk under their own cap.
-MAX_ANSWER_BYTES = 64 * 1024 * 1024
-# A reused keep-alive connection that ends within this many seconds of a write, before a
-# single byte of answer, was closed by the server while idle (its FIN crossed our request):
-# the request is sent again on a fresh connection, once, without spending a retry.
-STALE_WINDOW = 1.0
-ACCEPT_ENCODING = "gzip, deflate"
+__all__ = ["FastTransport"]
 
 
-@dataclass(frozen=True, slots=True)
-class HttpConfig:
-    """Connection settings every client of one job shares.
-
-    `ca_bundle` replaces the system's trusted CAs (as curl's --cacert does); without it the
-    system store is used, which honours SSL_CERT_FILE / SSL_CERT_DIR. Proxies come from
-    HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY (and their lower-case forms) when
-    `trust_env`, as httpx reads them.
-    """
-
-    ca_bundle: Path | None = None
-    connect_timeout: float = 10.0
-    max_answer_bytes: int = MAX_ANSWER_BYTES
-    trust_env: bool = True
-
-    def ssl_context(self) -> ssl.SSLContext:
-        env = os.environ
-        ca = str(self.ca_bundle) if self.ca_bundle else None
-        return _ssl_context(ca, env.get("SSL_CERT_FILE"), env.get("SSL_CERT_DIR"))
-
-    def proxy_for(self, scheme: str, host: str, port: int) -> str | None:
-        """The proxy URL for a target, or None (no proxy set, or NO_PROXY matches)."""
-        if not self.trust_env:
-            return None
-        import urllib.request  # here: it loads http.client and email, which nothing else needs
-
-        proxies = urllib.request.getproxies_environment()
-        proxy = proxies.get(scheme) or proxies.get("all")
-        if not proxy:
-            return None
-        # Not in typeshed, but public and documented beside getproxies_environment.
-        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-        if bypass(host, proxies) or bypass(f"{host}:{port}", proxies):
-            return None
-        return proxy
-
-
-@functools.lru_cache(maxsize=8)
-def _ssl_context(
-    ca_bundle: str | None, cert_file: str | None, cert_dir: str | None
-) -> ssl.SSLContext:
-    """One verifying context per CA bundle (and SSL_CERT_* value): one costs milliseconds."""
-    try:
-        ctx = ssl.create_default_context(cafile=ca_bundle)
-    except (OSError, ssl.SSLError) as exc:
-        raise TransportFatal(f"cannot load the CA bundle {ca_bundle}: {exc}") from exc
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
-
-
-def _cert_problem(exc: BaseException, where: str) -> TransportFatal | None:
-    """A TransportFatal naming the certificate problem, if `exc` (or its cause) is one."""
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return None
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            why = seen.verify_message or seen.reason or str(seen)
-            return TransportFatal(
-                f"the TLS certificate of {where} is not trusted ({why}); if it is signed by a "
-                "private CA, pass that CA with --ca-bundle FILE (or SSL_CERT_FILE)"
-            )
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return f"{parts.scheme}://{netloc}{parts.path}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """A base URL taken apart once: where to connect and how to name each request."""
-
-    scheme: str
-    host: str
-    port: int
-    netloc: str  # host[:port] as the Host header wants it (IPv6 in brackets), no userinfo
-    prefix: str
-    query: str
-    basic: str | None  # an Authorization value from user:pass@, if the URL carries one
-
-    @classmethod
-    def parse(cls, base_url: str) -> _Target:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(
-                f"base URL must be http(s)://host[:port]/path, got {_redact_url(base_url)!r}"
-            )
-        basic = None
-        if parts.username is not None or parts.password is not None:
-            pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-            basic = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-        return cls(
-            parts.scheme,
-            parts.hostname,
-            parts.port or (443 if parts.scheme == "https" else 80),
-            parts.netloc.rsplit("@", 1)[-1],
-            parts.path.rstrip("/"),
-            parts.query,
-            basic,
-        )
-
-    def path(self, path: str) -> str:
-        """The origin-form target: the base path, then `path`, then both queries."""
-        if not self.query:
-            return self.prefix + path
-        sep = "&" if "?" in path else "?"
-        return self.prefix + path + sep + self.query
-
-    def url(self, path: str) -> str:
-        return f"{self.scheme}://{self.netloc}{self.path(path)}"
-
-
-def _decoded(body: bytes, encoding: bytes | None, limit: int) -> bytes:
+def decoded(body: bytes, encoding: bytes | None, limit: int) -> bytes:
     """The body without its Content-Encoding, never more than `limit` bytes."""
     if not encoding or not body:
         return body
@@ -203,34 +47,6 @@ def _decoded(body: bytes, encoding: bytes | None, limit: int) -> bytes:
             f"the answer is over the {limit}-byte cap once decompressed", code="answer_too_large"
         )
     return out
-
-
-@dataclass(slots=True)
-class Response:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-    def header(self, name: bytes) -> bytes | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
-
-
-class Transport(Protocol):
-    """Send one request to the base URL's host; raise ConnectionDropped on a broken link.
-
-    Redirects are never followed (an API POST must not silently change address); the
-    caller sees the 3xx answer. Bodies arrive decoded (gzip, deflate) and capped.
-    """
-
-    async def request(
-        self, method: str, path: str, body: bytes | None = None, timeout: float | None = None
-    ) -> Response: ...
-
-    async def aclose(self) -> None: ...
 
 
 class _Connection(asyncio.Protocol):
@@ -385,7 +201,7 @@ class FastTransport:
     ):
         config = config or HttpConfig()
         self._config = config
-        t = self._t = _Target.parse(base_url)
+        t = self._t = Target.parse(base_url)
         self._ssl = config.ssl_context() if t.scheme == "https" else None
         self._where = t.netloc
         self._connect_timeout = (
@@ -393,7 +209,7 @@ class FastTransport:
         )
         self._limit = config.max_answer_bytes
         # A proxy: plain http is sent to it in absolute form; https goes through CONNECT.
-        self._proxy: _Target | None = None
+        self._proxy: Target | None = None
         proxy = config.proxy_for(t.scheme, t.host, t.port)
         if proxy is not None:
             if "://" not in proxy:
@@ -401,9 +217,9 @@ class FastTransport:
             if urlsplit(proxy).scheme != "http":
                 raise UsageError(
                     f"only http:// proxies are supported by --transport fast, got "
-                    f"{_redact_url(proxy)} (try --transport httpx)"
+                    f"{redact_url(proxy)} (try --transport httpx)"
                 )
-            p = _Target.parse(proxy)
+            p = Target.parse(proxy)
             self._proxy = p
         self._absolute = self._proxy is not None and t.scheme == "http"
         fixed = {
@@ -440,14 +256,14 @@ class FastTransport:
         except TransportFatal:
             raise
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            fatal = _cert_problem(exc, self._where)
+            fatal = cert_problem(exc, self._where)
             if fatal is not None:
                 raise fatal from None
             raise ConnectionDropped(f"cannot connect to {host}:{port}: {exc}") from exc
         self._all.add(conn)
         return conn
 
-    async def _tunnel(self, loop: asyncio.AbstractEventLoop, p: _Target) -> _Connection:
+    async def _tunnel(self, loop: asyncio.AbstractEventLoop, p: Target) -> _Connection:
         """CONNECT through the proxy, then TLS to the origin over that tunnel."""
         t = self._t
         raw, tun = await loop.create_connection(_Tunnel, p.host, p.port)
@@ -521,7 +337,7 @@ class FastTransport:
             break
         encoding = response.header(b"content-encoding")
         if encoding is not None:
-            response.body = _decoded(response.body, encoding, self._limit)
+            response.body = decoded(response.body, encoding, self._limit)
         return response
 
     async def _exchange(self, conn: _Connection, data: bytes, deadline: float | None) -> Response:
@@ -559,130 +375,3 @@ class FastTransport:
                 conn.transport.close()
         self._all.clear()
         self._idle.clear()
-
-
-def make_client(
-    config: HttpConfig,
-    *,
-    base_url: str = "",
-    headers: dict[str, str] | None = None,
-    timeout: float | None = None,
-    follow_redirects: bool = False,
-    max_connections: int | None = None,
-) -> httpx.AsyncClient:
-    """An httpx client with the job's trust, proxies and timeouts (batch files, artifacts)."""
-    import httpx
-
-    return httpx.AsyncClient(
-        base_url=base_url,
-        headers=headers,
-        verify=config.ssl_context(),
-        trust_env=config.trust_env,
-        timeout=httpx.Timeout(timeout, connect=config.connect_timeout),
-        follow_redirects=follow_redirects,
-        # httpcore's pool slows down sharply with its size (PEERS.md: 38 req/s of 1,000 at
-        # C=500 with 500 kept); 64 kept connections measured best here.
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64),
-    )
-
-
-def transport_error(exc: httpx.TransportError, where: str) -> Exception:
-    """An httpx failure as our own: a certificate problem stops the job, the rest drop."""
-    import httpx
-
-    fatal = _cert_problem(exc, where)
-    if fatal is not None:
-        return fatal
-    if isinstance(exc, httpx.TimeoutException):
-        return ResponseTimeout(f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, httpx.ProxyError):
-        text = str(exc)
-        if "407" in text or "403" in text:
-            return TransportFatal(f"the proxy refused the tunnel to {where}: {text}")
-    return ConnectionDropped(f"{type(exc).__name__}: {exc}")
-
-
-class HttpxTransport:
-    """The same interface over httpx.AsyncClient."""
-
-    def __init__(
-        self,
-        base_url: str,
-        headers: dict[str, str],
-        *,
-        connect_timeout: float | None = None,
-        config: HttpConfig | None = None,
-    ):
-        config = config or HttpConfig()
-        if connect_timeout is not None:
-            config = HttpConfig(
-                config.ca_bundle, connect_timeout, config.max_answer_bytes, config.trust_env
-            )
-        t = self._t = _Target.parse(base_url)
-        self._limit = config.max_answer_bytes
-        fixed = {**headers, "Content-Type": "application/json"}
-        if t.basic is not None:
-            fixed["Authorization"] = t.basic
-        self._client = make_client(config, headers=fixed)
-
-    async def request(
-        self, method: str, path: str, body: bytes | None = None, timeout: float | None = None
-    ) -> Response:
-        import httpx
-
-        for attempt in (1, 2):
-            started = time.monotonic()
-            try:
-                return await self._once(method, path, body, timeout)
-            except httpx.RemoteProtocolError as exc:
-                # httpcore cannot say whether the connection was reused, so the stale case
-                # is recognized as FastTransport's is: no answer at all, at once.
-                stale = "without sending a response" in str(exc)
-                if attempt == 1 and stale and time.monotonic() - started < STALE_WINDOW:
-                    continue
-                raise transport_error(exc, self._t.netloc) from None
-            except httpx.TransportError as exc:
-                raise transport_error(exc, self._t.netloc) from None
-            except httpx.DecodingError as exc:
-                raise ConnectionDropped(f"corrupt body: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _once(
-        self, method: str, path: str, body: bytes | None, timeout: float | None
-    ) -> Response:
-        import httpx
-
-        limit = self._limit
-        async with self._client.stream(
-            method, self._t.url(path), content=body, timeout=httpx.Timeout(timeout)
-        ) as r:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in r.aiter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    raise AnswerTooLarge(
-                        f"the answer is over the {limit}-byte cap", code="answer_too_large"
-                    )
-                chunks.append(chunk)
-        return Response(r.status_code, list(r.headers.raw), b"".join(chunks))
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-
-def make_transport(
-    kind: str,
-    base_url: str,
-    api_key: str,
-    extra_headers: dict[str, str] | None = None,
-    *,
-    config: HttpConfig | None = None,
-) -> Transport:
-    """Build the transport for a job; the API key goes into one header and nowhere else."""
-    headers = {"Authorization": f"Bearer {api_key}", **(extra_headers or {})}
-    if kind == "fast":
-        return FastTransport(base_url, headers, config=config)
-    if kind == "httpx":
-        return HttpxTransport(base_url, headers, config=config)
-    raise ValueError(f"unknown transport {kind!r}: use 'fast' or 'httpx'")

@@ -1,0 +1,105 @@
+"""What the commands share: running a coroutine, the platform's options, small texts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from ..errors import RunnerError
+from ..providers import PROVIDERS, PROVIDERS_ENV
+
+__all__ = ["PathArg", "lines_of", "pairs", "platform_options", "rows", "run_async"]
+
+PathArg = click.Path(path_type=Path)
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Where to send and how hard: `runner run` and `runner generate` take the same flags.
+_PLATFORM_OPTIONS = [
+    click.option(
+        "--provider", help=f"{', '.join(PROVIDERS)}, or one from --providers (default: zai)."
+    ),
+    click.option(
+        "--providers",
+        "providers_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        envvar=PROVIDERS_ENV,
+        help=f"TOML file of extra providers (or ${PROVIDERS_ENV}).",
+    ),
+    click.option("--base-url", help="Override the provider's base URL."),
+    click.option(
+        "--tier",
+        type=click.Choice(["V0", "V1", "V2", "V3"], case_sensitive=False),
+        metavar="[V0|V1|V2|V3]",
+        help="The account's tier, which sets each model's in-flight cap (text: V0 50 ... V3 500).",
+    ),
+    click.option("--concurrency", type=click.IntRange(min=1), help="In-flight cap per model."),
+    click.option("--max-cost", help="Stop sending before spent cost could pass this amount."),
+    click.option("--transport", type=click.Choice(["fast", "httpx"]), help="HTTP transport."),
+    click.option("--timeout", type=float, help="Seconds to wait for one answer (default 300)."),
+    click.option("--no-progress", is_flag=True, default=False, help="No live progress display."),
+]
+
+
+def platform_options(command: F) -> F:
+    for option in reversed(_PLATFORM_OPTIONS):
+        command = option(command)
+    return command
+
+
+def run_async(fn: Any, *args: Any) -> Any:
+    try:
+        import uvloop  # noqa: F401
+
+        options = {"use_uvloop": True}
+    except ImportError:
+        options = {}
+    try:
+        return anyio.run(fn, *args, backend="asyncio", backend_options=options)
+    except BaseExceptionGroup as group:
+        # One of our errors raised inside a task group arrives wrapped; the exit-code table
+        # (and the user) want it bare, not as a traceback.
+        leaf = _only_runner_error(group)
+        if leaf is None:
+            raise
+        raise leaf from None
+
+
+def _only_runner_error(group: BaseExceptionGroup[BaseException]) -> RunnerError | None:
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], RunnerError):
+        return leaves[0]
+    return None
+
+
+def pairs(values: tuple[str, ...], flag: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        name, sep, num = v.rpartition("=")
+        if not sep or not name or not num.isdigit() or int(num) < 1:
+            raise click.BadParameter(f"expected MODEL=N with N >= 1, got {v!r}", param_hint=flag)
+        out[name] = int(num)
+    return out
+
+
+def rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def lines_of(group: dict[str, Any]) -> str:
+    """ " (lines 2, 9, …)": where a group of failed rows starts, for `runner status`."""
+    lines = group["lines"]
+    if group["rows"] < 2 or not lines:
+        return ""
+    more = ", …" if group["rows"] > len(lines) else ""
+    return f" (lines {', '.join(map(str, lines))}{more})"

@@ -1,0 +1,267 @@
+"""The commands that read a job or a spec: status, export, report, validate, estimate."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..cost import NANO, format_cost, load_prices
+from ..errors import CheckpointError, UsageError
+from ..estimate import DEFAULT_OUTPUT_TOKENS, estimate_spec, render, transport_tokenizer
+from ..http import make_transport
+from ..job import EXIT_USAGE, checkpoint_path
+from ..lifecycle import results_path
+from ..providers import PROVIDERS_ENV, get_provider
+from ..spec import SpecDefaults, SpecError, validate_spec
+from ..store import Store
+from .common import PathArg, lines_of, rows, run_async
+
+__all__ = ["estimate", "export", "report", "status", "validate"]
+
+
+def _status_json(summary: dict[str, Any], currency: str) -> dict[str, Any]:
+    by_model = {
+        model: {**m, "cost": m["cost_nano"] / NANO} for model, m in summary["by_model"].items()
+    }
+    return {
+        "total": summary["total"],
+        "succeeded": summary["succeeded"],
+        "failed": summary["failed"],
+        "pending": summary["pending"],
+        "in_progress": summary["in_progress"],
+        "tokens": summary["tokens"],
+        "cost": {
+            "total": summary["cost_nano"] / NANO,
+            "total_exact": str(Decimal(summary["cost_nano"]) / NANO),
+            "currency": currency,
+            "by_model": by_model,
+        },
+        "error_codes": summary["error_codes"],
+        "errors": summary["errors"],
+        "runs": summary["runs"],
+        "spec": summary["spec"],
+        "keys": {
+            label: {**k, "cost": k["cost_nano"] / NANO}
+            for label, k in summary.get("by_key", {}).items()
+        },
+    }
+
+
+@click.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(out: Path, as_json: bool) -> None:
+    """Counts, cost and errors of the job in OUT."""
+    try:
+        store = Store(checkpoint_path(out), create=False)
+    except CheckpointError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        summary = store.summary()
+        from ..batch import batch_summary
+
+        batches = batch_summary(store)
+    finally:
+        store.close()
+    provider = summary["settings"].get("provider", "zai")
+    providers_file = summary["settings"].get("providers_file")
+    try:
+        info = get_provider(provider, Path(providers_file) if providers_file else None)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
+    currency = load_prices(info.price_table).currency
+    data = _status_json(summary, currency)
+    data["batches"] = batches
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(
+        f"spec: {data['spec']}\n"
+        f"rows: {data['total']} total, {data['succeeded']} succeeded, {data['failed']} failed, "
+        f"{data['pending']} pending ({data['in_progress']} async tasks in progress)\n"
+        f"cost: {format_cost(summary['cost_nano'], currency)}"
+    )
+    for model, m in data["cost"]["by_model"].items():
+        click.echo(
+            f"  {model}: {rows(m['rows'])}, {m['prompt_tokens']} prompt + "
+            f"{m['completion_tokens']} completion tokens, "
+            f"{format_cost(m['cost_nano'], currency)}"
+            + (f" ({rows(m['unpriced'])} with no price)" if m["unpriced"] else "")
+        )
+    if len(data["keys"]) > 1:
+        click.echo("keys:")
+        for label, k in data["keys"].items():
+            state = k["state"] + (f": {k['reason']}" if k["reason"] else "")
+            click.echo(
+                f"  {label}: {rows(k['rows'])}, {format_cost(k['cost_nano'], currency)}, {state}"
+            )
+    if data["batches"]:
+        click.echo("batches:")
+        for b in data["batches"]:
+            click.echo(
+                f"  file {b['key']}: {rows(b['lines'])} of {b['model']}, {b['state']}"
+                + (f", batch {b['batch_id']} {b['status']}" if b["batch_id"] else "")
+                + (f" ({b['message']})" if b["message"] else "")
+            )
+    if data["errors"]:
+        click.echo("errors (one line per cause; an example message, then the first lines):")
+        for e in data["errors"]:
+            click.echo(f"  {e['rows']:>6} × {e['code']}: {e['message']}{lines_of(e)}")
+        shown = sum(e["rows"] for e in data["errors"])
+        if shown < data["failed"]:
+            click.echo(f"  ... and {data['failed'] - shown} more failed rows in smaller groups")
+        hint = ""
+        if "invalid_row" in data["error_codes"]:
+            hint = f"`runner validate {data['spec']}`, or "
+        click.echo(f"  every failed row: {hint}error_message in {results_path(out)}")
+
+
+@click.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["parquet", "jsonl"]),
+    default="parquet",
+    show_default=True,
+    help="Parquet results, or the provider's Batch-API output JSONL.",
+)
+@click.option("-o", "--output", type=PathArg, required=True, help="File to write.")
+def export(out: Path, fmt: str, output: Path) -> None:
+    """Write the results of OUT as Parquet or Batch-API JSONL."""
+    try:
+        store = Store(checkpoint_path(out), create=False)
+    except CheckpointError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        from ..export import write_results_jsonl, write_results_parquet
+
+        n = (write_results_parquet if fmt == "parquet" else write_results_jsonl)(store, output)
+    except (CheckpointError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    finally:
+        store.close()
+    click.echo(f"wrote {rows(n)} to {output}")
+
+
+@click.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=PathArg, help="HTML file to write (default OUT/report.html).")
+def report(out: Path, output: Path | None) -> None:
+    """Write one self-contained HTML page of the job in OUT: figures, charts, errors."""
+    from ..report.data import load_report
+    from ..report.page import write_report
+
+    target = output or out / "report.html"
+    try:
+        data = load_report(checkpoint_path(out))
+        size = write_report(data, target, currency=_currency(data["job"]))
+    except CheckpointError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except (UsageError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(f"wrote {target} ({size / 1024:,.0f} KiB)")
+
+
+def _currency(job: dict[str, Any]) -> str:
+    """The currency of the job's price table (the provider's, or the user's --prices)."""
+    try:
+        info = get_provider(
+            job["provider"], Path(job["providers_file"]) if job["providers_file"] else None
+        )
+        prices = Path(job["prices"]) if job["prices"] else None
+        return load_prices(info.price_table, prices).currency
+    except (UsageError, OSError, ValueError):
+        return "USD"
+
+
+@click.command()
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", help="Model for rows whose body names none.")
+@click.option("--endpoint", help="Endpoint for short rows.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def validate(spec: Path, model: str | None, endpoint: str | None, as_json: bool) -> None:
+    """Check every row of SPEC before anything is spent (exit 2 if any is invalid)."""
+    try:
+        report = validate_spec(spec, SpecDefaults(endpoint=endpoint, model=model))
+    except SpecError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(report.render())
+    sys.exit(EXIT_USAGE if report.invalid else 0)
+
+
+@click.command()
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", help="Model for rows whose body names none.")
+@click.option("--endpoint", help="Endpoint for short rows.")
+@click.option("--price-as", help="Price every row as this model (what-if).")
+@click.option("--provider", help="Price table and tokenizer of this provider (default: zai).")
+@click.option(
+    "--providers",
+    "providers_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar=PROVIDERS_ENV,
+    help="TOML file of extra providers.",
+)
+@click.option("--base-url", help="Where the tokenizer is (with --use-tokenizer).")
+@click.option(
+    "--use-tokenizer",
+    is_flag=True,
+    help="Count chat prompts with the provider's tokenizer endpoint (not billed; needs a key).",
+)
+@click.option("--prices", type=click.Path(exists=True, path_type=Path), help="Price table.")
+@click.option(
+    "--output-tokens",
+    type=click.IntRange(min=0),
+    default=DEFAULT_OUTPUT_TOKENS,
+    show_default=True,
+    help="Output tokens assumed for rows without max_tokens.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def estimate(spec: Path, **opts: Any) -> None:
+    """Estimate what SPEC costs online and in batch mode; nothing billable is sent."""
+    try:
+        info = get_provider(opts["provider"] or "zai", opts["providers_file"])
+        prices = load_prices(info.price_table, opts["prices"])
+        defaults = SpecDefaults(endpoint=opts["endpoint"], model=opts["model"])
+        est = run_async(_estimate, spec, defaults, prices, info, opts)
+    except (UsageError, SpecError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if opts["as_json"]:
+        click.echo(json.dumps(est.to_json(), indent=2))
+    else:
+        click.echo(render(est))
+
+
+async def _estimate(
+    spec: Path, defaults: SpecDefaults, prices: Any, info: Any, opts: dict[str, Any]
+) -> Any:
+    kw = {"output_tokens": opts["output_tokens"], "price_as": opts["price_as"]}
+    if not opts["use_tokenizer"]:
+        return await estimate_spec(spec, defaults, prices, **kw)
+    base = opts["base_url"] or info.base_url
+    key = os.environ.get(info.key_env, "")
+    if not base or not key:
+        raise UsageError(
+            f"--use-tokenizer needs a base URL (--base-url) and a key in {info.key_env}"
+        )
+    transport = make_transport("httpx", base, key, dict(info.extra_headers))
+    try:
+        return await estimate_spec(
+            spec, defaults, prices, tokenizer=transport_tokenizer(transport), **kw
+        )
+    finally:
+        await transport.aclose()

@@ -1,0 +1,156 @@
+"""`runner run` and `runner resume`: a job from a spec or a job file, and its resume."""
+
+from __future__ import annotations
+
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..cost import format_cost
+from ..errors import CheckpointError, RunnerError, UsageError, redact
+from ..job import EXIT_STOPPED, EXIT_USAGE, checkpoint_path, run_job
+from ..keys import load_keys_file
+from ..lifecycle import results_path
+from ..settings import USER_SETTINGS, Settings, load_job_file
+from ..store import Store
+from .common import PathArg, pairs, platform_options, run_async
+
+__all__ = ["resume", "run"]
+
+
+def _execute(settings: Settings) -> None:
+    try:
+        settings = settings.with_key_from_env()
+        result = run_async(run_job, settings)
+    except UsageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except CheckpointError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except RunnerError as exc:
+        click.echo(f"error: {redact(str(exc), *settings.secrets())}", err=True)
+        sys.exit(EXIT_STOPPED)
+    s = result.summary
+    cost = format_cost(s["cost_nano"], result.counters.currency)
+    # What a script reads goes to stdout: the counts and where the results are. Why a job
+    # stopped early or sent nothing (exit 2, 3) is a problem to act on, so it goes to stderr
+    # with the progress and warnings.
+    trouble = result.exit_code in (EXIT_USAGE, EXIT_STOPPED)
+    click.echo(result.message, err=trouble)
+    results = results_path(settings.out)
+    where = results if results.exists() else "in the checkpoint"  # a signal stop skips it
+    click.echo(
+        f"rows: {s['total']} total, {s['succeeded']} succeeded, {s['failed']} failed, "
+        f"{s['pending']} pending; cost {cost}\n"
+        f"results: {where}  (runner status {settings.out})"
+    )
+    sys.exit(result.exit_code)
+
+
+@click.command()
+@platform_options
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "-o", type=PathArg, help="Output folder (checkpoint and results).")
+@click.option("--model", help="Model for rows whose body names none.")
+@click.option("--endpoint", help="Endpoint for short rows, e.g. chat/completions.")
+@click.option("--model-concurrency", multiple=True, help="MODEL=N cap for one model.")
+@click.option("--strict", is_flag=True, default=None, help="Refuse the job if any row is invalid.")
+@click.option("--force", is_flag=True, default=None, help="Resume even if the spec changed.")
+@click.option("--prices", type=click.Path(exists=True, path_type=Path), help="Price table.")
+@click.option(
+    "--ca-bundle",
+    type=click.Path(exists=True, dir_okay=False, resolve_path=True, path_type=Path),
+    help="PEM file of the CAs to trust (e.g. a company's private CA); default: the system's.",
+)
+@click.option("--no-download", is_flag=True, default=None, help="Don't download artifacts.")
+@click.option(
+    "--mode",
+    type=click.Choice(["online", "batch"]),
+    help="online (default) or batch: the provider's Batch API at half price, within 24 h.",
+)
+@click.option(
+    "--retry-failed-online",
+    is_flag=True,
+    default=None,
+    help="Batch mode: afterwards send rows the batches did not finish through online mode.",
+)
+@click.option("--batch-lines", type=click.IntRange(min=1), help="Most lines per batch file.")
+@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute per model.")
+@click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute per model.")
+@click.option(
+    "--keys",
+    "keys_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML file of [[keys]]: the variables holding several keys, with each account's tier "
+    "and limits.",
+)
+def run(spec: Path, **opts: Any) -> None:
+    """Run SPEC (JSONL, Parquet, or a .toml job file); run again to resume."""
+    values: dict[str, Any] = {}
+    if spec.suffix.lower() == ".toml":
+        try:
+            values = load_job_file(spec)
+        except UsageError as exc:
+            raise click.UsageError(str(exc)) from exc
+        if "spec" not in values:
+            raise click.UsageError(f"{spec}: the job file must name a spec")
+        spec = values.pop("spec")
+    # Flags win over the job file; the converted ones are handled below.
+    for name in USER_SETTINGS:
+        if name not in ("model_concurrency", "max_cost") and opts.get(name) is not None:
+            values[name] = opts[name]
+    if "out" not in values:
+        raise click.UsageError("--out DIR is required (the checkpoint and results go there)")
+    if opts.get("timeout") is not None:
+        values["request_timeout"] = opts["timeout"]
+    if opts.get("no_download"):
+        values["download"] = False
+    if opts.get("keys_file") is not None:
+        try:
+            values["keys"] = load_keys_file(opts["keys_file"])
+        except UsageError as exc:
+            raise click.UsageError(str(exc)) from exc
+    if opts["model_concurrency"]:
+        values["model_concurrency"] = {
+            **values.get("model_concurrency", {}),
+            **pairs(opts["model_concurrency"], "--model-concurrency"),
+        }
+    raw_cost = opts.get("max_cost") if opts.get("max_cost") is not None else values.get("max_cost")
+    if raw_cost is not None:
+        try:
+            values["max_cost"] = Decimal(str(raw_cost))
+        except InvalidOperation:
+            raise click.BadParameter(
+                f"not a number: {raw_cost!r}", param_hint="--max-cost"
+            ) from None
+    if "tier" in values:
+        values["tier"] = str(values["tier"]).upper()
+    values["progress"] = not opts["no_progress"]
+    _execute(Settings(spec=Path(spec), **values))
+
+
+@click.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--no-progress", is_flag=True, default=False, help="No live progress display.")
+@click.option("--force", is_flag=True, default=False, help="Resume even if the spec changed.")
+def resume(out: Path, no_progress: bool, force: bool) -> None:
+    """Resume the job in OUT with the settings it was started with."""
+    if (out / "generate.json").exists():
+        raise click.UsageError(
+            f"{out} holds a `runner generate` job: run the same `runner generate` command "
+            "(or call generate() with the same out) again to resume it"
+        )
+    try:
+        store = Store(checkpoint_path(out), create=False)
+        job = store.job()
+        store.close()
+    except CheckpointError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if job is None:
+        raise click.UsageError(f"{out} holds no job: start one with `runner run SPEC --out {out}`")
+    settings = Settings.from_record(job["settings"], progress=not no_progress, force=force, out=out)
+    _execute(settings)

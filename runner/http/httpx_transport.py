@@ -1,0 +1,80 @@
+"""`HttpxTransport`: the transport interface over httpx.AsyncClient (`--transport httpx`)."""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import AnswerTooLarge, ConnectionDropped
+from .base import STALE_WINDOW, Response, Target
+from .config import HttpConfig, make_client, transport_error
+
+__all__ = ["HttpxTransport"]
+
+
+class HttpxTransport:
+    """The same interface over httpx.AsyncClient."""
+
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        *,
+        connect_timeout: float | None = None,
+        config: HttpConfig | None = None,
+    ):
+        config = config or HttpConfig()
+        if connect_timeout is not None:
+            config = HttpConfig(
+                config.ca_bundle, connect_timeout, config.max_answer_bytes, config.trust_env
+            )
+        t = self._t = Target.parse(base_url)
+        self._limit = config.max_answer_bytes
+        fixed = {**headers, "Content-Type": "application/json"}
+        if t.basic is not None:
+            fixed["Authorization"] = t.basic
+        self._client = make_client(config, headers=fixed)
+
+    async def request(
+        self, method: str, path: str, body: bytes | None = None, timeout: float | None = None
+    ) -> Response:
+        import httpx
+
+        for attempt in (1, 2):
+            started = time.monotonic()
+            try:
+                return await self._once(method, path, body, timeout)
+            except httpx.RemoteProtocolError as exc:
+                # httpcore cannot say whether the connection was reused, so the stale case
+                # is recognized as FastTransport's is: no answer at all, at once.
+                stale = "without sending a response" in str(exc)
+                if attempt == 1 and stale and time.monotonic() - started < STALE_WINDOW:
+                    continue
+                raise transport_error(exc, self._t.netloc) from None
+            except httpx.TransportError as exc:
+                raise transport_error(exc, self._t.netloc) from None
+            except httpx.DecodingError as exc:
+                raise ConnectionDropped(f"corrupt body: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(
+        self, method: str, path: str, body: bytes | None, timeout: float | None
+    ) -> Response:
+        import httpx
+
+        limit = self._limit
+        async with self._client.stream(
+            method, self._t.url(path), content=body, timeout=httpx.Timeout(timeout)
+        ) as r:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in r.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise AnswerTooLarge(
+                        f"the answer is over the {limit}-byte cap", code="answer_too_large"
+                    )
+                chunks.append(chunk)
+        return Response(r.status_code, list(r.headers.raw), b"".join(chunks))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
