@@ -78,7 +78,11 @@ class _Slots:
     async def acquire(self) -> None:
         if self.in_use < self._total and not self._waiters:
             self.in_use += 1
-            await checkpoint()
+            try:
+                await checkpoint()
+            except BaseException:
+                self.release()  # cancelled at the checkpoint: the caller never holds it
+                raise
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)

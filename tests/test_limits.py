@@ -200,3 +200,12 @@ async def test_raising_the_limit_wakes_waiters() -> None:
         assert not done.is_set()
         lim._tokens.total = 2
         await done.wait()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_acquire_keeps_no_slot() -> None:
+    lim = AdaptiveLimiter(1)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await lim.acquire()  # a free slot, but the scope is cancelled at the checkpoint
+    lim.acquire_nowait()  # so the slot is still free
