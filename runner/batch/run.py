@@ -25,6 +25,9 @@ is not the row's own) can be sent through the online pool afterwards with
 JSON calls go through the job's Transport; the multipart upload and the file downloads use
 an httpx client built from the same HttpConfig (CA bundle, proxies, timeouts), base URL and
 Authorization header. The key is only ever in that header.
+
+Over 400 lines because each step of a batch (upload, create, poll, merge) is checkpointed
+before and after it, and those windows read best next to each other in one driver.
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
-"""The SQLite checkpoint: the single source of truth for a job.
-
-One row per spec row the job has touched, keyed by its position in the spec (`seq`), with
-its status, attempts, timings, last error, response, usage and cost. A result counts as
-done only once its transaction has committed. WAL with synchronous=NORMAL keeps every
-committed row across a killed process (only an OS crash or power loss can drop the last
-transactions), and one writer commits rows in batches so the store keeps pace with
-thousands of rows per second.
-
-Why one module of about 500 lines: every SQL statement of the checkpoint's job tables lives
-here, next to the schema it depends on, so a change of a table is one file to read; the
-callers see methods, never SQL. (The report's own `timeline` table is report/timeline.py's.)
-"""
+"""`Store`: the checkpoint of one job folder: schema, job, runs and rows (see __init__)."""
 
 from __future__ import annotations
 
-import heapq
 import operator
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,159 +13,26 @@ from typing import Any
 import orjson
 import sqlite_utils
 
-from .errors import CheckpointError
-from .outcome import COLUMNS, Outcome
+from ..errors import CheckpointError
+from ..outcome import COLUMNS, Outcome
+from .batches import BATCH_COLUMNS, BatchTables
+from .opening import Claims, advice, connect_read_only
+from .totals import Totals
 
-__all__ = ["BATCH_COLUMNS", "COLUMNS", "REOPEN_CODES", "TERMINAL", "Claims", "Store", "advice"]
+__all__ = ["REOPEN_CODES", "TERMINAL", "Store"]
 
 TERMINAL = ("succeeded", "failed")
 # Failed async rows that a resume polls again (never resubmits): the task outlived
 # task_max_age, or its files could not be downloaded.
 REOPEN_CODES = ("task_timeout", "download_failed")
 
-# One row per batch file (batch mode); `state` is the runner's step, `status` the platform's.
-BATCH_COLUMNS: dict[str, type] = {
-    "key": int,
-    "endpoint": str,
-    "model": str,
-    "path": str,
-    "lines": int,
-    "bytes": int,
-    "worst_nano": int,
-    "state": str,
-    "file_id": str,
-    "batch_id": str,
-    "status": str,
-    "output_file_id": str,
-    "error_file_id": str,
-    "request_counts": str,
-    "message": str,
-    "created_at": float,
-    "updated_at": float,
-    # The key that uploaded the file and created the batch (its fingerprint, keys.py).
-    "key_fp": str,
-}
-_OPEN_BATCH_SQL = (
-    "SELECT {cols} FROM batch_rows b JOIN batches k ON k.key = b.key "
-    "LEFT JOIN rows r ON r.seq = b.seq "
-    "WHERE k.state != 'merged' AND (r.status IS NULL OR r.status NOT IN ('succeeded', 'failed'))"
-)
-
-
 # done_bitmap counts rows per block of 2**_BLOCK seqs.
 _BLOCK = 12
 # How long a commit waits for a lock another process holds (a backup, a sqlite3 shell).
 _BUSY_MS = 5000
 
-_SHAPE = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
 
-
-def message_shape(message: str | None) -> str:
-    """An error message with what varies per row masked: `line 5: ... 'x'` -> `line #: ... #`."""
-    return _SHAPE.sub("#", message or "")
-
-
-class _FirstLines:
-    """SQLite aggregate: the first few line numbers of a group, as "2,9,14"."""
-
-    KEEP = 5
-
-    def __init__(self) -> None:
-        self.lines: list[int] = []
-
-    def step(self, line: int | None) -> None:
-        if line is not None:
-            heapq.heappush(self.lines, -line)
-            if len(self.lines) > self.KEEP:
-                heapq.heappop(self.lines)
-
-    def finalize(self) -> str:
-        return ",".join(str(x) for x in sorted(-n for n in self.lines))
-
-
-def advice(exc: sqlite3.DatabaseError, path: Path) -> str:
-    """What to do about a checkpoint SQLite refused, by what it said.
-
-    The advice differs on purpose: moving a checkpoint away re-sends (and re-bills) every
-    finished row, so it is offered only for a corrupt file, never for a locked or
-    read-only one, which is healthy and only needs the other process or the mount fixed.
-    """
-    text = str(exc).lower()
-    if "unable to open" in text and path.parent.is_dir() and not os.access(path.parent, os.W_OK):
-        text = "read-only"  # a WAL checkpoint can't even be opened without its -shm file
-    if "locked" in text or "busy" in text:
-        return (
-            "Another process holds it (a second `runner run` or `resume` on this folder, or an "
-            "open sqlite3 transaction): stop that process, then run again. Nothing is lost."
-        )
-    if "readonly" in text or "read-only" in text:
-        return "The folder or file is read-only: make it writable, then run again."
-    if "full" in text:
-        return "The disk is full: free some space, then run again. Nothing committed is lost."
-    if "not a database" in text or "malformed" in text:
-        return (
-            "The file is corrupt: move it (with its -wal and -shm files) away and run again; "
-            "finished rows in it would be sent again."
-        )
-    return "Check that it is a writable file (not a folder) on a working disk, then run again."
-
-
-def _connect_read_only(path: Path) -> sqlite3.Connection:
-    """Open a checkpoint in a folder that cannot be written, seeing every committed row.
-
-    A WAL database needs its `-shm` file. A killed run leaves `-wal` and `-shm` behind:
-    `mode=ro` reads through both (the WAL holds the last commits). A run that closed
-    cleanly folded its WAL into the file and deleted both; `mode=ro` would then need to
-    create `-shm`, which it cannot, while `immutable=1` reads the file alone, which is then
-    the whole truth. (`immutable=1` with a WAL present would hide its commits, so it is
-    never used then.)
-    """
-    uri = path.resolve().as_uri()
-    wal = path.with_name(path.name + "-wal")
-    has_wal = wal.exists() and wal.stat().st_size > 0
-    mode = "mode=ro" if has_wal else "immutable=1"
-    return sqlite3.connect(f"{uri}?{mode}", uri=True, check_same_thread=False, timeout=5.0)
-
-
-class Claims:
-    """Whether a custom_id was claimed by a row stored in the checkpoint, for a reader that
-    skips finished rows without parsing them (`read_spec`'s `taken`).
-
-    Every row read claims its id, and every stored row keeps the id it claimed (a
-    duplicate is stored without one), so the stored ids are exactly the skipped rows'
-    claims. One indexed lookup per row the reader parses, on a connection of its own (the
-    reader runs in a thread beside the writer; WAL lets it read while the writer commits).
-    Invalid rows that claimed an id are outside the unique index; they are few, and held
-    in memory.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
-        )
-        self._invalid = {
-            str(cid)
-            for (cid,) in self._conn.execute(
-                "SELECT custom_id FROM rows WHERE status = 'failed' "
-                "AND error_code = 'invalid_row' AND custom_id IS NOT NULL"
-            )
-        }
-        # `error_code IS NOT 'invalid_row'` as the index states it, so SQLite uses the index.
-        self._sql = (
-            "SELECT 1 FROM rows WHERE custom_id = ? AND error_code IS NOT 'invalid_row' "
-            "AND seq < ? LIMIT 1"
-        )
-
-    def __call__(self, custom_id: str, seq: int) -> bool:
-        if custom_id in self._invalid:
-            return True
-        return self._conn.execute(self._sql, (custom_id, seq)).fetchone() is not None
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-class Store:
+class Store(BatchTables, Totals):
     """The checkpoint of one job folder. Not thread-safe: one user at a time."""
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
@@ -194,7 +47,7 @@ class Store:
         self.read_only = not create and not os.access(path.parent, os.W_OK)
         try:
             if self.read_only:
-                conn = _connect_read_only(path)
+                conn = connect_read_only(path)
                 self.db = sqlite_utils.Database(conn)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -509,184 +362,6 @@ class Store:
                 return
             last = chunk[-1][0]
             yield [row[1:] for row in chunk]
-
-    # -- batches (batch mode) -------------------------------------------------------------
-
-    def plan_batch(
-        self, record: Mapping[str, Any], members: Sequence[tuple[int, str, int]]
-    ) -> None:
-        """Commit one planned batch file and the rows (seq, custom_id, line) it carries."""
-        row = {c: record.get(c) for c in BATCH_COLUMNS}
-        try:
-            with self.db.conn as conn:
-                conn.execute(
-                    f"INSERT INTO batches ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                    list(row.values()),
-                )
-                conn.executemany(
-                    "INSERT OR REPLACE INTO batch_rows (seq, custom_id, line, key) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(seq, cid, line, record["key"]) for seq, cid, line in members],
-                )
-        except sqlite3.OperationalError as exc:
-            raise CheckpointError(f"cannot write checkpoint {self.path}: {exc}") from exc
-
-    def batches(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.db.query("SELECT * FROM batches ORDER BY key")]
-
-    def update_batch(self, key: int, **values: Any) -> None:
-        """Commit one step of a batch (intent, file id, batch id, status, merged) at once."""
-        values["updated_at"] = time.time()
-        sets = ", ".join(f"{k} = ?" for k in values)
-        try:
-            with self.db.conn as conn:
-                conn.execute(f"UPDATE batches SET {sets} WHERE key = ?", [*values.values(), key])
-        except sqlite3.OperationalError as exc:
-            raise CheckpointError(f"cannot write checkpoint {self.path}: {exc}") from exc
-
-    def batch_members(self, key: int) -> dict[str, tuple[int, int]]:
-        """custom_id -> (seq, line) for the rows one batch file carries."""
-        return {
-            str(cid): (int(seq), int(line or 0))
-            for cid, seq, line in self.db.execute(
-                "SELECT custom_id, seq, line FROM batch_rows WHERE key = ?", [key]
-            )
-        }
-
-    def batch_failures(self) -> list[tuple[int, str | None, int | None]]:
-        """(seq, error_code, http_status) of failed rows that a batch answered (merged rows
-        carry the batch id in `task_id`; rows since failed online do not)."""
-        return [
-            (int(seq), code, status)
-            for seq, code, status in self.db.execute(
-                "SELECT r.seq, r.error_code, r.http_status FROM rows r "
-                "JOIN batch_rows b ON b.seq = r.seq "
-                "WHERE r.status = 'failed' AND r.task_id IS NOT NULL"
-            )
-        ]
-
-    def batched_seqs(self) -> Iterator[int]:
-        """Seqs already planned into some batch file (a resume plans only the others)."""
-        for (seq,) in self.db.execute("SELECT seq FROM batch_rows"):
-            yield int(seq)
-
-    def open_batch_seqs(self) -> Iterator[int]:
-        """Rows inside batches not yet merged and with no final result: the online pool
-        must not send them (the batch may still answer them, and bill them)."""
-        for (seq,) in self.db.execute(_OPEN_BATCH_SQL.format(cols="b.seq")):
-            yield int(seq)
-
-    # -- totals ---------------------------------------------------------------------------
-
-    def summary(self) -> dict[str, Any]:
-        """Counts and cost: what `runner status` prints and what the tests reconcile."""
-        job = self.job()
-        total = int(job["total_rows"]) if job and job["total_rows"] is not None else 0
-        counts = dict.fromkeys(("succeeded", "failed", "submitted", "submitting"), 0)
-        for status, n in self.db.execute("SELECT status, COUNT(*) FROM rows GROUP BY status"):
-            counts[status] = int(n)
-        by_model: dict[str, dict[str, Any]] = {}
-        tot = dict.fromkeys(
-            ("cost_nano", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens"), 0
-        )
-        for row in self.db.query(
-            "SELECT model, COUNT(*) AS rows, SUM(status = 'succeeded') AS succeeded, "
-            "SUM(status = 'failed') AS failed, COALESCE(SUM(cost_nano), 0) AS cost_nano, "
-            "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
-            "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, "
-            "COALESCE(SUM(cached_tokens), 0) AS cached_tokens, "
-            "COALESCE(SUM(total_tokens), 0) AS total_tokens, "
-            "COALESCE(SUM(images), 0) AS images, COALESCE(SUM(videos), 0) AS videos, "
-            "SUM(cost_nano IS NULL AND status = 'succeeded') AS unpriced "
-            "FROM rows GROUP BY model ORDER BY model"
-        ):
-            m = dict(row)
-            for k in tot:
-                tot[k] += int(m[k] or 0)
-            by_model[m.pop("model") or "(none)"] = m
-        error_codes = {
-            str(code): int(n)
-            for code, n in self.db.execute(
-                "SELECT error_code, COUNT(*) FROM rows WHERE status = 'failed' "
-                "GROUP BY error_code ORDER BY COUNT(*) DESC"
-            )
-        }
-        terminal = counts["succeeded"] + counts["failed"]
-        in_batches = int(
-            self.db.execute(_OPEN_BATCH_SQL.format(cols="COUNT(*)")).fetchone()[0] or 0
-        )
-        by_key = self._by_key()
-        return {
-            "total": total,
-            "succeeded": counts["succeeded"],
-            "failed": counts["failed"],
-            "in_progress": counts["submitted"] + counts["submitting"] + in_batches,
-            "pending": max(total - terminal, 0),
-            "tokens": {k: v for k, v in tot.items() if k != "cost_nano"},
-            "cost_nano": tot["cost_nano"],
-            "by_model": by_model,
-            "by_key": by_key,
-            "error_codes": error_codes,
-            "errors": self.error_groups(),
-            "runs": self.runs(),
-            "settings": job["settings"] if job else {},
-            "spec": job["spec_path"] if job else None,
-        }
-
-    def _by_key(self) -> dict[str, dict[str, Any]]:
-        """Rows, outcomes and cost per key label; rows no key sent (invalid ones) are left
-        out, so the costs add up to the total. Empty for a job of one key and no pool."""
-        names = self.db.table_names()
-        if "keys" not in names or "key_fp" not in self._table("rows").columns_dict:
-            return {}
-        keys = {r["fingerprint"]: dict(r) for r in self.db.query("SELECT * FROM keys")}
-        out: dict[str, dict[str, Any]] = {}
-        for k in sorted(keys.values(), key=lambda r: int(r["position"] or 0)):
-            out[k["label"]] = {
-                "rows": 0, "succeeded": 0, "failed": 0, "cost_nano": 0,
-                "state": k["state"], "reason": k["reason"], "advice": k["advice"],
-            }  # fmt: skip
-        for row in self.db.query(
-            "SELECT key_fp, COUNT(*) AS rows, SUM(status = 'succeeded') AS succeeded, "
-            "SUM(status = 'failed') AS failed, COALESCE(SUM(cost_nano), 0) AS cost_nano "
-            "FROM rows WHERE key_fp IS NOT NULL GROUP BY key_fp"
-        ):
-            known = keys.get(row["key_fp"])
-            label = known["label"] if known else f"key {row['key_fp'][:8]} (not in the last run)"
-            entry = out.setdefault(label, {"state": "gone", "reason": None, "advice": None})
-            entry.update(
-                rows=int(row["rows"]), succeeded=int(row["succeeded"] or 0),
-                failed=int(row["failed"] or 0), cost_nano=int(row["cost_nano"]),
-            )  # fmt: skip
-        return out
-
-    def runs(self) -> list[dict[str, Any]]:
-        """Every run of the job (start, end, outcome, message, requests sent, retries)."""
-        return [dict(r) for r in self.db.query("SELECT * FROM runs ORDER BY id")]
-
-    def error_groups(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Failed rows grouped by code and message shape, largest first.
-
-        One example per code would hide different causes under the same code (a bad JSON line
-        and a missing field are both `invalid_row`); the shape drops what differs from row to
-        row (line numbers, quoted values, numbers) so that each cause is its own group.
-        """
-        self.db.conn.create_function("message_shape", 1, message_shape, deterministic=True)
-        self.db.conn.create_aggregate("first_lines", 1, _FirstLines)  # type: ignore[arg-type]
-        return [
-            {
-                "code": code,
-                "message": example,
-                "rows": int(n),
-                "lines": [int(x) for x in lines.split(",")] if lines else [],
-            }
-            for code, example, n, lines in self.db.execute(
-                "SELECT error_code, MIN(error_message), COUNT(*), first_lines(line) FROM rows "
-                "WHERE status = 'failed' GROUP BY error_code, message_shape(error_message) "
-                "ORDER BY COUNT(*) DESC, MIN(line) LIMIT ?",
-                [limit],
-            )
-        ]
 
     def integrity_check(self) -> str:
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
