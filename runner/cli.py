@@ -85,10 +85,15 @@ def _pairs(values: tuple[str, ...], flag: str) -> dict[str, int]:
     return out
 
 
-def _execute(settings: Settings) -> None:
+def _execute(settings: Settings, engine: dict[str, Any] | None = None) -> None:
     try:
         settings = settings.with_key_from_env()
-        result = _run_async(run_job, settings)
+        if engine is not None and engine.get("engine") == "ray":
+            from .ray_engine import run_sharded  # Ray is imported only for a job on Ray
+
+            result = run_sharded(settings, engine["shards"], engine["ray_address"])
+        else:
+            result = _run_async(run_job, settings)
     except UsageError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -189,6 +194,23 @@ def cli() -> None:
     help="TOML file of [[keys]]: the variables holding several keys, with each account's tier "
     "and limits.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: split the job into shards run on Ray workers, the tier held across them.",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --engine ray: shards to split the spec into (default: the cluster's CPUs).",
+)
+@click.option(
+    "--ray-address",
+    help="With --engine ray: the cluster to join (default: RAY_ADDRESS, else a local Ray).",
+)
 def run(spec: Path, **opts: Any) -> None:
     """Run SPEC (JSONL, Parquet, or a .toml job file); run again to resume."""
     values: dict[str, Any] = {}
@@ -231,7 +253,10 @@ def run(spec: Path, **opts: Any) -> None:
     if "tier" in values:
         values["tier"] = str(values["tier"]).upper()
     values["progress"] = not opts["no_progress"]
-    _execute(Settings(spec=Path(spec), **values))
+    engine = {k: opts[k] for k in ("engine", "shards", "ray_address")}
+    if engine["engine"] != "ray" and (engine["shards"] or engine["ray_address"]):
+        raise click.UsageError("--shards and --ray-address go with --engine ray")
+    _execute(Settings(spec=Path(spec), **values), engine)
 
 
 def _text_or_file(value: str | None, flag: str) -> str | None:

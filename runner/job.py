@@ -58,8 +58,11 @@ async def run_job(
     defaults = settings.spec_defaults()
     try:
         fingerprint = await anyio.to_thread.run_sync(spec_fingerprint, spec)
-        total = await anyio.to_thread.run_sync(count_rows, spec)
-        if settings.strict:
+        if settings.window is not None:  # a shard: the part of the spec it runs
+            total = settings.window.rows
+        else:
+            total = await anyio.to_thread.run_sync(count_rows, spec)
+        if settings.strict and settings.window is None:
             report = await anyio.to_thread.run_sync(validate_spec, spec, defaults)
             if report.invalid:
                 raise UsageError(

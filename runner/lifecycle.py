@@ -55,6 +55,7 @@ __all__ = [
     "checkpoint_path",
     "close_run",
     "count_rows",
+    "finish_run",
     "folder_lock",
     "open_run",
     "results_path",
@@ -288,10 +289,10 @@ async def close_run(run: Run) -> JobResult:
     store = run.store
     store.record_keys(run.accounts.states())
     await anyio.to_thread.run_sync(write_results_parquet, store, results_path(run.settings.out))
-    return _finish_run(run.settings, store, run.run_id, run.control, run.counters, store.summary())
+    return finish_run(run.settings, store, run.run_id, run.control, run.counters, store.summary())
 
 
-def _finish_run(
+def finish_run(
     settings: Settings,
     store: Store,
     run_id: int,

@@ -133,7 +133,7 @@ async def _writer(
 
 
 async def _read(settings: Settings, defaults: SpecDefaults, done: bytearray, lanes: Lanes) -> None:
-    batches = read_spec(settings.spec, defaults)
+    batches = read_spec(settings.spec, defaults, window=settings.window)
     invalid: list[Outcome] = []
     seen_invalid = 0
     while True:

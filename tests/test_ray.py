@@ -1,0 +1,90 @@
+"""`--engine ray`: a job in shards on a local Ray instance (2 CPUs), against the simulator
+as a real process. Skipped where Ray is not installed, unless RUNNER_REQUIRE_RAY=1 (CI
+sets it), which turns the skip into a failure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from runner.cli import cli
+from runner.job import EXIT_OK
+from tests.jobs import KEY, chat_row, settings_for, write_spec
+from tests.simproc import SimProcess
+
+try:
+    import ray
+except ImportError:  # pragma: no cover - depends on the machine
+    ray = None
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray instance for the module; every process it started is gone after."""
+    if ray is None:
+        reason = "Ray is not installed: pip install -e '.[ray]'"
+        if os.environ.get("RUNNER_REQUIRE_RAY") == "1":
+            pytest.fail(f"RUNNER_REQUIRE_RAY=1 but {reason}")
+        pytest.skip(reason)
+    # Workers inherit the driver's environment: the key reaches them there, never via Ray.
+    old = os.environ.get("ZAI_API_KEY")
+    os.environ["ZAI_API_KEY"] = KEY
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    session = Path(ray._private.worker._global_node.get_session_dir_path()).name
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("ZAI_API_KEY", None)
+        else:
+            os.environ["ZAI_API_KEY"] = old
+        left = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        assert not [line for line in left.splitlines() if session in line], left
+
+
+def _run(tmp_path: Path, sim: SimProcess, rows: int, shards: int, **kw: Any) -> Any:
+    from runner.ray_engine import run_sharded
+
+    spec = tmp_path / "spec.jsonl"
+    if not spec.exists():
+        write_spec(spec, (chat_row(i) for i in range(rows)))
+    settings = settings_for(tmp_path / "out", spec, sim.base_url, **kw).with_key_from_env()
+    return run_sharded(settings, shards)
+
+
+def _sent(sim: SimProcess) -> int:
+    return int(sim.stats()["requests"].get("chat/completions", 0))
+
+
+def test_two_shards_one_job_one_answer_and_a_rerun_sends_nothing(
+    tmp_path: Path, local_ray: None
+) -> None:
+    with SimProcess("--concurrency", "8", "--latency", "0.02") as sim:
+        result = _run(tmp_path, sim, 200, 2, concurrency=8)
+        assert result.exit_code == EXIT_OK, result.message
+        assert _sent(sim) == 200
+        table = pq.read_table(tmp_path / "out" / "results.parquet").to_pydict()
+        assert table["custom_id"] == [f"row-{i}" for i in range(200)]  # one each, spec order
+        assert set(table["status"]) == {"succeeded"}
+        assert sorted(p.name for p in (tmp_path / "out" / "shards").iterdir()) == [
+            "0000",
+            "0001",
+            "plan.json",
+        ]
+        out = CliRunner().invoke(cli, ["status", str(tmp_path / "out"), "--json"])
+        assert out.exit_code == 0, out.output
+        assert '"succeeded": 200' in out.output
+        again = _run(tmp_path, sim, 200, 2, concurrency=8)
+        assert again.exit_code == EXIT_OK
+        assert _sent(sim) == 200  # nothing was sent twice
+        assert again.summary["succeeded"] == 200
+    for f in (tmp_path / "out").rglob("*"):
+        assert f.is_dir() or KEY.encode() not in f.read_bytes(), f
