@@ -184,6 +184,10 @@ def _shard_main(record: dict[str, Any], out: str, shard: int, bank: Any) -> dict
 
     settings = Settings.from_record(record, out=Path(out), progress=False)
     settings = settings.with_key_from_env()
+    # Which process runs the shard now (a retry runs in another): for `ps`, and for a
+    # test that kills it.
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "worker.pid").write_text(f"{os.getpid()}\n")
     ray.get(bank.reset.remote(shard))  # a retried shard held nothing it can still use
     lanes = functools.partial(LeasedLanes, bank=bank, shard=shard)
     try:
