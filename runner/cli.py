@@ -381,7 +381,11 @@ def resume(out: Path, no_progress: bool, force: bool) -> None:
     if job is None:
         raise click.UsageError(f"{out} holds no job: start one with `runner run SPEC --out {out}`")
     settings = Settings.from_record(job["settings"], progress=not no_progress, force=force, out=out)
-    _execute(settings)
+    # A job run on Ray resumes on Ray (its shards' checkpoints are what it resumes from).
+    engine = None
+    if job["settings"].get("engine") == "ray":
+        engine = {"engine": "ray", "shards": None, "ray_address": None}
+    _execute(settings, engine)
 
 
 def _status_json(summary: dict[str, Any], currency: str) -> dict[str, Any]:

@@ -154,3 +154,20 @@ def test_a_lost_worker_is_retried_and_resumes_its_shard(tmp_path: Path, local_ra
     # Sent again: only what was on the wire when it died, or answered and not yet committed
     # (the writer commits every 0.2 s): far from the shard's 150 rows.
     assert 300 <= sent <= 300 + 40
+
+
+def test_the_command_line_runs_and_resumes_on_ray(tmp_path: Path, local_ray: None) -> None:
+    spec = write_spec(tmp_path / "spec.jsonl", (chat_row(i) for i in range(40)))
+    out = tmp_path / "out"
+    with SimProcess("--concurrency", "4") as sim:
+        args = ["run", str(spec), "--out", str(out), "--base-url", sim.base_url]
+        args += ["--concurrency", "4", "--no-progress", "--engine", "ray", "--shards", "2"]
+        first = CliRunner().invoke(cli, args)
+        assert first.exit_code == 0, first.output
+        again = CliRunner().invoke(cli, ["resume", str(out), "--no-progress"])
+        assert again.exit_code == 0, again.output
+        assert _sent(sim) == 40
+    assert "40 succeeded" in again.output
+    assert (out / "shards" / "0001" / "checkpoint.sqlite").exists()
+    bad = CliRunner().invoke(cli, ["run", str(spec), "--out", str(out), "--shards", "2"])
+    assert bad.exit_code == 2 and "--engine ray" in bad.output
