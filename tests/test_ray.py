@@ -171,3 +171,24 @@ def test_the_command_line_runs_and_resumes_on_ray(tmp_path: Path, local_ray: Non
     assert (out / "shards" / "0001" / "checkpoint.sqlite").exists()
     bad = CliRunner().invoke(cli, ["run", str(spec), "--out", str(out), "--shards", "2"])
     assert bad.exit_code == 2 and "--engine ray" in bad.output
+
+
+def test_async_tasks_are_submitted_once_across_shards(tmp_path: Path, local_ray: None) -> None:
+    from runner.ray_engine import run_sharded
+
+    rows: list[dict[str, Any]] = [chat_row(i) for i in range(6)]
+    for i in range(6):
+        body = {"model": "cogvideox-3", "prompt": f"waves {i}"}
+        rows.append({"custom_id": f"video-{i}", "url": "/v4/videos/generations", "body": body})
+    spec = write_spec(tmp_path / "spec.jsonl", rows)
+    with SimProcess("--task-seconds", "0.2") as sim:
+        settings = settings_for(tmp_path / "out", spec, sim.base_url).with_key_from_env()
+        first = run_sharded(settings, 3)
+        again = run_sharded(settings, 3)
+        stats = sim.stats()
+    assert first.exit_code == EXIT_OK, first.message
+    assert again.exit_code == EXIT_OK, again.message
+    assert stats["requests"]["videos/generations"] == 6  # each submitted once
+    assert stats["requests"]["chat/completions"] == 6
+    table = pq.read_table(tmp_path / "out" / "results.parquet").to_pydict()
+    assert table["custom_id"] == [r["custom_id"] for r in rows]

@@ -113,3 +113,13 @@ def test_the_bank_never_lends_more_than_the_cap(steps: list[tuple[int, int, floa
     for shard in range(4):
         bank.reset(shard)
     assert bank.stats().get("k/m", {"held": 0})["held"] == 0
+
+
+def test_a_custom_id_twice_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    import pytest
+
+    from runner.errors import UsageError
+
+    spec = write_spec(tmp_path / "spec.jsonl", [chat_row(0), chat_row(1), chat_row(0)])
+    with pytest.raises(UsageError, match="lines 1 and 3"):
+        plan_shards(spec, 2)

@@ -33,13 +33,43 @@ def _plan_jsonl(spec: Path, shards: int) -> list[SpecWindow]:
     # Where each data row starts (and its line): a row is a line that is not blank, as
     # count_rows and the reader count them.
     starts: list[tuple[int, int]] = []
+    ids = _Ids()
     offset = 0
     with spec.open("rb") as f:
         for line, raw in enumerate(f, 1):
             if raw.strip():
                 starts.append((offset, line))
+                if b'"custom_id"' in raw:
+                    ids.add(_custom_id(raw), line)
             offset += len(raw)
     return _windows([s for s, _ in starts], [ln for _, ln in starts], offset, shards)
+
+
+class _Ids:
+    """A custom_id twice in the spec: one process records the second as an invalid row, but
+    two shards would each send theirs. So a job on Ray refuses it before anything is sent."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def add(self, cid: object, line: int) -> None:
+        if not isinstance(cid, str):
+            return
+        first = self._seen.setdefault(cid, line)
+        if first != line:
+            raise UsageError(
+                f"custom_id {cid!r} is on lines {first} and {line}: a job on Ray needs every "
+                "custom_id once (shards cannot see each other's rows); fix the spec, or run it "
+                "without --engine ray"
+            )
+
+
+def _custom_id(raw: bytes) -> object:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None  # an invalid row: its shard records it as one
+    return obj.get("custom_id") if isinstance(obj, dict) else None
 
 
 def _windows(offsets: list[int], lines: list[int], end: int, shards: int) -> list[SpecWindow]:
@@ -58,7 +88,15 @@ def _windows(offsets: list[int], lines: list[int], end: int, shards: int) -> lis
 def _plan_parquet(spec: Path, shards: int) -> list[SpecWindow]:
     import pyarrow.parquet as pq
 
-    meta = pq.ParquetFile(spec).metadata
+    pf = pq.ParquetFile(spec)
+    meta = pf.metadata
+    if "custom_id" in pf.schema_arrow.names:
+        ids = _Ids()
+        seq = 0
+        for batch in pf.iter_batches(columns=["custom_id"]):
+            for cid in batch.column(0).to_pylist():
+                seq += 1
+                ids.add(cid, seq)
     sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
     total = max(1, sum(sizes))
     n = max(1, min(shards, len(sizes)))
