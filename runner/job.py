@@ -59,7 +59,7 @@ async def run_job(
     defaults = settings.spec_defaults()
     try:
         fingerprint = await anyio.to_thread.run_sync(spec_fingerprint, spec)
-        if settings.strict:
+        if settings.strict and settings.window is None:
             report = await anyio.to_thread.run_sync(validate_spec, spec, defaults)
             if report.invalid:
                 raise UsageError(
@@ -78,7 +78,9 @@ async def run_job(
             # A resume of the same spec takes the count it recorded: counting a million
             # lines again would delay its first request by a fifth of a second.
             total = store.stored_total(fingerprint)
-            if total is None:
+            if settings.window is not None:  # a shard: the part of the spec it runs
+                total = settings.window.rows
+            elif total is None:
                 total = await anyio.to_thread.run_sync(_count_rows, spec)
             start = JobStart(settings, store, fingerprint, total, handle_signals, grace)
             if settings.mode == "batch":

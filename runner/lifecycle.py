@@ -54,6 +54,7 @@ __all__ = [
     "checkpoint_path",
     "close_run",
     "count_rows",
+    "finish_run",
     "folder_lock",
     "open_run",
     "results_path",
@@ -302,7 +303,7 @@ async def close_run(run: Run) -> JobResult:
         await anyio.to_thread.run_sync(_drop_stale, target)
     else:
         await anyio.to_thread.run_sync(write_results_parquet, store, target)
-    result = _finish_run(
+    result = finish_run(
         run.settings, store, run.run_id, run.control, run.counters, store.summary()
     )
     if isinstance(run.control.reason, Interrupted):
@@ -318,7 +319,7 @@ def _drop_stale(target: Path) -> None:
         target.unlink()
 
 
-def _finish_run(
+def finish_run(
     settings: Settings,
     store: Store,
     run_id: int,

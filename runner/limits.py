@@ -70,6 +70,10 @@ class _Slots:
         self._total = value  # lowering it takes nothing back: holders release as they finish
         self._hand_on()
 
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
     def acquire_nowait(self) -> None:
         if self.in_use >= self._total or self._waiters:
             raise anyio.WouldBlock
@@ -135,6 +139,10 @@ class AdaptiveLimiter:
         self._reset(clock())
         # A moving average of successful requests' latency (capped at 5 s).
         self.typical_latency = 0.0
+        # A shard of a job on Ray may use only the slots it leased from the job's bank
+        # (ray_engine/slots.py); None outside one. Every 1302 is counted for the bank too.
+        self.lease: int | None = None
+        self.refused = 0
 
     def _reset(self, now: float) -> None:
         self._start = now
@@ -147,6 +155,19 @@ class AdaptiveLimiter:
     def borrowed(self) -> int:
         """Slots in use now."""
         return self._tokens.in_use
+
+    @property
+    def waiting(self) -> int:
+        """Borrowers waiting for a slot."""
+        return self._tokens.waiting
+
+    def set_lease(self, slots: int) -> None:
+        """Hold the slots to `slots` whatever `current` says (a shard's lease)."""
+        self.lease = slots
+        self._tokens.total = self._limit()
+
+    def _limit(self) -> int:
+        return self.current if self.lease is None else min(self.current, self.lease)
 
     def acquire_nowait(self) -> None:
         """Take a slot if one is free (raises anyio.WouldBlock otherwise) without yielding:
@@ -176,6 +197,7 @@ class AdaptiveLimiter:
         """
         if over_limit:
             self._over += 1
+            self.refused += 1
             if in_flight is None:
                 in_flight = self._tokens.in_use
             self._refused = min(self._refused, max(1, in_flight))
@@ -214,7 +236,7 @@ class AdaptiveLimiter:
         if new == current:
             return False
         self.current = new
-        self._tokens.total = new
+        self._tokens.total = self._limit()
         return True
 
     def _refused_at(self, level: int, now: float) -> None:

@@ -186,7 +186,13 @@ async def _feed(
     lanes: Lanes,
     claims: Claims | None,
 ) -> None:
-    batches = read_spec(settings.spec, defaults, skip=done if claims else None, taken=claims)
+    batches = read_spec(
+        settings.spec,
+        defaults,
+        skip=done if claims else None,
+        taken=claims,
+        window=settings.window,
+    )
     invalid: list[Outcome] = []
     seen_invalid = 0
     while True:

@@ -19,7 +19,7 @@ from .errors import UsageError
 from .http import HttpConfig
 from .keys import KeySpec, key_fingerprint, key_label, parse_key_specs, split_keys
 from .providers import Provider, get_provider, tier_limit
-from .spec import SpecDefaults
+from .spec import SpecDefaults, SpecWindow
 
 __all__ = ["ApiKey", "RetryConfig", "Secret", "Settings", "load_job_file"]
 
@@ -126,6 +126,8 @@ class Settings:
     keys: tuple[KeySpec, ...] = ()
     # The keys themselves, read from the environment (never recorded); empty: `api_key`.
     api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
+    # The part of the spec this job runs: set only for a shard of a sharded job (shards.py).
+    window: SpecWindow | None = None
 
     @property
     def http_config(self) -> HttpConfig:
@@ -177,7 +179,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "keys":
                 value = [k.to_record() for k in value]
-            elif isinstance(value, RetryConfig):
+            elif isinstance(value, RetryConfig | SpecWindow):
                 value = {g.name: getattr(value, g.name) for g in fields(value)}
             elif isinstance(value, Path | Decimal):
                 value = str(value)
@@ -198,6 +200,8 @@ class Settings:
             if kw.get(name):
                 kw[name] = Path(kw[name])
         kw["retry"] = RetryConfig(**kw.get("retry", {}))
+        if kw.get("window"):
+            kw["window"] = SpecWindow(**kw["window"])
         kw["keys"] = parse_key_specs(kw["keys"], "checkpoint") if kw.get("keys") else ()
         known = {f.name for f in fields(cls)} - {"api_keys"}
         kw = {k: v for k, v in kw.items() if k in known}

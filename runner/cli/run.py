@@ -21,10 +21,15 @@ from .common import PathArg, pairs, platform_options, run_async
 __all__ = ["resume", "run"]
 
 
-def _execute(settings: Settings) -> None:
+def _execute(settings: Settings, engine: dict[str, Any] | None = None) -> None:
     try:
         settings = settings.with_key_from_env()
-        result = run_async(run_job, settings)
+        if engine is not None and engine.get("engine") == "ray":
+            from ..ray_engine import run_sharded  # Ray is imported only for a job on Ray
+
+            result = run_sharded(settings, engine["shards"], engine["ray_address"])
+        else:
+            result = run_async(run_job, settings)
     except UsageError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -88,6 +93,23 @@ def _execute(settings: Settings) -> None:
     help="TOML file of [[keys]]: the variables holding several keys, with each account's tier "
     "and limits.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: split the job into shards run on Ray workers, the tier held across them.",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --engine ray: shards to split the spec into (default: the cluster's CPUs).",
+)
+@click.option(
+    "--ray-address",
+    help="With --engine ray: the cluster to join (default: RAY_ADDRESS, else a local Ray).",
+)
 def run(spec: Path, **opts: Any) -> None:
     """Run SPEC (JSONL, Parquet, or a .toml job file); run again to resume."""
     values: dict[str, Any] = {}
@@ -130,7 +152,10 @@ def run(spec: Path, **opts: Any) -> None:
     if "tier" in values:
         values["tier"] = str(values["tier"]).upper()
     values["progress"] = not opts["no_progress"]
-    _execute(Settings(spec=Path(spec), **values))
+    engine = {k: opts[k] for k in ("engine", "shards", "ray_address")}
+    if engine["engine"] != "ray" and (engine["shards"] or engine["ray_address"]):
+        raise click.UsageError("--shards and --ray-address go with --engine ray")
+    _execute(Settings(spec=Path(spec), **values), engine)
 
 
 @click.command()
@@ -153,4 +178,8 @@ def resume(out: Path, no_progress: bool, force: bool) -> None:
     if job is None:
         raise click.UsageError(f"{out} holds no job: start one with `runner run SPEC --out {out}`")
     settings = Settings.from_record(job["settings"], progress=not no_progress, force=force, out=out)
-    _execute(settings)
+    # A job run on Ray resumes on Ray (its shards' checkpoints are what it resumes from).
+    engine = None
+    if job["settings"].get("engine") == "ray":
+        engine = {"engine": "ray", "shards": None, "ray_address": None}
+    _execute(settings, engine)

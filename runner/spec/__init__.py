@@ -13,7 +13,7 @@ depends only on the file's bytes.
 """
 
 from .checks import ASYNC_ENDPOINTS, ENDPOINTS, canonical_endpoint
-from .reader import MAX_LINE_BYTES, jsonl_lines, read_spec, spec_fingerprint
+from .reader import MAX_LINE_BYTES, SpecWindow, jsonl_lines, read_spec, spec_fingerprint
 from .rows import InvalidRow, Request, SpecDefaults, SpecError, derive_custom_id
 from .validate import ValidationReport, validate_spec
 
@@ -25,6 +25,7 @@ __all__ = [
     "Request",
     "SpecDefaults",
     "SpecError",
+    "SpecWindow",
     "ValidationReport",
     "canonical_endpoint",
     "derive_custom_id",

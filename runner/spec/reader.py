@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -16,7 +17,7 @@ import orjson
 
 from .rows import InvalidRow, Request, Rows, SpecDefaults, SpecError, Taken
 
-__all__ = ["MAX_LINE_BYTES", "jsonl_lines", "read_spec", "spec_fingerprint"]
+__all__ = ["MAX_LINE_BYTES", "SpecWindow", "jsonl_lines", "read_spec", "spec_fingerprint"]
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _CHUNK = 1 << 20
@@ -30,6 +31,39 @@ _META_COLUMNS = ("custom_id", "url", "method")
 _NO_DEFAULTS = SpecDefaults()
 
 
+@dataclass(frozen=True, slots=True)
+class SpecWindow:
+    """A part of a spec by position, read in place (a shard of a job, shards.py).
+
+    JSONL: the bytes [start, end), which begin at physical line `first_line`; Parquet: the
+    row groups [start, end). `first_seq` is the spec-wide seq of the window's first row.
+    Rows read through a window keep their spec-wide line numbers (so derived custom_ids and
+    error lines are the spec's) but count `seq` from 0: a shard's checkpoint is a job of
+    `rows` rows.
+    """
+
+    start: int
+    end: int
+    first_seq: int
+    first_line: int
+    rows: int
+
+
+class _Slice:
+    """Reads at most `size` bytes of a file from where it stands."""
+
+    def __init__(self, f: IO[bytes], size: int) -> None:
+        self._f, self._left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._f.read(n)
+        self._left -= len(data)
+        return data
+
+
 def spec_fingerprint(path: Path) -> str:
     """sha256 of the file's bytes, streamed, so a resume can tell whether the spec changed."""
     try:
@@ -40,7 +74,7 @@ def spec_fingerprint(path: Path) -> str:
 
 
 def jsonl_lines(
-    f: IO[bytes], cap: int, chunk_size: int = _CHUNK
+    f: IO[bytes] | _Slice, cap: int, chunk_size: int = _CHUNK
 ) -> Iterator[tuple[int, bytes | int]]:
     """Yield ``(line number, bytes)`` per physical line, splitting fixed-size chunks.
 
@@ -106,7 +140,12 @@ def _skipped(skip: bytes | bytearray | None) -> Callable[[int], bool]:
 
 
 def _read_jsonl(
-    path: Path, rows: Rows, batch_size: int, cap: int, skip: bytes | bytearray | None
+    path: Path,
+    rows: Rows,
+    batch_size: int,
+    cap: int,
+    skip: bytes | bytearray | None,
+    window: SpecWindow | None = None,
 ) -> Iterator[list[Request | InvalidRow]]:
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
     bits = skip or b""
@@ -118,7 +157,13 @@ def _read_jsonl(
     except OSError as exc:
         raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
     with f:
-        for line, raw in jsonl_lines(f, cap):
+        source: IO[bytes] | _Slice = f
+        first_line = 0
+        if window is not None:
+            f.seek(window.start)
+            source, first_line = _Slice(f, window.end - window.start), window.first_line - 1
+        for line, raw in jsonl_lines(source, cap):
+            line += first_line
             item: Request | InvalidRow
             if type(raw) is bytes and (not raw or raw.isspace()):
                 continue  # a blank line is not a row
@@ -155,7 +200,11 @@ def _drop_nulls(value: Any) -> Any:
 
 
 def _read_parquet(
-    path: Path, rows: Rows, batch_size: int, skip: bytes | bytearray | None
+    path: Path,
+    rows: Rows,
+    batch_size: int,
+    skip: bytes | bytearray | None,
+    window: SpecWindow | None = None,
 ) -> Iterator[list[Request | InvalidRow]]:
     import pyarrow.parquet as pq  # deferred: slow to import, and most specs are JSONL
 
@@ -170,7 +219,9 @@ def _read_parquet(
         if has_body:  # other columns (notes, labels) are not decoded at all
             names = [n for n in names if n in _META_COLUMNS or n == "body"]
         body_names = [n for n in names if n not in _META_COLUMNS]
-        for record_batch in _record_batches(pf, path, names, batch_size):
+        groups = None if window is None else list(range(window.start, window.end))
+        first_line = 1 if window is None else window.first_seq + 1
+        for record_batch in _record_batches(pf, path, names, batch_size, groups):
             n = record_batch.num_rows
             cols = {name: record_batch.column(name).to_pylist() for name in names}
             none: list[Any] = [None] * n
@@ -186,7 +237,9 @@ def _read_parquet(
                 if skipped(seq):
                     seq += 1
                     continue
-                item = rows.build(seq, seq + 1, ids[k], urls[k], methods[k], bodies[k], True)
+                item = rows.build(
+                    seq, seq + first_line, ids[k], urls[k], methods[k], bodies[k], True
+                )
                 batch.append(item)
                 seq += 1
                 if len(batch) >= batch_size:
@@ -196,11 +249,13 @@ def _read_parquet(
         yield batch
 
 
-def _record_batches(pf: Any, path: Path, columns: list[str], batch_size: int) -> Iterator[Any]:
+def _record_batches(
+    pf: Any, path: Path, columns: list[str], batch_size: int, groups: list[int] | None = None
+) -> Iterator[Any]:
     """``iter_batches``, with a file that breaks part-way through reported as a SpecError."""
     import pyarrow as pa
 
-    batches = pf.iter_batches(batch_size=batch_size, columns=columns)
+    batches = pf.iter_batches(batch_size=batch_size, columns=columns, row_groups=groups)
     rows = 0
     while True:
         try:
@@ -250,6 +305,7 @@ def read_spec(
     max_line_bytes: int = MAX_LINE_BYTES,
     skip: bytes | bytearray | None = None,
     taken: Taken | None = None,
+    window: SpecWindow | None = None,
 ) -> Iterator[list[Request | InvalidRow]]:
     """Stream the spec as lists of up to ``batch_size`` items, one per data row, in file order.
 
@@ -272,6 +328,6 @@ def read_spec(
     kind = _spec_format(path, fmt)
     rows = Rows(defaults, taken)
     if kind == "jsonl":
-        return _read_jsonl(path, rows, batch_size, max_line_bytes, skip)
+        return _read_jsonl(path, rows, batch_size, max_line_bytes, skip, window)
     _check_parquet(path)
-    return _read_parquet(path, rows, batch_size, skip)
+    return _read_parquet(path, rows, batch_size, skip, window)

@@ -1,0 +1,125 @@
+"""Shards without Ray: the plan by position, reading a window in place, and the slot bank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runner.ray_engine.plan import plan_shards
+from runner.ray_engine.slots import SlotBank, fair_shares
+from runner.spec import Request, read_spec
+from tests.jobs import chat_row, write_spec
+
+
+def _items(spec: Path, window: object = None) -> list[Request]:
+    return [i for batch in read_spec(spec, window=window) for i in batch]  # type: ignore[arg-type]
+
+
+def test_jsonl_windows_are_whole_lines_and_keep_the_spec_s_line_numbers(tmp_path: Path) -> None:
+    rows: list[dict[str, object] | bytes] = []
+    for i in range(50):
+        rows.append(chat_row(i))
+        if i % 7 == 0:
+            rows.append(b"   ")  # blank lines are not rows, and shift the line numbers
+    spec = write_spec(tmp_path / "spec.jsonl", rows)
+    whole = _items(spec)
+    windows = plan_shards(spec, 3)
+    assert [w.rows for w in windows] == [16, 17, 17]
+    parts = [_items(spec, w) for w in windows]
+    for w, part in zip(windows, parts, strict=True):
+        assert [i.seq for i in part] == list(range(w.rows))  # a shard counts from 0
+        assert part[0].line == w.first_line
+    merged = [
+        (w.first_seq + i.seq, i.custom_id, i.line)
+        for w, p in zip(windows, parts, strict=True)
+        for i in p
+    ]
+    assert merged == [(i.seq, i.custom_id, i.line) for i in whole]
+
+
+def test_derived_custom_ids_are_the_spec_s_in_every_shard(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in chat_row(i).items() if k != "custom_id"} for i in range(9)]
+    spec = write_spec(tmp_path / "spec.jsonl", rows)
+    ids = [i.custom_id for w in plan_shards(spec, 4) for i in _items(spec, w)]
+    assert ids == [i.custom_id for i in _items(spec)]
+
+
+def test_more_shards_than_rows_makes_no_empty_shard(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "spec.jsonl", [chat_row(0), chat_row(1)])
+    assert [w.rows for w in plan_shards(spec, 8)] == [1, 1]
+
+
+def test_parquet_windows_are_runs_of_row_groups(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.parquet"
+    table = pa.table(
+        {
+            "custom_id": [f"row-{i}" for i in range(35)],
+            "model": ["glm-4.5-air"] * 35,
+            "messages": [[{"role": "user", "content": f"q {i}"}] for i in range(35)],
+        }
+    )
+    pq.write_table(table, spec, row_group_size=10)
+    windows = plan_shards(spec, 2)
+    assert [(w.start, w.end, w.first_seq, w.rows) for w in windows] == [
+        (0, 2, 0, 20),
+        (2, 4, 20, 15),
+    ]
+    ids = []
+    for w in windows:
+        part = [i for batch in read_spec(spec, window=w, fmt=None) for i in batch]
+        assert [i.seq for i in part] == list(range(w.rows))
+        assert part[0].line == w.first_seq + 1
+        ids += [i.custom_id for i in part]
+    assert ids == [f"row-{i}" for i in range(35)]
+
+
+def test_fair_shares_split_by_demand() -> None:
+    assert fair_shares(40, {0: 48, 1: 48, 2: 48, 3: 48}) == {0: 10, 1: 10, 2: 10, 3: 10}
+    assert fair_shares(40, {0: 5, 1: 48, 2: 0}) == {0: 5, 1: 35, 2: 0}
+    assert fair_shares(3, {0: 9, 1: 9}) == {0: 2, 1: 1}
+    assert fair_shares(10, {}) == {}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),  # which shard syncs
+            st.integers(0, 60),  # what it wants
+            st.floats(0, 1),  # what fraction of its free slots it gives back
+            st.booleans(),  # whether it saw a 1302
+        ),
+        max_size=80,
+    )
+)
+def test_the_bank_never_lends_more_than_the_cap(steps: list[tuple[int, int, float, bool]]) -> None:
+    now = [0.0]
+    bank = SlotBank(clock=lambda: now[0])
+    held = [0, 0, 0, 0]
+    for shard, wanted, back, refused in steps:
+        now[0] += 0.3
+        give = int(held[shard] * back)
+        held[shard] -= give
+        reply = bank.sync(shard, {"k/m": (40, give, wanted, int(refused))})
+        grant, _target = reply["lanes"]["k/m"]
+        held[shard] += grant
+        assert sum(held) <= 40
+        assert sum(held) == bank.stats()["k/m"]["held"]
+        assert 1 <= bank.level["k/m"] <= 40
+    for shard in range(4):
+        bank.reset(shard)
+    assert bank.stats().get("k/m", {"held": 0})["held"] == 0
+
+
+def test_a_custom_id_twice_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    import pytest
+
+    from runner.errors import UsageError
+
+    spec = write_spec(tmp_path / "spec.jsonl", [chat_row(0), chat_row(1), chat_row(0)])
+    with pytest.raises(UsageError, match="lines 1 and 3"):
+        plan_shards(spec, 2)
