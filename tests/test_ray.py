@@ -246,3 +246,28 @@ def test_sigterm_stops_every_shard_and_the_local_ray_it_started(
         sent = _sent(sim)
     assert again.exit_code == EXIT_OK, again.message
     assert sent <= 1000 + 8 * 2  # the stop let the requests in flight be answered
+
+
+def test_a_parquet_spec_is_sharded_by_row_groups(tmp_path: Path, local_ray: None) -> None:
+    import pyarrow as pa
+
+    from runner.ray_engine import run_sharded
+
+    spec = tmp_path / "spec.parquet"
+    n = 90
+    table = pa.table(
+        {
+            "custom_id": [f"row-{i}" for i in range(n)],
+            "model": ["glm-4.5-air"] * n,
+            "messages": [[{"role": "user", "content": f"q {i}"}] for i in range(n)],
+        }
+    )
+    pq.write_table(table, spec, row_group_size=30)
+    with SimProcess("--concurrency", "4") as sim:
+        settings = settings_for(tmp_path / "out", spec, sim.base_url, concurrency=4)
+        result = run_sharded(settings.with_key_from_env(), 3)
+        assert _sent(sim) == n
+    assert result.exit_code == EXIT_OK, result.message
+    ids = pq.read_table(tmp_path / "out" / "results.parquet").column("custom_id").to_pylist()
+    assert ids == [f"row-{i}" for i in range(n)]
+    assert len(list((tmp_path / "out" / "shards").glob("0*"))) == 3

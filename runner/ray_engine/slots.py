@@ -154,7 +154,6 @@ class LeasedLanes(Lanes):
         send = super()._stream(model)
         for key in set(self.limiters) - before:
             self.limiters[key].set_lease(0)  # before any worker runs: nothing until leased
-            self._live += self.limiters[key].cap + max(8, self.limiters[key].cap // 4)
         if not self._started:
             self._started = True
             self.task_group.start_soon(self._lease_loop)
@@ -170,6 +169,9 @@ class LeasedLanes(Lanes):
         rows: MemoryObjectReceiveStream[Request],
         results: MemoryObjectSendStream[Outcome],
     ) -> None:
+        # Counted from its first step: the workers start before the reader's next await,
+        # so before `close`, and the lease loop ends only once the last one is done.
+        self._live += 1
         try:
             await super()._worker(lane, rows, results)
         finally:
