@@ -192,3 +192,82 @@ def test_async_tasks_are_submitted_once_across_shards(tmp_path: Path, local_ray:
     assert stats["requests"]["chat/completions"] == 6
     table = pq.read_table(tmp_path / "out" / "results.parquet").to_pydict()
     assert table["custom_id"] == [r["custom_id"] for r in rows]
+
+
+def _descendants(pid: int) -> set[int]:
+    table = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in table.splitlines()[1:]:
+        child, parent = (int(x) for x in line.split())
+        children.setdefault(parent, []).append(child)
+    found, stack = set(), [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_stops_every_shard_and_the_local_ray_it_started(
+    tmp_path: Path, local_ray: None
+) -> None:
+    import signal
+    import sys
+    import time
+
+    spec = write_spec(tmp_path / "spec.jsonl", (chat_row(i) for i in range(1000)))
+    out = tmp_path / "out"
+    env = {**os.environ, "ZAI_API_KEY": KEY}
+    env.pop("RAY_ADDRESS", None)
+    with SimProcess("--concurrency", "8", "--latency", "0.1") as sim:
+        args = [sys.executable, "-m", "runner", "run", str(spec), "--out", str(out)]
+        args += ["--base-url", sim.base_url, "--concurrency", "8", "--no-progress"]
+        args += ["--engine", "ray", "--shards", "2"]
+        proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 90
+        while _sent(sim) < 50 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        started = _descendants(proc.pid)  # its own Ray: gcs, raylet, workers
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3, err[-2000:]
+        assert "stopped by a signal" in err and "runner resume" in err
+        time.sleep(1)
+        assert not [p for p in started if _alive(p)], "a process it started is still running"
+        again = _run(tmp_path, sim, 1000, 2, concurrency=8)
+        sent = _sent(sim)
+    assert again.exit_code == EXIT_OK, again.message
+    assert sent <= 1000 + 8 * 2  # the stop let the requests in flight be answered
+
+
+def test_a_parquet_spec_is_sharded_by_row_groups(tmp_path: Path, local_ray: None) -> None:
+    import pyarrow as pa
+
+    from runner.ray_engine import run_sharded
+
+    spec = tmp_path / "spec.parquet"
+    n = 90
+    table = pa.table(
+        {
+            "custom_id": [f"row-{i}" for i in range(n)],
+            "model": ["glm-4.5-air"] * n,
+            "messages": [[{"role": "user", "content": f"q {i}"}] for i in range(n)],
+        }
+    )
+    pq.write_table(table, spec, row_group_size=30)
+    with SimProcess("--concurrency", "4") as sim:
+        settings = settings_for(tmp_path / "out", spec, sim.base_url, concurrency=4)
+        result = run_sharded(settings.with_key_from_env(), 3)
+        assert _sent(sim) == n
+    assert result.exit_code == EXIT_OK, result.message
+    ids = pq.read_table(tmp_path / "out" / "results.parquet").column("custom_id").to_pylist()
+    assert ids == [f"row-{i}" for i in range(n)]
+    assert len(list((tmp_path / "out" / "shards").glob("0*"))) == 3

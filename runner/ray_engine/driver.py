@@ -12,10 +12,14 @@ into the job's, whose counts give the message and exit code as for any job.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,7 @@ from .slots import LeasedLanes, SlotBank
 __all__ = ["run_sharded"]
 
 MERGE_EVERY = 2.0  # seconds between merges while the shards run, for `runner status`
+GRACE = 30.0  # seconds the shards get to stop after a signal, as one process gets
 
 
 def _ray() -> Any:
@@ -96,10 +101,29 @@ def run_sharded(
                 logging_level=logging.WARNING,
             )
         try:
-            return _run_job(ray, settings, shards, fingerprint, total)
+            with _sigterm_as_interrupt():
+                return _run_job(ray, settings, shards, fingerprint, total)
         finally:
             if started:
                 ray.shutdown()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the job as Ctrl-C does: shards cancelled, merged, Ray shut down (the
+    default would end the driver at once and leave a local Ray instance running)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _run_job(
@@ -150,19 +174,38 @@ def _run_shards(
     results: dict[Any, dict[str, Any]] = {}
     pending = list(refs)
     last = time.monotonic()
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=MERGE_EVERY)
-        for ref in ready:
-            try:
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=MERGE_EVERY)
+            for ref in ready:
+                try:
+                    results[ref] = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, RunnerError):
+                        raise cause from None
+                    raise
+            if time.monotonic() - last >= MERGE_EVERY:
+                merge_shards(store, settings.out, windows)
+                last = time.monotonic()
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: the bank tells every shard to stop as one process would (no
+        # new requests, the ones in flight answered and committed); a shard still running
+        # after the grace period is ended. Either way its checkpoint keeps what it committed.
+        ray.get(bank.halt.remote("stopped by a signal"))
+        done, pending = ray.wait(pending, num_returns=len(pending), timeout=GRACE)
+        for ref in done:
+            with contextlib.suppress(Exception):
                 results[ref] = ray.get(ref)
-            except ray.exceptions.RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, RunnerError):
-                    raise cause from None
-                raise
-        if time.monotonic() - last >= MERGE_EVERY:
-            merge_shards(store, settings.out, windows)
-            last = time.monotonic()
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        stopped = "stopped by a signal\nresume with:"
+        return [{"exit_code": 3, "message": stopped, "sent": 0, "retries": 0}, *results.values()]
+    except BaseException:
+        # One shard failed: on a cluster the others would run on without a driver.
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
     return [results[r] for r in refs]
 
 

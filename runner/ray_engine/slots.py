@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..errors import FatalAPIError
+from ..errors import FatalAPIError, Interrupted
 from ..outcome import Outcome
 from ..pool import Lane, Lanes
 from ..spec import Request
@@ -71,7 +71,8 @@ class SlotBank:
         self.wanted: dict[str, dict[int, int]] = {}
         self._quiet_since: dict[str, float] = {}
         self.refused: dict[str, int] = {}
-        self.stop: tuple[str, str | None, int | None] | None = None
+        # Why the job stops: (message, code, status, interrupted), the first reason wins.
+        self.stop: tuple[str, str | None, int | None, bool] | None = None
 
     def sync(
         self,
@@ -82,7 +83,7 @@ class SlotBank:
         now = self._clock()
         replies: dict[str, tuple[int, int]] = {}
         if fatal is not None and self.stop is None:
-            self.stop = fatal
+            self.stop = (*fatal, False)
         for lane, (cap, given_back, wanted, refused) in reports.items():
             if lane not in self.caps:
                 self.caps[lane] = self.level[lane] = cap
@@ -90,7 +91,7 @@ class SlotBank:
                 self._quiet_since[lane] = now
             held = self.held[lane]
             held[shard] = max(0, held.get(shard, 0) - given_back)
-            self.wanted[lane][shard] = 0 if self.stop else wanted
+            self.wanted[lane][shard] = wanted  # a stopping shard still needs slots to drain
             self._adjust(lane, refused, now)
             target = fair_shares(self.level[lane], self.wanted[lane]).get(shard, 0)
             free = self.level[lane] - sum(held.values())
@@ -111,6 +112,11 @@ class SlotBank:
             level = self.level[lane]
             self.level[lane] = min(self.caps[lane], level + max(1, level // 8))
             self._quiet_since[lane] = now
+
+    def halt(self, message: str) -> None:
+        """Stop every shard as a signal stops one process (the driver got the signal)."""
+        if self.stop is None:
+            self.stop = (message, None, None, True)
 
     def reset(self, shard: int) -> None:
         """A shard ended (or restarted after its worker was lost): it holds nothing."""
@@ -148,7 +154,6 @@ class LeasedLanes(Lanes):
         send = super()._stream(model)
         for key in set(self.limiters) - before:
             self.limiters[key].set_lease(0)  # before any worker runs: nothing until leased
-            self._live += self.limiters[key].cap + max(8, self.limiters[key].cap // 4)
         if not self._started:
             self._started = True
             self.task_group.start_soon(self._lease_loop)
@@ -164,6 +169,9 @@ class LeasedLanes(Lanes):
         rows: MemoryObjectReceiveStream[Request],
         results: MemoryObjectSendStream[Outcome],
     ) -> None:
+        # Counted from its first step: the workers start before the reader's next await,
+        # so before `close`, and the lease loop ends only once the last one is done.
+        self._live += 1
         try:
             await super()._worker(lane, rows, results)
         finally:
@@ -210,8 +218,12 @@ class LeasedLanes(Lanes):
                 self._targets[names[name]] = target
             stop = reply["stop"]
             if stop is not None and self.ctx.control.reason is None:
-                message, code, status = stop
-                self.ctx.control.stop(FatalAPIError(message, code=code, status=status))
+                message, code, status, interrupted = stop
+                self.ctx.control.stop(
+                    Interrupted(message)
+                    if interrupted
+                    else FatalAPIError(message, code=code, status=status)
+                )
             if done:
                 return
             await anyio.sleep(self.tick)
