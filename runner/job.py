@@ -22,6 +22,7 @@ from .lifecycle import (
     EXIT_USAGE,
     JobResult,
     JobStart,
+    check_spec,
     checkpoint_path,
     count_rows,
     folder_lock,
@@ -29,7 +30,6 @@ from .lifecycle import (
 from .online import run_online
 from .pool import Lanes
 from .settings import Settings
-from .spec import SpecError, spec_fingerprint, validate_spec
 from .store import Store, advice
 
 __all__ = [
@@ -56,20 +56,7 @@ async def run_job(
     each answer (and may ask again) before the row's outcome goes to the writer.
     """
     spec = settings.spec
-    defaults = settings.spec_defaults()
-    try:
-        fingerprint = await anyio.to_thread.run_sync(spec_fingerprint, spec)
-        if settings.strict and settings.window is None:
-            report = await anyio.to_thread.run_sync(validate_spec, spec, defaults)
-            if report.invalid:
-                raise UsageError(
-                    f"--strict: {report.invalid} invalid rows, nothing was sent:\n"
-                    + report.render()
-                )
-    except SpecError as exc:
-        raise UsageError(str(exc)) from exc
-    except OSError as exc:
-        raise UsageError(f"cannot read spec {spec}: {exc}") from exc
+    fingerprint = await anyio.to_thread.run_sync(check_spec, settings)
     if settings.mode not in ("online", "batch"):
         raise UsageError(f"unknown mode {settings.mode!r}: use 'online' or 'batch'")
     with folder_lock(settings.out):

@@ -39,6 +39,7 @@ from .http import Transport, make_transport
 from .progress import Counters, render_loop
 from .report.timeline import record as record_timeline
 from .settings import Settings
+from .spec import SpecError, spec_fingerprint, validate_spec
 from .store import REOPEN_CODES, Store
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "JobResult",
     "JobStart",
     "Run",
+    "check_spec",
     "checkpoint_path",
     "close_run",
     "count_rows",
@@ -97,6 +99,26 @@ def count_rows(path: Path) -> int:
             if line.strip():
                 n += 1
     return n
+
+
+def check_spec(settings: Settings) -> str:
+    """The spec's fingerprint, once the spec as a whole is fit to run: readable and, with
+    --strict, without an invalid row (a shard leaves that check to its driver)."""
+    spec = settings.spec
+    try:
+        fingerprint = spec_fingerprint(spec)
+        if settings.strict and settings.window is None:
+            report = validate_spec(spec, settings.spec_defaults())
+            if report.invalid:
+                raise UsageError(
+                    f"--strict: {report.invalid} invalid rows, nothing was sent:\n"
+                    + report.render()
+                )
+    except SpecError as exc:
+        raise UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read spec {spec}: {exc}") from exc
+    return fingerprint
 
 
 @contextlib.contextmanager
@@ -303,9 +325,7 @@ async def close_run(run: Run) -> JobResult:
         await anyio.to_thread.run_sync(_drop_stale, target)
     else:
         await anyio.to_thread.run_sync(write_results_parquet, store, target)
-    result = finish_run(
-        run.settings, store, run.run_id, run.control, run.counters, store.summary()
-    )
+    result = finish_run(run.settings, store, run.run_id, run.control, run.counters, store.summary())
     if isinstance(run.control.reason, Interrupted):
         result.message += (
             f"\nresults.parquet is written when the job finishes (now: runner export "

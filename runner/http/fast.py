@@ -196,7 +196,6 @@ class FastTransport:
         base_url: str,
         headers: dict[str, str],
         *,
-        connect_timeout: float | None = None,
         config: HttpConfig | None = None,
     ):
         config = config or HttpConfig()
@@ -204,9 +203,7 @@ class FastTransport:
         t = self._t = Target.parse(base_url)
         self._ssl = config.ssl_context() if t.scheme == "https" else None
         self._where = t.netloc
-        self._connect_timeout = (
-            connect_timeout if connect_timeout is not None else config.connect_timeout
-        )
+        self._connect_timeout = config.connect_timeout
         self._limit = config.max_answer_bytes
         # A proxy: plain http is sent to it in absolute form; https goes through CONNECT.
         self._proxy: Target | None = None

@@ -19,14 +19,9 @@ class HttpxTransport:
         base_url: str,
         headers: dict[str, str],
         *,
-        connect_timeout: float | None = None,
         config: HttpConfig | None = None,
     ):
         config = config or HttpConfig()
-        if connect_timeout is not None:
-            config = HttpConfig(
-                config.ca_bundle, connect_timeout, config.max_answer_bytes, config.trust_env
-            )
         t = self._t = Target.parse(base_url)
         self._limit = config.max_answer_bytes
         fixed = {**headers, "Content-Type": "application/json"}

@@ -31,6 +31,7 @@ from ..errors import JobStopped, RunnerError, UsageError
 from ..export import write_results_parquet
 from ..lifecycle import (
     JobResult,
+    check_spec,
     checkpoint_path,
     count_rows,
     finish_run,
@@ -39,7 +40,6 @@ from ..lifecycle import (
 )
 from ..progress import Counters
 from ..settings import Settings
-from ..spec import SpecError, spec_fingerprint, validate_spec
 from ..store import Store
 from .merge import merge_shards
 from .plan import load_plan, plan_shards, save_plan, shard_dir
@@ -79,18 +79,8 @@ def run_sharded(
         settings, spec=settings.spec.resolve(), out=settings.out.resolve(), progress=False
     )
     spec, out = settings.spec, settings.out
-    try:
-        fingerprint = spec_fingerprint(spec)
-        total = count_rows(spec)
-        if settings.strict:
-            report = validate_spec(spec, settings.spec_defaults())
-            if report.invalid:
-                raise UsageError(
-                    f"--strict: {report.invalid} invalid rows, nothing was sent:\n"
-                    + report.render()
-                )
-    except SpecError as exc:
-        raise UsageError(str(exc)) from exc
+    fingerprint = check_spec(settings)
+    total = count_rows(spec)
     with folder_lock(out):
         started = not ray.is_initialized()
         if started:
