@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import harness
-from harness import WORK, Sim, _pin, tool_argv, write_spec
+from harness import WORK, Sim, _pin, compile_runner, tool_argv, write_spec
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
 
@@ -73,6 +73,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--no-pin", action="store_true")
     args = p.parse_args(argv)
+    compile_runner()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     for sub in ("jobs", "logs"):
         (WORK / sub).mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import API_KEY, WORK, Sim, process_cpu_s, write_spec
+from harness import API_KEY, WORK, Sim, compile_runner, process_cpu_s, write_spec
 
 
 def one_run(sim: Sim, spec: Path, out: Path) -> tuple[float, float]:
@@ -52,6 +52,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--no-pin", action="store_true")
     args = p.parse_args()
+    compile_runner()
     (WORK / "logs").mkdir(parents=True, exist_ok=True)
     spec = write_spec(WORK / "spec-startup-1.jsonl", 1, "startup")
     firsts, wholes = [], []

@@ -140,6 +140,9 @@ class Simulator:
             log_config=None,
             access_log=False,
             server_header=False,
+            # No proxy sits in front of the simulator; uvicorn's middleware for one cost 5 %
+            # of the simulator's CPU at 2,000 requests in flight.
+            proxy_headers=False,
             backlog=self._backlog,
             timeout_keep_alive=30,
             timeout_graceful_shutdown=self._shutdown_timeout,
