@@ -104,6 +104,11 @@ class _Slots:
         self.in_use -= 1
         self._hand_on()
 
+    def keep(self) -> bool:
+        """Whether a holder may keep its slot for its next request instead of releasing it:
+        False once the total has been lowered under the slots in use."""
+        return self.in_use <= self._total
+
     def _hand_on(self) -> None:
         waiters = self._waiters
         while waiters and self.in_use < self._total:
@@ -179,6 +184,11 @@ class AdaptiveLimiter:
 
     def release(self) -> None:
         self._tokens.release()
+
+    def keep(self) -> bool:
+        """Whether a holder may go on to its next request with the slot it holds (False
+        once the limit fell under the slots in use: it must release)."""
+        return self._tokens.keep()
 
     async def __aenter__(self) -> None:
         await self._tokens.acquire()

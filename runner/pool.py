@@ -3,13 +3,13 @@
 Each key is an account (accounts.py) with, per model, an adaptive limiter sized to that
 account's cap and a few more workers than the cap. A worker first takes a slot of its own
 account, then a row from the model's stream, so rows go to whichever key has a free slot:
-no static split, and no key idle while rows wait. A slot is held only while the request is
-on the wire; a retry waits without one and takes a fresh one of the same key, so rows
-waiting out a backoff never hold a slot, and the extra workers keep the slots busy
-meanwhile. A key the platform refuses for good is retired: the row that met the refusal
-(and any row that finds its key retired) moves to another key at once, and the key's
-workers stop. Results go to the single writer through a bounded stream; nothing here
-touches SQLite.
+no static split, and no key idle while rows wait. A slot is held while the request is on
+the wire and, after an answer, by the same worker for its next row; a retry waits without
+one and takes a fresh one of the same key, so rows waiting out a backoff never hold a slot,
+and the extra workers keep the slots busy meanwhile. A key the platform refuses for good is
+retired: the row that met the refusal (and any row that finds its key retired) moves to
+another key at once, and the key's workers stop. Results go to the single writer through a
+bounded stream; nothing here touches SQLite.
 """
 
 from __future__ import annotations
@@ -166,52 +166,54 @@ class Lanes:
         rows: MemoryObjectReceiveStream[Request],
         results: MemoryObjectSendStream[Outcome],
     ) -> None:
-        account, limiter = lane.account, lane.limiter
+        account = lane.account
         async with rows, results:
-            while account.retired is None:
-                # A slot of this key first, then a row: a key with no free slot leaves the
-                # rows to the others. The non-blocking calls first: anyio's acquire() and
-                # receive() yield to the loop even when ready, which shows at thousands of
-                # rows per second.
-                try:
-                    limiter.acquire_nowait()
-                except anyio.WouldBlock:
-                    await limiter.acquire()
-                if account.retired is not None:
-                    limiter.release()
-                    return
-                try:
+            try:
+                while account.retired is None:
+                    # A slot of this key first, then a row: a key with no free slot leaves
+                    # the rows to the others. A worker whose last request succeeded still
+                    # holds its slot (`Lanes.call`) and sends its next row at once. The
+                    # non-blocking calls first: anyio's acquire() and receive() yield to
+                    # the loop even when ready, which shows at thousands of rows a second.
+                    if not lane.held:
+                        try:
+                            lane.limiter.acquire_nowait()
+                        except anyio.WouldBlock:
+                            await lane.limiter.acquire()
+                        lane.held = True
+                    if account.retired is not None:
+                        return
                     try:
                         req = rows.receive_nowait()
                     except anyio.WouldBlock:
                         req = await rows.receive()
-                except anyio.EndOfStream:
-                    limiter.release()
-                    return
-                except BaseException:
-                    limiter.release()
-                    raise
-                if self.ctx.control.reason is not None:
-                    limiter.release()
-                    continue  # stopping: leave the row pending for the resume
-                if req.endpoint in ASYNC_ENDPOINTS and self.submit_task is not None:
-                    limiter.release()  # the submit takes its slot itself
-                    await self.submit_task(req, lane, results)
-                    continue
-                lane.held = True
-                try:
+                    if self.ctx.control.reason is not None:
+                        self._let_go(lane)
+                        continue  # stopping: leave the row pending for the resume
+                    if req.endpoint in ASYNC_ENDPOINTS and self.submit_task is not None:
+                        self._let_go(lane)  # the submit takes its slot itself
+                        await self.submit_task(req, lane, results)
+                        continue
                     out = await self._run_row(req, lane)
-                finally:
-                    if lane.held:  # never sent (budget, cache): the slot was not used
-                        lane.held = False
-                        lane.limiter.release()
-                if out is not None:
-                    if out.attempts:
-                        out.key_fp = lane.account.fingerprint
-                    try:
-                        results.send_nowait(out)
-                    except anyio.WouldBlock:
-                        await results.send(out)
+                    if out is not None:
+                        if out.attempts:
+                            out.key_fp = lane.account.fingerprint
+                        try:
+                            results.send_nowait(out)
+                        except anyio.WouldBlock:
+                            self._let_go(lane)  # no slot idles while the writer catches up
+                            await results.send(out)
+            except anyio.EndOfStream:
+                return
+            finally:
+                self._let_go(lane)
+
+    @staticmethod
+    def _let_go(lane: Lane) -> None:
+        """Release the slot the lane's worker holds, if it holds one."""
+        if lane.held:
+            lane.held = False
+            lane.limiter.release()
 
     def _on_retry(self, state: RetryCallState) -> None:
         self.ctx.counters.retries += 1
@@ -223,13 +225,14 @@ class Lanes:
         account = lane.account
         limiter = lane.limiter
         counters = self.ctx.counters
-        if lane.held:  # the worker took it before the row
+        if lane.held:  # the worker took it before the row, or kept it from its last
             lane.held = False
         else:
             try:
                 limiter.acquire_nowait()
             except anyio.WouldBlock:
                 await limiter.acquire()
+        answered = False
         try:
             if account.retired is not None:  # call_with_retry moves the row to another key
                 raise FatalAPIError(account.why, code=account.retired.code)
@@ -276,8 +279,16 @@ class Lanes:
                 used = _total_tokens(answer)
                 if used:
                     account.rate.refund(lane.model, estimate - used)
+            answered = True
         finally:
-            limiter.release()
+            # After an answer the slot goes with the worker to its next row, unless the limit
+            # fell meanwhile: a hand-over to a waiting worker would send that row only after
+            # every other answer ready on the loop was handled, so in a wave of thousands of
+            # answers the last resend would wait for the whole wave.
+            if answered and limiter.keep():
+                lane.held = True
+            else:
+                limiter.release()
         return resp.status, resp.body, answer
 
     def _show_caps(self) -> None:
@@ -308,9 +319,7 @@ class Lanes:
     def _move(self, lane: Lane, exc: FatalAPIError) -> None:
         """Retire the lane's key and point the lane at the active key with most free slots;
         raise the job's stop reason when none is left."""
-        if lane.held:
-            lane.held = False
-            lane.limiter.release()
+        self._let_go(lane)
         pool = self.ctx.pool
         pool.retire(lane.account, exc)
         self._show_caps()
