@@ -12,27 +12,41 @@ Exit codes (the contract scripts rely on):
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from .generate import generate
-from .inspect import estimate, export, report, status, validate
 from .run import resume, run
 
 __all__ = ["cli", "main"]
 
+# The commands besides `run` and `resume`, by the module that defines them: each loads only
+# when it is the command run (or listed by --help), so `runner run` starts without the
+# estimator, the report, generate's modules or the simulator's uvicorn.
+_LAZY = {
+    "estimate": "runner.cli.inspect",
+    "export": "runner.cli.inspect",
+    "generate": "runner.cli.generate",
+    "report": "runner.cli.inspect",
+    "sim": "runner.sim",
+    "status": "runner.cli.inspect",
+    "validate": "runner.cli.inspect",
+}
+_ATTR = {"sim": "sim_command"}
+
 
 class _Commands(click.Group):
-    """Loads `runner sim` (uvicorn and the simulator) only when it is the command run."""
-
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), "sim"])
+        return sorted([*super().list_commands(ctx), *_LAZY])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name == "sim":
-            from ..sim import sim_command
-
-            return sim_command
-        return super().get_command(ctx, cmd_name)
+        module = _LAZY.get(cmd_name)
+        if module is None:
+            return super().get_command(ctx, cmd_name)
+        command: click.Command = getattr(
+            importlib.import_module(module), _ATTR.get(cmd_name, cmd_name)
+        )
+        return command
 
 
 @click.group(cls=_Commands)
@@ -41,8 +55,8 @@ def cli() -> None:
     """Batch runner for the Zhipu / Z.ai GLM platform and OpenAI-compatible APIs."""
 
 
-for _command in (run, resume, generate, status, export, report, validate, estimate):
-    cli.add_command(_command)
+cli.add_command(run)
+cli.add_command(resume)
 
 
 def main() -> None:
