@@ -41,9 +41,11 @@ class HttpConfig:
 
     def proxy_for(self, scheme: str, host: str, port: int) -> str | None:
         """The proxy URL for a target, or None (no proxy set, or NO_PROXY matches)."""
-        if not self.trust_env:
+        # getproxies_environment reads only *_proxy variables; without any, importing
+        # urllib.request (http.client, email: 10 ms of start-up) would find nothing.
+        if not self.trust_env or not any(k[-6:].lower() == "_proxy" for k in os.environ):
             return None
-        import urllib.request  # here: it loads http.client and email, which nothing else needs
+        import urllib.request
 
         proxies = urllib.request.getproxies_environment()
         proxy = proxies.get(scheme) or proxies.get("all")
