@@ -12,6 +12,7 @@ Exit codes (the contract scripts rely on):
 
 from __future__ import annotations
 
+import gc
 import importlib
 
 import click
@@ -59,5 +60,19 @@ cli.add_command(run)
 cli.add_command(resume)
 
 
+# Young-generation collections every 20,000 new container objects instead of 700, the
+# older generations in proportion (see `main`).
+_GC_THRESHOLDS = (20_000, 20, 20)
+
+
 def main() -> None:
+    # A job allocates a few dozen objects per row and keeps thousands of tasks, connections
+    # and futures alive, so with CPython's defaults the collector ran hundreds of times a
+    # second, and each full pass walked every object of start-up too. This process is the
+    # runner's own (not a notebook's, nor a test's): what start-up made is frozen out of
+    # collection, and collections are rarer; cycles are still collected. At 4 models x
+    # C=500, L=1 s the first 2,000 requests went out in 0.24-0.29 s instead of 0.38 and
+    # the job reached 0.97 of ideal instead of 0.95-0.96, with less CPU.
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
     cli()
