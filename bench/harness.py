@@ -255,17 +255,40 @@ def serve_timed_sim(argv: list[str]) -> None:
     sim_command(args=argv, prog_name="runner sim")
 
 
+# The loopback servers a run can measure against: the runner's simulator (through
+# ``harness.py _sim``, for the bench's timestamps) or bench/standin.py, the lean stand-in
+# of PEERS.md's set-up, which stamps the same window itself.
+SERVERS = {
+    "sim": [str(Path(__file__).resolve()), "_sim"],
+    "standin": [str(BENCH / "standin.py")],
+}
+SERVER_LABELS = {
+    "sim": "the runner's simulator (runner/sim: uvicorn + ASGI app)",
+    "standin": "bench/standin.py (lean asyncio stand-in: chat endpoint, L and C only)",
+}
+
+
 class Sim:
-    """A fresh simulator process: ``with Sim(...) as sim: sim.base_url, sim.stats()``."""
+    """A fresh server process: ``with Sim(...) as sim: sim.base_url, sim.stats()``.
+
+    ``server`` picks which one (a key of SERVERS); both take the same arguments and serve
+    the same ``/_sim/stats`` keys that run_tool reads.
+    """
 
     def __init__(
-        self, latency: float, concurrency: int, *, log: Path, ledger_ids: bool, no_pin: bool
+        self,
+        latency: float,
+        concurrency: int,
+        *,
+        log: Path,
+        ledger_ids: bool,
+        no_pin: bool,
+        server: str = "sim",
     ) -> None:
         self.argv = [
             *_pin(1, no_pin),
             sys.executable,
-            str(Path(__file__).resolve()),
-            "_sim",
+            *SERVERS[server],
             "--port",
             "0",
             "--latency",
@@ -289,7 +312,7 @@ class Sim:
             while not line.endswith(b"\n"):
                 if child.poll() is not None or time.monotonic() > deadline:
                     self.__exit__(None, None, None)
-                    raise RuntimeError(f"simulator did not start: {child.err_path.read_text()}")
+                    raise RuntimeError(f"server did not start: {child.err_path.read_text()}")
                 chunk = f.readline()
                 line += chunk
                 if not chunk:
@@ -578,8 +601,12 @@ def run_tool(
     sim_c: int | None = None,
     ledger_ids: bool = True,
     models: int = 1,
+    server: str = "sim",
 ) -> Run:
-    """Run one tool to the end against a fresh simulator (limit ``sim_c``, default C)."""
+    """Run one tool to the end against a fresh server (limit ``sim_c``, default C).
+
+    ``server``: "sim" (the runner's simulator) or "standin" (bench/standin.py).
+    """
     sim_c = sim_c or c
     run = Run(tool, sim_c, latency, n, models)
     tag = f"{tool}-c{c}-l{latency}-{time.monotonic_ns()}"
@@ -589,7 +616,9 @@ def run_tool(
     logs = WORK / "logs"
     if IDLE["max_wait"] > 0:
         wait_idle(IDLE["threshold"], IDLE["max_wait"])
-    with Sim(latency, sim_c, log=logs / f"sim-{tag}", ledger_ids=ledger_ids, no_pin=no_pin) as sim:
+    with Sim(
+        latency, sim_c, log=logs / f"sim-{tag}", ledger_ids=ledger_ids, no_pin=no_pin, server=server
+    ) as sim:
         argv = [*_pin(0, no_pin), *tool_argv(tool, spec, sim.base_url, c, out)]
         env = {"ZAI_API_KEY": API_KEY, "OPENAI_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
         if tool == "curator":

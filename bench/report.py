@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from harness import CURATOR_PY, TOOL_LABELS, Run
+from harness import CURATOR_PY, SERVER_LABELS, TOOL_LABELS, Run
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -98,7 +98,7 @@ def machine() -> dict[str, Any]:
 
 def machine_md(m: dict[str, Any], no_pin: bool) -> list[str]:
     pin = (
-        "simulator on core 1, client on core 0 (taskset)"
+        "server on core 1, client on core 0 (taskset)"
         if m["pinned"] and not no_pin
         else "not pinned"
     )
@@ -106,6 +106,8 @@ def machine_md(m: dict[str, Any], no_pin: bool) -> list[str]:
     return [
         f"- Machine: {m['nproc']} cores, {m['cpu']}; {m['platform']}; Python {m['python']}",
         f"- Runner measured: {m.get('source', 'working tree')}",
+        # Runs saved before the stand-in existed all used the simulator.
+        f"- Server: {m.get('server', SERVER_LABELS['sim'])}",
         f"- Pinning: {pin}",
         f"- Packages: {vers}",
         f"- Measured: {m['date']}",
@@ -134,9 +136,10 @@ HEADER = [
     "saved raw figures.",
     "",
     "Method as in `shared/PEERS.md`: every client is its own process against a fresh loopback",
-    "simulator process (`runner sim`: per-key concurrency limit C, fixed latency L, HTTP 429",
-    "code 1302 beyond C), every row a unique prompt. The simulator runs on core 1 and the",
-    "client on core 0.",
+    "server process (per-key concurrency limit C, fixed latency L, HTTP 429 code 1302 beyond",
+    "C), every row a unique prompt: the simulator (`runner sim`) or, with `--server standin`,",
+    "the lean stand-in `bench/standin.py`; each section's *Server* line says which. The",
+    "server runs on core 1 and the client on core 0.",
     "",
     "- **wall**: the simulator's window, from the first request it saw to the last it",
     "  finished. **ideal** = ceil(N/C) × L; **of ideal** = ideal / wall (1.00 is the physical",
@@ -316,13 +319,13 @@ def rate_limit_md(data: dict[str, Any], args: argparse.Namespace) -> list[str]:
     if data.get("machine"):
         lines += [*machine_md(data["machine"], data.get("no_pin", False)), ""]
     lines += [
-        f"The simulator's per-key limit is {data['real_c']} (HTTP 429, code 1302 beyond it), "
+        f"The server's per-key limit is {data['real_c']} (HTTP 429, code 1302 beyond it), "
         f"L = {data['latency']} s, N = {data['n']:,}; the runner is started once with the "
         "tier set too high and once with it right. *Converged* = seconds from the first "
         "request to the first ten consecutive 1 s windows without a 429; *after* = 429s "
         "per second from then to the end (the limiter's rare probes of its ceiling) and "
         "answers per second then, as a share of the ideal "
-        f"{ideal:,.0f} answers/s; from the simulator's per-second counts.",
+        f"{ideal:,.0f} answers/s; from the server's per-second counts.",
         "",
         "| runner configured | of ideal | wall s | 429s | 429s / requests sent "
         "| converged after s | after: 429s/s | after: answers/s (share of ideal) "

@@ -1,15 +1,20 @@
 """Throughput, rate-limit and scale benchmarks of the runner against its peers, on loopback.
 
-Every measured client runs as its own process against a fresh simulator process (one per
-run), the simulator pinned to core 1 and the client to core 0 where ``taskset`` exists and
-there are two cores. The figures follow PEERS.md: wall time is the simulator's own window,
-from the first request it saw to the last it finished (the simulator is started through
-this file, which adds those two timestamps and per-second status counts to
-``/_sim/stats``); ideal = ceil(N/C) x L; "of ideal" = ideal / wall. CPU time and peak RSS
-are the client process's own, read from ``wait4``; the simulator is not counted.
+Every measured client runs as its own process against a fresh server process (one per
+run), the server pinned to core 1 and the client to core 0 where ``taskset`` exists and
+there are two cores. ``--server`` picks the server: ``sim`` (the default), the runner's
+simulator, started through harness.py, which adds the two timestamps below and per-second
+status counts to ``/_sim/stats``; or ``standin``, bench/standin.py, the lean stand-in of
+PEERS.md's set-up (chat endpoint, latency L and limit C only), which at 2,000 in flight
+adds far less queueing of its own than the simulator. The figures follow PEERS.md: wall
+time is the server's own window, from the first request it saw to the last it finished;
+ideal = ceil(N/(C x models)) x L; "of ideal" = ideal / wall. CPU time and peak RSS are the
+client process's own, read from ``wait4``; the server is not counted (its CPU is kept in
+the raw results as ``sim_cpu_s``). Each docs section names the server it was measured on.
 
     python bench/run_bench.py                 # the default run: 5 scenarios + rate limit
     python bench/run_bench.py --quick         # the same, fewer rows (while developing)
+    python bench/run_bench.py --server standin  # the same against bench/standin.py
     python bench/run_bench.py --scale         # 1M rows: peak RSS, kill and resume
 
 Each mode rewrites only its own sections of docs/BENCHMARKS.md, so the scale figures stay
@@ -63,6 +68,7 @@ def scenario_rows(c: int, args: argparse.Namespace) -> int:
 
 def measure(args: argparse.Namespace, *a: Any, **kw: Any) -> Run:
     """run_tool, run again (up to --retry-noisy times) while other processes disturbed it."""
+    kw.setdefault("server", args.server)
     r = run_tool(*a, no_pin=args.no_pin, **kw)
     for _ in range(args.retry_noisy):
         if r.other_load is None or r.other_load <= args.idle_threshold:
@@ -167,6 +173,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-rate-limit", action="store_true", help="Skip the rate-limit scenario.")
     p.add_argument("--no-pin", action="store_true", help="Do not pin with taskset.")
     p.add_argument(
+        "--server",
+        choices=sorted(harness.SERVERS),
+        default="sim",
+        help="The loopback server: sim (the runner's simulator) or standin (bench/standin.py, "
+        "PEERS.md's lean stand-in). The --scale mode always uses the simulator.",
+    )
+    p.add_argument(
         "--idle-wait",
         type=float,
         default=120.0,
@@ -259,9 +272,10 @@ def main(argv: list[str]) -> int:
     harness.IDLE.update(threshold=args.idle_threshold, max_wait=args.idle_wait)
     m = report.machine()
     m["source"] = select_source(args)
+    m["server"] = harness.SERVER_LABELS["sim" if args.scale else args.server]
     print(
         f"machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}; "
-        f"pinning {'on' if m['pinned'] and not args.no_pin else 'off'}",
+        f"pinning {'on' if m['pinned'] and not args.no_pin else 'off'}; server {args.server}",
         flush=True,
     )
     doc = args.out / "BENCHMARKS.md"
