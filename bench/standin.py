@@ -48,8 +48,10 @@ REASONS = {
     405: b"Method Not Allowed",
     429: b"Too Many Requests",
 }
-ANSWER = "OK"  # every prompt gets the same two-token answer
-ANSWER_TOKENS = 2
+# Every prompt gets the same answer, as long as the simulator's to a 16-token request (the
+# size of what the client parses, checkpoints and exports is part of what is measured).
+ANSWER = "Request signal stone clear harbor signal plane reply harbor blue quick summary"
+ANSWER_TOKENS = 16
 
 Slot = tuple[bytes, str]  # (API key, model): the unit the platform's tier limits
 
@@ -81,11 +83,16 @@ class Stats:
 
     def __init__(self, *, ledger_ids: bool) -> None:
         self.ledger_ids = ledger_ids
+        self.in_flight = 0
+        # key -> the simulator's name for it (a hash prefix): the key itself is never served
+        self.labels: dict[bytes, str] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the counters (``POST /_sim/reset``); requests still in flight stay counted."""
         self.chat = 0
         self.statuses: dict[int, int] = {}
-        self.in_flight = 0
-        self.peak_in_flight = 0
-        self.labels: dict[bytes, str] = {}  # key -> "key-1": the key itself is never served
+        self.peak_in_flight = self.in_flight
         self.peaks: dict[str, dict[str, int]] = {}
         self.billed = 0
         self.seen: set[bytes] = set()
@@ -118,7 +125,7 @@ class Stats:
     def concurrency(self, key: bytes, model: str, now: int) -> None:
         label = self.labels.get(key)
         if label is None:
-            label = self.labels[key] = f"key-{len(self.labels) + 1}"
+            label = self.labels[key] = hashlib.sha256(key.strip()).hexdigest()[:12]
         peaks = self.peaks.setdefault(label, {})
         if now > peaks.get(model, 0):
             peaks[model] = now
@@ -133,7 +140,7 @@ class Stats:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "requests": {"chat": self.chat},
+            "requests": {"chat/completions": self.chat},  # named as the simulator names it
             "statuses": {str(k): v for k, v in self.statuses.items()},
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
@@ -318,6 +325,9 @@ class Connection(asyncio.Protocol):
                 self.chat(request)
         elif request.path == b"/_sim/stats" and request.method == b"GET":
             self.send(200, orjson.dumps(self.server.stats.snapshot()))
+        elif request.path == b"/_sim/reset" and request.method == b"POST":
+            self.server.stats.reset()
+            self.send(200, b"{}")
         else:
             self.send(404, NOT_FOUND)
 
