@@ -186,6 +186,11 @@ class Lanes:
                     try:
                         req = rows.receive_nowait()
                     except anyio.WouldBlock:
+                        # No slot idles while the stream is empty: `call` takes one again
+                        # for the row. (A shard's lease loop gives back only idle slots, so
+                        # held ones could deadlock two shards whose readers each wait on
+                        # the model the other holds every slot of.)
+                        self._let_go(lane)
                         req = await rows.receive()
                     if self.ctx.control.reason is not None:
                         self._let_go(lane)

@@ -1,18 +1,25 @@
-"""Shards without Ray: the plan by position, reading a window in place, and the slot bank."""
+"""Shards without Ray: the plan by position, reading a window in place, the slot bank, and
+two shards' lanes settling with one bank in one process."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any, cast
 
+import anyio
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runner import JobResult, Settings, run_job
 from runner.ray_engine.plan import plan_shards
-from runner.ray_engine.slots import SlotBank, fair_shares
+from runner.ray_engine.slots import LeasedLanes, Report, SlotBank, fair_shares
+from runner.sim import Simulator
 from runner.spec import Request, read_spec
-from tests.jobs import chat_row, write_spec
+from tests.jobs import chat_row, settings_for, write_spec
 
 
 def _items(spec: Path, window: object = None) -> list[Request]:
@@ -123,3 +130,41 @@ def test_a_custom_id_twice_is_refused_before_anything_is_sent(tmp_path: Path) ->
     spec = write_spec(tmp_path / "spec.jsonl", [chat_row(0), chat_row(1), chat_row(0)])
     with pytest.raises(UsageError, match="lines 1 and 3"):
         plan_shards(spec, 2)
+
+
+class _LocalLanes(LeasedLanes):
+    """A shard's lanes settling with an in-process bank instead of a Ray actor."""
+
+    async def _sync(self, reports: dict[str, Report]) -> dict[str, Any]:
+        return cast(dict[str, Any], self.bank.sync(self.shard, reports, self._fatal()))
+
+
+@pytest.mark.anyio
+async def test_two_shards_each_holding_one_model_do_not_deadlock(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    # Each shard's spec opens with a reader's batch (1,024 rows) of one model, so the bank
+    # lends that model's every slot to it before the shard meets the other model; that
+    # model's rows then fill the shard's stream and its reader waits. When workers kept
+    # their slots while waiting for rows, neither shard gave back what the other needed.
+    bank = SlotBank()
+    first, second = "glm-4.5-air", "glm-4.7-flash"
+    jobs = []
+    for shard, (lead, other) in enumerate(((first, second), (second, first))):
+        rows = [chat_row(i, model=lead) for i in range(1100)]
+        rows += [chat_row(i, model=(lead, other)[i % 2]) for i in range(1100, 1300)]
+        spec = write_spec(tmp_path / f"spec-{shard}.jsonl", rows)
+        job = settings_for(tmp_path / f"out-{shard}", spec, sim.base_url, concurrency=4)
+        lanes = functools.partial(_LocalLanes, bank=bank, shard=shard, tick=0.005)
+        jobs.append((job, lanes))
+    results: list[JobResult] = []
+
+    async def shard(job: Settings, lanes: Any) -> None:
+        results.append(await run_job(job, handle_signals=False, lanes=lanes))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for job, lanes in jobs:
+                tg.start_soon(shard, job, lanes)
+    assert [r.exit_code for r in results] == [0, 0]
+    assert sim.state.ledger.peak_in_flight <= 8  # 4 per model over both shards
