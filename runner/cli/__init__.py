@@ -37,6 +37,8 @@ _ATTR = {"sim": "sim_command"}
 
 
 class _Commands(click.Group):
+    """`run` and `resume` registered; every other command imported when it is asked for."""
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *_LAZY])
 
