@@ -337,6 +337,15 @@ class Sim:
             conn.close()
         return doc
 
+    def drain(self, timeout: float = 30) -> dict[str, Any]:
+        """The stats once nothing is in flight (answers to a killed client included)."""
+        deadline = time.monotonic() + timeout
+        stats = self.stats()
+        while stats.get("in_flight") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            stats = self.stats()
+        return stats
+
 
 def write_spec(path: Path, n: int, tag: str, models: int = 1) -> Path:
     """N chat rows with unique prompts (the simulator counts identical bodies as twice),

@@ -50,12 +50,8 @@ def _committed(out: Path) -> int:
         db.close()
 
 
-def _drain(sim: Sim, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    stats = sim.stats()
-    while stats.get("in_flight") and time.monotonic() < deadline:
-        time.sleep(0.05)
-        stats = sim.stats()
+def _drain(sim: Sim) -> dict[str, Any]:
+    sim.drain()
     time.sleep(0.1)  # the last answers' billing
     return sim.stats()
 

@@ -38,10 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from harness import MODELS
+from harness import MODELS, SERVERS
 from key_pool import key_id
-
-STANDIN = Path(__file__).resolve().with_name("standin.py")
 
 
 def _keys(n: int) -> list[str]:
@@ -182,7 +180,7 @@ def main() -> None:
     ap.add_argument("--no-ray", action="store_true", help="only the single process")
     ap.add_argument(
         "--server",
-        choices=("sim", "standin"),
+        choices=sorted(SERVERS),
         default="sim",
         help="the runner's simulator, or bench/standin.py (far less CPU per request: at "
         "thousands of rows a second the simulator takes most of a core of its own)",
@@ -200,8 +198,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "spec.jsonl"
         _spec(spec, args.rows, args.models)
-        server = ["-m", "runner.sim"] if args.server == "sim" else [str(STANDIN)]
-        argv = [sys.executable, *server, "--port", "0", "--no-ledger-ids",
+        argv = [sys.executable, *SERVERS[args.server], "--port", "0", "--no-ledger-ids",
                 "--concurrency", str(args.concurrency), "--latency", str(args.latency)]  # fmt: skip
         if args.server == "sim":
             for key in keys:  # the simulator applies a key's limit to each model apart

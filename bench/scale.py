@@ -45,16 +45,6 @@ def _wait_for(sim: Sim, child: Child, pred: Any, timeout: float, interval: float
     return None
 
 
-def _drain(sim: Sim, timeout: float = 30) -> dict[str, Any]:
-    """Wait until the simulator has nothing in flight (answers to a killed client included)."""
-    deadline = time.monotonic() + timeout
-    stats = sim.stats()
-    while stats.get("in_flight") and time.monotonic() < deadline:
-        time.sleep(0.05)
-        stats = sim.stats()
-    return stats
-
-
 def _status_json(out: Path) -> tuple[dict[str, Any], float]:
     t0 = time.monotonic()
     proc = subprocess.run(
@@ -89,7 +79,7 @@ def kill_and_resume(
         t_sig = time.monotonic()
         child.signal(signal.SIGTERM)
         done = child.wait(120)
-        stats = _drain(sim)
+        stats = sim.drain()
         status, status_s = _status_json(out)
         phases.append({
             "phase": "run, SIGTERM at half", "signal_at_s": at, "rc": done.rc,
@@ -105,7 +95,7 @@ def kill_and_resume(
         child.signal(signal.SIGKILL)
         in_flight = int(sim.stats().get("in_flight", 0))  # sent by the dead process
         done = child.wait(60)
-        stats = _drain(sim)
+        stats = sim.drain()
         status, status_s = _status_json(out)
         phases.append({
             "phase": "resume after SIGTERM, SIGKILL at 3/4", "first_request_s": first,
@@ -119,7 +109,7 @@ def kill_and_resume(
         child = Child(resume, log=logs / f"{tag}-3", env=env)
         first = _wait_for(sim, child, lambda s: _received(s) > base, 300, 0.05)
         done = child.wait(limit)
-        stats = _drain(sim)
+        stats = sim.drain()
         status, status_s = _status_json(out)
         phases.append({
             "phase": "resume after SIGKILL, to the end", "first_request_s": first, "rc": done.rc,
