@@ -62,6 +62,7 @@ async def run_online(start: JobStart, make_lanes: Callable[..., Lanes] = Lanes) 
                 # `tasks` closes only after they are done.
                 async with tasks, anyio.create_task_group() as lanes_tg:
                     lanes = make_lanes(ctx, results_send, lanes_tg, submit_task=tasks.submit)
+                    run.limiters = lanes.limiters
                     tasks.start(lanes_tg, results_send, open_rows)
                     reader_scope = anyio.CancelScope()
                     control.on_stop(reader_scope.cancel)

@@ -78,6 +78,9 @@ def status(out: Path, as_json: bool) -> None:
     currency = load_prices(info.price_table).currency
     data = _status_json(summary, currency)
     data["batches"] = batches
+    from ..notify import read_notes  # --notify's record of its deliveries, if any
+
+    data["notifications"] = read_notes(out)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -120,6 +123,9 @@ def status(out: Path, as_json: bool) -> None:
         if "invalid_row" in data["error_codes"]:
             hint = f"`runner validate {data['spec']}`, or "
         click.echo(f"  every failed row: {hint}error_message in {results_path(out)}")
+    for note in data["notifications"]:
+        if not note.get("delivered"):
+            click.echo(f"could not notify {note['target']} of {note['event']!r}: {note['error']}")
 
 
 @click.command()
