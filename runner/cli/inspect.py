@@ -22,7 +22,7 @@ from ..spec import SpecDefaults, SpecError, validate_spec
 from ..store import Store
 from .common import PathArg, lines_of, rows, run_async
 
-__all__ = ["estimate", "export", "report", "status", "validate"]
+__all__ = ["currency_of", "estimate", "export", "report", "status", "validate"]
 
 
 def _status_json(summary: dict[str, Any], currency: str) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def report(out: Path, output: Path | None) -> None:
     target = output or out / "report.html"
     try:
         data = load_report(checkpoint_path(out))
-        size = write_report(data, target, currency=_currency(data["job"]))
+        size = write_report(data, target, currency=currency_of(data["job"]))
     except CheckpointError as exc:
         raise click.UsageError(str(exc)) from exc
     except (UsageError, OSError) as exc:
@@ -177,7 +177,7 @@ def report(out: Path, output: Path | None) -> None:
     click.echo(f"wrote {target} ({size / 1024:,.0f} KiB)")
 
 
-def _currency(job: dict[str, Any]) -> str:
+def currency_of(job: dict[str, Any]) -> str:
     """The currency of the job's price table (the provider's, or the user's --prices)."""
     try:
         info = get_provider(
