@@ -17,7 +17,7 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,7 @@ from .store import REOPEN_CODES, Store
 
 if TYPE_CHECKING:
     from .attend import Attendant
-    from .limits import AdaptiveLimiter
+    from .pool import Lanes
 
 __all__ = [
     "CHECKPOINT",
@@ -265,8 +265,8 @@ class Run:
     store_lock: anyio.CapacityLimiter
     # The job's keys, one account each; `transport` is the first one's.
     accounts: Accounts
-    # Per (key position, model) its limiter, as the lanes create them (for the metrics).
-    limiters: dict[tuple[int, str], AdaptiveLimiter] = field(default_factory=dict)
+    # The online worker pool, once the mode made it (the metrics read its limiters).
+    lanes: Lanes | None = None
 
 
 @contextlib.asynccontextmanager
