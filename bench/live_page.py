@@ -73,8 +73,10 @@ def reader(url: str, every: float, stop: threading.Event, counts: list[int]) -> 
 
 
 def one_job(spec: Path, out: Path, base_url: str, args: argparse.Namespace, page: bool) -> float:
-    cmd = [sys.executable, "-m", "runner", "run", str(spec), "--out", str(out),
-           "--base-url", base_url, "--concurrency", str(args.concurrency), "--no-progress"]  # fmt: skip
+    cmd = [
+        *(sys.executable, "-m", "runner", "run", str(spec), "--out", str(out)),
+        *("--base-url", base_url, "--concurrency", str(args.concurrency), "--no-progress"),
+    ]
     stop, counts, thread = threading.Event(), [0, 0], None
     if page:
         port = free_port()
