@@ -24,6 +24,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .errors import RunnerError, redact
+from .lifecycle import results_path
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -82,7 +83,6 @@ class Attendant:
         """The job returned: `finished`, or `stopped` with its reason and what to do next."""
         if self.notifier is None or self.told:
             return
-        from .lifecycle import results_path
         from .notify import ended
 
         self.told = True
