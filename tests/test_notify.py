@@ -199,3 +199,74 @@ def test_a_steady_share_of_failures_is_not_rising() -> None:
     for _ in range(240):  # every third row filtered by design, from the start
         t, done, failed = t + 30, done + 90, failed + 30
         assert w.observe(t, done, failed) is None
+
+
+def test_a_job_file_and_generate_take_notify(tmp_path: Path) -> None:
+    import runner as lib
+
+    spec = write_spec(tmp_path / "spec.jsonl", 10)
+    with SimProcess() as sim, Receiver() as hook:
+        job = tmp_path / "job.toml"
+        job.write_text(
+            f'spec = "spec.jsonl"\nout = "out"\nbase_url = "{sim.base_url}"\n'
+            f'notify = ["{hook.url}"]\n'
+        )
+        r = runner("run", str(job), "--no-progress")
+        assert r.returncode == 0, r.stderr
+        os.environ["ZAI_API_KEY"] = KEY
+        try:
+            table = lib.generate(
+                [{"topic": "a"}, {"topic": "b"}], prompt="About {topic}.", model="glm-4.5-air",
+                out=tmp_path / "gen", base_url=sim.base_url, progress=False, cache=False,
+                notify=[hook.url],
+            )  # fmt: skip
+        finally:
+            del os.environ["ZAI_API_KEY"]
+    assert table.num_rows == 2
+    events = hook.events()
+    assert [(e["event"], e["succeeded"]) for e in events] == [("finished", 10), ("finished", 2)]
+    # The webhook (its token) is not kept in the checkpoint: a resume is given it again.
+    assert b"secret-token" not in (tmp_path / "out" / "checkpoint.sqlite").read_bytes()
+    assert "About a" not in hook.posts[1][1].decode()  # no prompt
+
+
+def test_a_signal_stop_is_one_stopped_message(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    spec = write_spec(tmp_path / "spec.jsonl", 400)
+    out = tmp_path / "out"
+    with SimProcess("--latency", "0.1") as sim, Receiver() as hook:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", "run", str(spec), "--out", str(out),
+             "--base-url", sim.base_url, "--no-progress", "--concurrency", "4",
+             "--notify", hook.url],
+            env={**os.environ, "ZAI_API_KEY": KEY}, cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not (out / "checkpoint.sqlite").exists() or status(out)["succeeded"] < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 3
+    (event,) = hook.events()
+    assert event["event"] == "stopped" and event["reason"] == "signal"
+    assert event["next"] == f"runner resume {out}" and "SIGTERM" in event["message"]
+
+
+def test_every_key_retired_is_one_stopped_message(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "spec.jsonl", 100)
+    out = tmp_path / "out"
+    k1, k2 = KEY + "-one", KEY + "-two"
+    args = ("--latency", "0.01", "--key-balance", f"{k1}=10", "--key-balance", f"{k2}=10")
+    with SimProcess(*args) as sim, Receiver() as hook:
+        r = runner(
+            "run", str(spec), "--out", str(out), "--base-url", sim.base_url, "--no-progress",
+            "--concurrency", "2", "--notify", hook.url, env={"ZAI_API_KEY": f"{k1},{k2}"},
+        )  # fmt: skip
+        assert r.returncode == 3, r.stderr
+    (event,) = hook.events()
+    assert event["event"] == "stopped" and event["reason"] == "keys_retired"
+    raw = hook.posts[0][1].decode()
+    assert k1 not in raw and k2 not in raw and KEY not in raw

@@ -200,6 +200,11 @@ def run(spec: Path, **opts: Any) -> None:
     engine = {k: opts[k] for k in ("engine", "shards", "ray_address")}
     if engine["engine"] != "ray" and (engine["shards"] or engine["ray_address"]):
         raise click.UsageError("--shards and --ray-address go with --engine ray")
+    if engine["engine"] == "ray" and any(
+        values.get(k) for k in ("notify", "serve", "metrics_port")
+    ):
+        # The shards' checkpoints are merged only at the end: nothing live to serve yet.
+        raise click.UsageError("--notify, --serve and --metrics-port need --engine local")
     _execute(Settings(spec=Path(spec), **values), engine)
 
 
