@@ -204,7 +204,7 @@ def test_a_steady_share_of_failures_is_not_rising() -> None:
 def test_a_job_file_and_generate_take_notify(tmp_path: Path) -> None:
     import runner as lib
 
-    spec = write_spec(tmp_path / "spec.jsonl", 10)
+    write_spec(tmp_path / "spec.jsonl", 10)
     with SimProcess() as sim, Receiver() as hook:
         job = tmp_path / "job.toml"
         job.write_text(
