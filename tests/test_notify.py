@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import parse_qs, unquote_plus, urlsplit
+from urllib.parse import parse_qs, quote_plus, urlsplit
 
 import anyio
 import orjson
@@ -104,7 +104,7 @@ def test_arrears_send_one_stopped_message_without_the_key(tmp_path: Path) -> Non
     assert len(hook.posts) == 1
     (event,) = hook.events()
     assert event["event"] == "stopped" and event["reason"] == "arrears"
-    assert event["next"] == f"runner resume {out}"
+    assert event["next"].endswith(f"runner resume {out}")
     assert event["succeeded"] == status(out)["succeeded"] >= 30
     assert KEY not in hook.posts[0][1].decode()
 
@@ -152,7 +152,8 @@ def test_each_chat_app_gets_its_own_format(kind: str) -> None:
         q = parse_qs(urlsplit(url).query)
         stamp, sign = q["timestamp"][0], q["sign"][0]
         digest = hmac.new(secret.encode(), f"{stamp}\n{secret}".encode(), hashlib.sha256)
-        assert unquote_plus(sign) == sign and sign == base64.b64encode(digest.digest()).decode()
+        want = base64.b64encode(digest.digest()).decode()
+        assert sign == want and f"sign={quote_plus(want)}" in url  # URL-encoded: + / =
         assert q["access_token"] == ["tok"]
     else:
         assert url == "https://hooks.example/robot/send?access_token=tok"
@@ -270,3 +271,18 @@ def test_every_key_retired_is_one_stopped_message(tmp_path: Path) -> None:
     assert event["event"] == "stopped" and event["reason"] == "keys_retired"
     raw = hook.posts[0][1].decode()
     assert k1 not in raw and k2 not in raw and KEY not in raw
+
+
+def test_a_job_that_cannot_start_says_why(tmp_path: Path) -> None:
+    """A resume refused before it sends (the spec changed) still tells the webhook."""
+    spec = write_spec(tmp_path / "spec.jsonl", 5)
+    out = tmp_path / "out"
+    with SimProcess() as sim, Receiver() as hook:
+        base = ("--out", str(out), "--base-url", sim.base_url, "--no-progress")
+        assert runner("run", str(spec), *base).returncode == 0
+        write_spec(spec, 6)  # a different spec in the same folder
+        r = runner("run", str(spec), *base, "--notify", hook.url)
+        assert r.returncode == 2, r.stderr
+    (event,) = hook.events()
+    assert event["event"] == "stopped" and event["reason"] == "error"
+    assert "spec changed" in event["message"] and "fix what" in event["next"]

@@ -83,12 +83,18 @@ def ended(
     )
     if kind:
         event["reason"] = kind
-        event["next"] = (
-            f"runner resume {out}"
-            if kind != "max_cost"
-            else (f"raise --max-cost, then: runner run {spec} --out {out} --max-cost AMOUNT")
-        )
+        event["next"] = _next_step(kind, out, spec)
     return event
+
+
+def _next_step(kind: str, out: Path, spec: Path) -> str:
+    if kind == "max_cost":
+        return f"raise --max-cost, then: runner run {spec} --out {out} --max-cost AMOUNT"
+    if kind == "error":
+        return f"fix what the message says, then: runner resume {out}"
+    if kind in ("arrears", "keys_retired", "refused"):
+        return f"put the account(s) in order (see the message), then: runner resume {out}"
+    return f"runner resume {out}"
 
 
 @dataclass
