@@ -37,7 +37,7 @@ def unattended_options(command: Any) -> Any:
             ),
             click.option(
                 "--serve",
-                type=click.IntRange(min=0, max=65535),
+                type=click.IntRange(min=1, max=65535),
                 is_flag=False,
                 flag_value=SERVE_PORT,
                 default=None,
