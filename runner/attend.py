@@ -179,7 +179,11 @@ async def _serve_page(out: Path, port: int) -> None:
     """`runner serve OUT --port PORT` as a child process: the page's reads of the checkpoint
     then share no interpreter (nor its lock) with the job, so they cannot slow it."""
     cmd = [sys.executable, "-m", "runner", "serve", str(out), "--port", str(port), "--quiet"]
-    process = await anyio.open_process(cmd, stdin=None, stdout=None, stderr=None)
+    try:
+        process = await anyio.open_process(cmd, stdin=None, stdout=None, stderr=None)
+    except OSError as exc:
+        print(f"warning: no live page: {exc}; the job goes on", file=sys.stderr, flush=True)
+        return
     print(f"live page: http://127.0.0.1:{port}/  (for this job's run)", file=sys.stderr, flush=True)
     try:
         code = await process.wait()

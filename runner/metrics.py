@@ -17,6 +17,7 @@ run's start-up does not pay for it (bench/startup.py).
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -147,8 +148,13 @@ async def serve_metrics(run: Run, port: int, host: str = "127.0.0.1") -> None:
     """Serve /metrics until the run ends; a port that cannot be bound is one warning."""
     from .serving import serve_app
 
+    try:
+        baseline = await baseline_of(run)
+    except sqlite3.Error as exc:  # the writer will meet it too; the metrics say nothing
+        print(f"warning: no metrics: {exc}", file=sys.stderr, flush=True)
+        return
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(JobCollector(run, await baseline_of(run)))
+    registry.register(JobCollector(run, baseline))
     ProcessCollector(registry=registry)  # CPU and memory of the runner's process
     app: Any = make_asgi_app(registry)
     try:

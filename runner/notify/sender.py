@@ -72,10 +72,16 @@ class Notifier:
         from ..http.config import make_client  # httpx: loaded only by a job that notifies
 
         try:
-            async with self._receive, make_client(self.http, timeout=TIMEOUT_S) as client:
-                async for event in self._receive:
-                    for target in self.targets:
-                        await self._deliver(client, target, event)
+            async with self._receive:
+                try:
+                    async with make_client(self.http, timeout=TIMEOUT_S) as client:
+                        async for event in self._receive:
+                            for target in self.targets:
+                                await self._deliver(client, target, event)
+                except Exception as exc:  # never the job's problem: say so, drop the rest
+                    _warn(f"notifications are off for this run: {type(exc).__name__}: {exc}")
+                    async for _ in self._receive:
+                        pass
         finally:
             self.done.set()
 
