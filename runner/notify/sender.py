@@ -104,7 +104,9 @@ class Notifier:
                 if 400 <= resp.status_code < 500 and resp.status_code != 429:
                     break  # a wrong URL or a refused signature: the same again won't pass
             except httpx.HTTPError as exc:
-                why = f"{type(exc).__name__}: {exc}".replace(target.url, target.name)
+                # The URL holds the webhook's token: never in a warning or a note.
+                why = f"{type(exc).__name__}: {exc}"
+                why = why.replace(url, target.name).replace(target.url, target.name)
             if attempt < ATTEMPTS:
                 await anyio.sleep(wait)
                 wait *= 2
