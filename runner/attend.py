@@ -14,6 +14,7 @@ Shards of a job on Ray (`settings.window`) attend to nothing: their driver speak
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -178,7 +179,8 @@ def _alone(settings: Settings) -> Settings:
 async def _serve_page(out: Path, port: int) -> None:
     """`runner serve OUT --port PORT` as a child process: the page's reads of the checkpoint
     then share no interpreter (nor its lock) with the job, so they cannot slow it."""
-    cmd = [sys.executable, "-m", "runner", "serve", str(out), "--port", str(port), "--quiet"]
+    cmd = [sys.executable, "-m", "runner", "serve", str(out), "--port", str(port), "--quiet",
+           "--parent", str(os.getpid())]  # fmt: skip
     try:
         process = await anyio.open_process(cmd, stdin=None, stdout=None, stderr=None)
     except OSError as exc:

@@ -240,3 +240,23 @@ def test_live_figures_read_little(tmp_path: Path, sim: SimProcess) -> None:
     assert live._due()  # the report is older than MIN_AGE_S
     clock[0] += 120
     assert not live._due()  # ... but nobody has looked for a minute
+
+
+def test_the_page_of_a_killed_job_stops_too(tmp_path: Path, sim: SimProcess) -> None:
+    """kill -9 gives the job no chance to stop its page: the page stops itself."""
+    spec = write_spec(tmp_path / "spec.jsonl", 2000)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(spec), "--out", str(tmp_path / "out"),
+         "--base-url", sim.base_url, "--concurrency", "2", "--no-progress",
+         "--serve", str(port)],
+        env={**os.environ, "ZAI_API_KEY": KEY}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: answers(url + "live.json"))
+    finally:
+        job.kill()
+        job.wait()
+    wait_for(lambda: not answers(url + "live.json"), timeout=15)
