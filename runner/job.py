@@ -14,6 +14,7 @@ from typing import TypeVar, cast
 
 import anyio
 
+from .attend import attend
 from .errors import CheckpointError, UsageError
 from .lifecycle import (
     EXIT_FAILED_ROWS,
@@ -69,12 +70,18 @@ async def run_job(
                 total = settings.window.rows
             elif total is None:
                 total = await anyio.to_thread.run_sync(_count_rows, spec)
-            start = JobStart(settings, store, fingerprint, total, handle_signals, grace)
-            if settings.mode == "batch":
-                from .batch import run_batch  # only batch jobs load the Batch API driver
+            async with attend(settings) as attendant:
+                start = JobStart(
+                    settings, store, fingerprint, total, handle_signals, grace, attendant
+                )
+                if settings.mode == "batch":
+                    from .batch import run_batch  # only batch jobs load the Batch API driver
 
-                return await run_batch(start)
-            return await run_online(start, make_lanes=lanes)
+                    result = await run_batch(start)
+                else:
+                    result = await run_online(start, make_lanes=lanes)
+                attendant.ended(result)
+            return result
         except sqlite3.DatabaseError as exc:
             path = checkpoint_path(settings.out)
             raise CheckpointError(

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -30,6 +30,7 @@ from .errors import (
     CheckpointError,
     FatalAPIError,
     Interrupted,
+    JobStopped,
     TransportFatal,
     UsageError,
     advice_for,
@@ -41,6 +42,10 @@ from .report.timeline import record as record_timeline
 from .settings import Settings
 from .spec import SpecError, spec_fingerprint, validate_spec
 from .store import REOPEN_CODES, Store
+
+if TYPE_CHECKING:
+    from .attend import Attendant
+    from .pool import Lanes
 
 __all__ = [
     "CHECKPOINT",
@@ -74,6 +79,7 @@ class JobResult:
     message: str
     summary: dict[str, Any]
     counters: Counters
+    reason: JobStopped | None = None  # why it stopped early, if it did
 
 
 def checkpoint_path(out: Path) -> Path:
@@ -237,6 +243,7 @@ class JobStart:
     total: int  # rows in the spec
     handle_signals: bool = True
     grace: float = 30.0  # seconds the requests in flight get after a stop
+    attendant: Attendant | None = None  # --notify, --metrics-port (attend.py)
 
 
 @dataclass
@@ -258,6 +265,8 @@ class Run:
     store_lock: anyio.CapacityLimiter
     # The job's keys, one account each; `transport` is the first one's.
     accounts: Accounts
+    # The online worker pool, once the mode made it (the metrics read its limiters).
+    lanes: Lanes | None = None
 
 
 @contextlib.asynccontextmanager
@@ -294,11 +303,14 @@ async def open_run(start: JobStart) -> AsyncIterator[Run]:
         store_lock = anyio.CapacityLimiter(1)
         # Per-second counters for `runner report`, sampled from `counters`: not per row.
         outer.start_soon(record_timeline, counters, store.db.conn, store_lock, run_id)
+        run = Run(
+            live, store, job_id, run_id, prices, counters, control, budget, transport,
+            work_scope, store_lock, accounts,
+        )  # fmt: skip
+        if start.attendant is not None:
+            start.attendant.watch_run(run, outer)
         try:
-            yield Run(
-                live, store, job_id, run_id, prices, counters, control, budget, transport,
-                work_scope, store_lock, accounts,
-            )  # fmt: skip
+            yield run
         finally:
             with anyio.CancelScope(shield=True):
                 for t in transports:
@@ -386,7 +398,7 @@ def finish_run(
         raise CheckpointError(f"cannot record the end of the run: {exc}") from exc
     # Only the runs changed since `summary` was read; summing a million rows again took
     # half a second of a stop's time.
-    return JobResult(code, message, {**summary, "runs": store.runs()}, counters)
+    return JobResult(code, message, {**summary, "runs": store.runs()}, counters, reason)
 
 
 def _all_invalid(summary: dict[str, Any]) -> bool:

@@ -148,6 +148,9 @@ class AdaptiveLimiter:
         # (ray_engine/slots.py); None outside one. Every 1302 is counted for the bank too.
         self.lease: int | None = None
         self.refused = 0
+        # Totals for the metrics (--metrics-port): requests sent under it, and its 429s.
+        self.sent = 0
+        self.throttled = 0
 
     def _reset(self, now: float) -> None:
         self._start = now
@@ -205,6 +208,7 @@ class AdaptiveLimiter:
         default the slots now taken, which is right while the refused request still holds
         its slot (Lanes.call notes it there).
         """
+        self.throttled += 1
         if over_limit:
             self._over += 1
             self.refused += 1

@@ -62,6 +62,7 @@ async def run_online(start: JobStart, make_lanes: Callable[..., Lanes] = Lanes) 
                 # `tasks` closes only after they are done.
                 async with tasks, anyio.create_task_group() as lanes_tg:
                     lanes = make_lanes(ctx, results_send, lanes_tg, submit_task=tasks.submit)
+                    run.lanes = lanes
                     tasks.start(lanes_tg, results_send, open_rows)
                     reader_scope = anyio.CancelScope()
                     control.on_stop(reader_scope.cancel)
@@ -104,6 +105,8 @@ async def _writer(
             elif o.status == "failed":
                 counters.failed += 1
             counters.cost_nano += o.cost_nano or 0
+            counters.prompt_tokens += o.prompt_tokens or 0
+            counters.completion_tokens += o.completion_tokens or 0
 
     async with results, anyio.create_task_group() as beside:
         await anyio.to_thread.run_sync(store.defer_checkpoints, True, limiter=lock)

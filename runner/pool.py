@@ -251,6 +251,7 @@ class Lanes:
             if counters.in_flight > counters.peak_in_flight:
                 counters.peak_in_flight = counters.in_flight
             counters.sent += 1
+            limiter.sent += 1
             if sent is not None and not sent:
                 sent.append(time.time())  # the row's latency counts from its first send
             started = time.monotonic()

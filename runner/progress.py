@@ -30,6 +30,9 @@ class Counters:
     in_flight: int = 0
     peak_in_flight: int = 0
     polling: int = 0
+    polls: int = 0  # async-result GETs
+    prompt_tokens: int = 0  # of committed rows
+    completion_tokens: int = 0
     cost_nano: int = 0
     currency: str = "USD"
     cap: int = 0

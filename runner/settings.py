@@ -21,7 +21,7 @@ from .keys import KeySpec, key_fingerprint, key_label, parse_key_specs, split_ke
 from .providers import Provider, get_provider, tier_limit
 from .spec import SpecDefaults, SpecWindow
 
-__all__ = ["ApiKey", "RetryConfig", "Secret", "Settings", "load_job_file"]
+__all__ = ["RUN_ONLY", "ApiKey", "RetryConfig", "Secret", "Settings", "load_job_file"]
 
 
 class Secret:
@@ -128,6 +128,11 @@ class Settings:
     api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
     # The part of the spec this job runs: set only for a shard of a sharded job (shards.py).
     window: SpecWindow | None = None
+    # Unattended runs (attend.py), this run only and never recorded: webhook URLs carry
+    # their token, and ports belong to the machine the run is on.
+    notify: tuple[str, ...] | list[str] | str = ()
+    serve: int | None = None  # the live page's port (loopback), served beside the job
+    metrics_port: int | None = None  # Prometheus metrics while the job runs
 
     @property
     def http_config(self) -> HttpConfig:
@@ -174,7 +179,7 @@ class Settings:
         """What the checkpoint stores: every setting that shapes the job, never the key."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name in ("api_key", "api_keys"):
+            if f.name in ("api_key", "api_keys", *RUN_ONLY):
                 continue
             value = getattr(self, f.name)
             if f.name == "keys":
@@ -237,6 +242,9 @@ class Settings:
         return replace(self, api_key=pool[0].secret, api_keys=tuple(pool))
 
 
+# Settings of one run that the checkpoint does not keep (a resume is given them again).
+RUN_ONLY = ("notify", "serve", "metrics_port")
+
 # The settings a user chooses: each is a flag of `runner run` and a key of a job file
 # (where two have shorter names, JOB_FILE_NAMES). The rest are the runner's own tuning.
 USER_SETTINGS = (
@@ -265,6 +273,7 @@ USER_SETTINGS = (
     "rpm",
     "tpm",
     "keys",
+    "notify",
 )
 JOB_FILE_NAMES = {"body_defaults": "body", "providers_file": "providers"}
 

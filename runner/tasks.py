@@ -292,6 +292,7 @@ class Tasks:
             counters.in_flight += 1
             counters.peak_in_flight = max(counters.peak_in_flight, counters.in_flight)
             counters.sent += 1
+            lane.limiter.sent += 1
             try:
                 with anyio.fail_after(self.settings.request_timeout):
                     resp = await lane.account.transport.request("POST", "/" + req.endpoint, body)
@@ -379,6 +380,7 @@ class Tasks:
     async def _poll_once(self, row: TaskRow) -> tuple[dict[str, Any], bytes] | None:
         """One GET of async-result; None when it failed in a way worth another poll."""
         path = "/async-result/" + quote(row.task_id, safe="")
+        self.ctx.counters.polls += 1
         try:
             async with self.poll_limiter:
                 with anyio.fail_after(self.settings.request_timeout):

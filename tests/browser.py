@@ -17,8 +17,12 @@ import pytest
 
 __all__ = ["chromium", "distinct_colours", "dump_dom", "screenshot"]
 
+# Loopback is never proxied (Chromium bypasses the proxy for it), so a page served on
+# 127.0.0.1 loads while everything beyond it stays unreachable.
+
 _NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-# No network at all: no resolver, a dead proxy, and none of the browser's own calls home.
+# No network beyond loopback: no resolver, a dead proxy, and none of the browser's own calls
+# home.
 _FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -32,7 +36,8 @@ _FLAGS = (
     "--disable-default-apps",
     "--hide-scrollbars",
     "--proxy-server=127.0.0.1:9",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
+    # Every name unresolvable; IP literals are mapped too, so loopback's is let through.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 )
 
 
@@ -48,7 +53,7 @@ def chromium() -> str:
     pytest.skip(reason)
 
 
-def _run(page: Path, *extra: str, size: tuple[int, int] = (1280, 2200)) -> str:
+def _run(page: Path | str, *extra: str, size: tuple[int, int] = (1280, 2200)) -> str:
     binary = chromium()
     with tempfile.TemporaryDirectory(prefix="report-browser-") as profile:
         proc = subprocess.run(
@@ -59,7 +64,7 @@ def _run(page: Path, *extra: str, size: tuple[int, int] = (1280, 2200)) -> str:
                 f"--window-size={size[0]},{size[1]}",
                 "--virtual-time-budget=5000",
                 *extra,
-                page.resolve().as_uri(),
+                page if isinstance(page, str) else page.resolve().as_uri(),
             ],
             capture_output=True,
             text=True,
@@ -69,8 +74,8 @@ def _run(page: Path, *extra: str, size: tuple[int, int] = (1280, 2200)) -> str:
     return proc.stdout
 
 
-def dump_dom(page: Path) -> str:
-    """The DOM after the page's scripts ran, as HTML."""
+def dump_dom(page: Path | str) -> str:
+    """The DOM after the page's scripts ran, as HTML (`page`: a file, or an http URL)."""
     return _run(page, "--dump-dom")
 
 

@@ -349,6 +349,8 @@ class _Driver:
                 counters.succeeded += o.status == "succeeded"
                 counters.failed += o.status == "failed"
                 counters.cost_nano += o.cost_nano or 0
+                counters.prompt_tokens += o.prompt_tokens or 0
+                counters.completion_tokens += o.completion_tokens or 0
                 cost += o.cost_nano or 0
 
         for path in paths:

@@ -1,7 +1,8 @@
 """The `runner` command: a thin shell over the library. No job logic lives here.
 
 One module per family of commands: run.py (run, resume), generate.py, inspect.py (status,
-export, report, validate, estimate); common.py holds the platform's options they share.
+export, report, validate, estimate), serve.py (the live page); common.py holds the
+platform's options they share.
 
 Exit codes (the contract scripts rely on):
     0  every row succeeded
@@ -29,6 +30,7 @@ _LAZY = {
     "export": "runner.cli.inspect",
     "generate": "runner.cli.generate",
     "report": "runner.cli.inspect",
+    "serve": "runner.cli.serve",
     "sim": "runner.sim",
     "status": "runner.cli.inspect",
     "validate": "runner.cli.inspect",

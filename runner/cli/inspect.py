@@ -22,7 +22,7 @@ from ..spec import SpecDefaults, SpecError, validate_spec
 from ..store import Store
 from .common import PathArg, lines_of, rows, run_async
 
-__all__ = ["estimate", "export", "report", "status", "validate"]
+__all__ = ["currency_of", "estimate", "export", "report", "status", "validate"]
 
 
 def _status_json(summary: dict[str, Any], currency: str) -> dict[str, Any]:
@@ -78,6 +78,9 @@ def status(out: Path, as_json: bool) -> None:
     currency = load_prices(info.price_table).currency
     data = _status_json(summary, currency)
     data["batches"] = batches
+    from ..notify import read_notes  # --notify's record of its deliveries, if any
+
+    data["notifications"] = read_notes(out)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -120,6 +123,9 @@ def status(out: Path, as_json: bool) -> None:
         if "invalid_row" in data["error_codes"]:
             hint = f"`runner validate {data['spec']}`, or "
         click.echo(f"  every failed row: {hint}error_message in {results_path(out)}")
+    for note in data["notifications"]:
+        if not note.get("delivered"):
+            click.echo(f"could not notify {note['target']} of {note['event']!r}: {note['error']}")
 
 
 @click.command()
@@ -162,7 +168,7 @@ def report(out: Path, output: Path | None) -> None:
     target = output or out / "report.html"
     try:
         data = load_report(checkpoint_path(out))
-        size = write_report(data, target, currency=_currency(data["job"]))
+        size = write_report(data, target, currency=currency_of(data["job"]))
     except CheckpointError as exc:
         raise click.UsageError(str(exc)) from exc
     except (UsageError, OSError) as exc:
@@ -171,7 +177,7 @@ def report(out: Path, output: Path | None) -> None:
     click.echo(f"wrote {target} ({size / 1024:,.0f} KiB)")
 
 
-def _currency(job: dict[str, Any]) -> str:
+def currency_of(job: dict[str, Any]) -> str:
     """The currency of the job's price table (the provider's, or the user's --prices)."""
     try:
         info = get_provider(

@@ -20,6 +20,49 @@ from .common import PathArg, pairs, platform_options, run_async
 
 __all__ = ["resume", "run"]
 
+SERVE_PORT = 8750  # `--serve` with no port
+
+
+def unattended_options(command: Any) -> Any:
+    """Options for a job nobody watches (attend.py): run and resume take the same."""
+    for option in reversed(
+        [
+            click.option(
+                "--notify",
+                multiple=True,
+                metavar="URL",
+                help="POST a message when the job finishes or stops (and if its failures "
+                "rise): a plain URL gets JSON; slack:URL, feishu:URL, dingtalk:URL, wecom:URL "
+                "that app's format. Repeatable.",
+            ),
+            click.option(
+                "--serve",
+                type=click.IntRange(min=1, max=65535),
+                is_flag=False,
+                flag_value=SERVE_PORT,
+                default=None,
+                metavar="[PORT]",
+                help=f"Serve the job's live page on 127.0.0.1:PORT (default {SERVE_PORT}) "
+                "while it runs.",
+            ),
+            click.option(
+                "--metrics-port",
+                type=click.IntRange(min=0, max=65535),
+                help="Expose Prometheus metrics on 127.0.0.1:PORT/metrics while the job runs.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _unattended(values: dict[str, Any], opts: dict[str, Any]) -> None:
+    if opts.get("notify"):
+        values["notify"] = tuple(opts["notify"])  # flags replace the job file's list
+    for name in ("serve", "metrics_port"):
+        if opts.get(name) is not None:
+            values[name] = opts[name]
+
 
 def _execute(settings: Settings, engine: dict[str, Any] | None = None) -> None:
     try:
@@ -110,6 +153,7 @@ def _execute(settings: Settings, engine: dict[str, Any] | None = None) -> None:
     "--ray-address",
     help="With --engine ray: the cluster to join (default: RAY_ADDRESS, else a local Ray).",
 )
+@unattended_options
 def run(spec: Path, **opts: Any) -> None:
     """Run SPEC (JSONL, Parquet, or a .toml job file); run again to resume."""
     values: dict[str, Any] = {}
@@ -123,8 +167,9 @@ def run(spec: Path, **opts: Any) -> None:
         spec = values.pop("spec")
     # Flags win over the job file; the converted ones are handled below.
     for name in USER_SETTINGS:
-        if name not in ("model_concurrency", "max_cost") and opts.get(name) is not None:
+        if name not in ("model_concurrency", "max_cost", "notify") and opts.get(name) is not None:
             values[name] = opts[name]
+    _unattended(values, opts)
     if "out" not in values:
         raise click.UsageError("--out DIR is required (the checkpoint and results go there)")
     if opts.get("timeout") is not None:
@@ -155,6 +200,11 @@ def run(spec: Path, **opts: Any) -> None:
     engine = {k: opts[k] for k in ("engine", "shards", "ray_address")}
     if engine["engine"] != "ray" and (engine["shards"] or engine["ray_address"]):
         raise click.UsageError("--shards and --ray-address go with --engine ray")
+    if engine["engine"] == "ray" and any(
+        values.get(k) for k in ("notify", "serve", "metrics_port")
+    ):
+        # The shards' checkpoints are merged only at the end: nothing live to serve yet.
+        raise click.UsageError("--notify, --serve and --metrics-port need --engine local")
     _execute(Settings(spec=Path(spec), **values), engine)
 
 
@@ -162,7 +212,8 @@ def run(spec: Path, **opts: Any) -> None:
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--no-progress", is_flag=True, default=False, help="No live progress display.")
 @click.option("--force", is_flag=True, default=False, help="Resume even if the spec changed.")
-def resume(out: Path, no_progress: bool, force: bool) -> None:
+@unattended_options
+def resume(out: Path, no_progress: bool, force: bool, **opts: Any) -> None:
     """Resume the job in OUT with the settings it was started with."""
     if (out / "generate.json").exists():
         raise click.UsageError(
@@ -177,7 +228,11 @@ def resume(out: Path, no_progress: bool, force: bool) -> None:
         raise click.UsageError(str(exc)) from exc
     if job is None:
         raise click.UsageError(f"{out} holds no job: start one with `runner run SPEC --out {out}`")
-    settings = Settings.from_record(job["settings"], progress=not no_progress, force=force, out=out)
+    extra: dict[str, Any] = {}
+    _unattended(extra, opts)
+    settings = Settings.from_record(
+        job["settings"], progress=not no_progress, force=force, out=out, **extra
+    )
     # A job run on Ray resumes on Ray (its shards' checkpoints are what it resumes from).
     engine = None
     if job["settings"].get("engine") == "ray":

@@ -278,7 +278,36 @@ def _runs(data: dict[str, Any]) -> str:
     )
 
 
-def render_report(data: dict[str, Any], *, currency: str) -> str:
+def _live_cards(live: dict[str, Any]) -> str:
+    """The served page's extra figures: what only a running job has."""
+    active = sum(1 for k in live["keys"] if k["state"] == "active")
+    retired = [k for k in live["keys"] if k["state"] != "active"]
+    note = "; ".join(f"{k['label']}: {k['state']} ({k['reason'] or '-'})" for k in retired)
+    on = live["live"]
+    eta = _duration(live["eta_s"]) if on and live["eta_s"] is not None else "-"
+    cards = [
+        _card("Rate", f"{live['rate']:,} rows/s" if on else "-", "rate"),
+        _card("In flight", f"{live['in_flight']:,} / {live['cap']:,}" if on else "-", "in_flight"),
+        _card("ETA", eta, "eta"),
+        _card(
+            "Keys",
+            f"{active} of {len(live['keys'])} active" if live["keys"] else "-",
+            "keys",
+            _e(note),
+        ),
+    ]
+    state = "running" if on else "not running"
+    return (
+        '<section class="cards" id="live"><p class=meta>Live: '
+        f'<span id="live-state">{state}</span>; the figures refresh every few seconds.</p>'
+        + "".join(cards)
+        + "</section>"
+    )
+
+
+def render_report(data: dict[str, Any], *, currency: str, refresh_s: float = 5.0) -> str:
+    """The page; with `data["live_figures"]` (runner serve), also the live figures and the
+    script that refreshes them from the server every `refresh_s` seconds."""
     job = data["job"]
     title = f"Job report: {Path(str(job['spec'] or 'job')).name}"
     css = _asset("uPlot.min.css") + "\n" + _asset("report.css")
@@ -294,7 +323,17 @@ def render_report(data: dict[str, Any], *, currency: str) -> str:
         )
         if x
     )
-    payload = {**data, "currency": currency}
+    live = data.get("live_figures")
+    payload = {k: v for k, v in data.items() if k != "live_figures"}
+    payload["currency"] = currency
+    live_part, live_js = "", ""
+    if live is not None:
+        config = {"every": refresh_s, "report_at": live["report_at"], "currency": currency}
+        live_part = _live_cards(live)
+        live_js = (
+            f'<script type="application/json" id="live-config">{_json_for_script(config)}'
+            f"</script><script>{_asset('report-live.js')}</script>"
+        )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -302,14 +341,15 @@ def render_report(data: dict[str, Any], *, currency: str) -> str:
         f"<header><h1>{_e(title)}</h1><p class=meta>{meta}</p>"
         f"<p class=meta>spec <code>{_e(job['spec'])}</code> · {_state(data)}</p></header>"
         + _cards(data, currency)
+        + live_part
         + _charts(data)
         + _models(data, currency)
         + _errors(data)
         + _batches(data)
         + _runs(data)
-        + "<footer>Written by <code>runner report</code> at "
+        + f"<footer>Written by <code>runner {'serve' if live else 'report'}</code> at "
         + _when(data["generated_at"])
         + "; charts by uPlot (MIT licence).</footer>"
         + f'<script type="application/json" id="report-data">{_json_for_script(payload)}</script>'
-        + f"<script>{js}</script></body></html>"
+        + f"<script>{js}</script>{live_js}</body></html>"
     )

@@ -2,18 +2,15 @@
 
 ``Simulator`` binds its own socket first, so ``port=0`` works and ``base_url`` is known
 before any request; it then runs uvicorn's ``Server.serve`` as a child of an anyio task
-group, which means the server cannot outlive the ``async with`` block. Uvicorn is told not
-to touch the loop, logging or signals: those belong to the embedding program (pytest, the
-runner, or the ``runner sim`` command, which handles SIGINT/SIGTERM itself).
+group, which means the server cannot outlive the ``async with`` block (runner/serving.py's
+embedded server, which leaves the loop, logging and signals to the embedding program:
+pytest, the runner, or the ``runner sim`` command, which handles SIGINT/SIGTERM itself).
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import socket
 import time
-from collections.abc import Generator
 from types import TracebackType
 from typing import Any
 
@@ -21,6 +18,7 @@ import anyio
 import anyio.abc
 import uvicorn
 
+from runner.serving import EmbeddedServer, bind, http_impl
 from runner.sim.app import SimApp, quiet_drops
 from runner.sim.config import SimConfig
 from runner.sim.state import SimState
@@ -28,51 +26,6 @@ from runner.sim.state import SimState
 __all__ = ["Simulator"]
 
 _STARTUP_POLL_S = 0.005
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn.Server that leaves signals alone and wakes at once when asked to exit."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.wake = anyio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        # The host program owns signal handling; uvicorn's handlers would re-raise the
-        # signal after shutdown and kill pytest or the CLI with a non-zero status.
-        yield
-
-    async def main_loop(self) -> None:
-        # uvicorn polls should_exit every 0.1 s; waiting on an event makes each test's
-        # simulator stop without that latency. on_tick refreshes the Date header.
-        while not await self.on_tick(0):
-            with anyio.move_on_after(1.0):
-                await self.wake.wait()
-
-
-def _http_impl() -> str:
-    try:
-        import httptools  # noqa: F401
-    except ImportError:  # pragma: no cover - httptools is a declared dependency
-        return "h11"
-    return "httptools"
-
-
-def _bind(host: str, port: int, backlog: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose
-    # proto says TCP, and without it every two-write response waits on a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class Simulator:
@@ -97,7 +50,7 @@ class Simulator:
         # TLS, for rehearsing a job behind a private CA (tests make the certificate).
         self._ssl_certfile = ssl_certfile
         self._ssl_keyfile = ssl_keyfile
-        self._server: _EmbeddedServer | None = None
+        self._server: EmbeddedServer | None = None
         self._group: anyio.abc.TaskGroup | None = None
 
     @property
@@ -129,13 +82,13 @@ class Simulator:
         self.state.reset()
 
     async def __aenter__(self) -> Simulator:
-        sock = _bind(self.host, self.port, self._backlog)
+        sock = bind(self.host, self.port, self._backlog)
         self.port = sock.getsockname()[1]
         app = SimApp(self.state, self.root_url)
         config = uvicorn.Config(
             app,
             loop="none",
-            http=_http_impl(),
+            http=http_impl(),
             lifespan="off",
             log_config=None,
             access_log=False,
@@ -150,7 +103,7 @@ class Simulator:
             ssl_keyfile=self._ssl_keyfile,
         )
         quiet_drops()
-        server = self._server = _EmbeddedServer(config)
+        server = self._server = EmbeddedServer(config)
         finished = anyio.Event()
 
         async def serve() -> None:
