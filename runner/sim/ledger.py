@@ -51,6 +51,9 @@ class Ledger:
         self.by_fingerprint: dict[str, int] = {}
         self.tasks = {"submitted": 0, "succeeded": 0, "failed": 0, "polls": 0}
         self.downloads = 0
+        # Queueing mode: requests that reached a server slot (started), were answered
+        # (finished), or whose client had left by then (cancelled: work done for nobody).
+        self.server_work = {"started": 0, "finished": 0, "cancelled": 0}
         self.faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         # Per key id: API requests that passed authentication, billed ones, and refusals,
         # so a test can tell one account of a pool from another.
@@ -179,6 +182,7 @@ class Ledger:
             },
             "tasks": dict(self.tasks),
             "downloads": self.downloads,
+            "server_work": dict(self.server_work),
             "faults": dict(self.faults),
             "by_key": {k: dict(v) for k, v in self.by_key.items()},
             "batch": {
