@@ -139,7 +139,9 @@ class Lanes:
         send, receive = anyio.create_memory_object_stream[Request](max(64, sum(caps)))
         self.streams[model] = send
         for n, (account, cap) in enumerate(zip(accounts, caps, strict=True)):
-            limiter = self.limiters[n, model] = AdaptiveLimiter(cap)
+            limiter = self.limiters[n, model] = AdaptiveLimiter(
+                cap, probe=self.ctx.provider.probe_capacity
+            )
             for _ in range(cap + max(8, cap // 4)):
                 lane = Lane(model, limiter, send, account)
                 rows, results = receive.clone(), self.results.clone()
@@ -259,6 +261,10 @@ class Lanes:
                     "POST", path, body, self.ctx.settings.request_timeout
                 )
             except ResponseTimeout as exc:
+                # A server that queues answers late, then not at all: a timeout lowers the
+                # limit (limits.py), and the retry waits for a slot under the new one.
+                if limiter.timed_out():
+                    self._show_caps()
                 raise RetryableError(str(exc), code="timeout") from exc
             except ConnectionDropped as exc:
                 raise RetryableError(str(exc), code="connection") from exc
