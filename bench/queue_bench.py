@@ -122,8 +122,10 @@ def main() -> None:
     finally:
         sim.terminate()
         sim.wait(timeout=10)
-    print(f"{args.rows} rows, {args.slots} slots, {args.service} s an answer, "
-          f"--timeout {args.timeout}")
+    print(
+        f"{args.rows} rows, {args.slots} slots, {args.service} s an answer, "
+        f"--timeout {args.timeout}"
+    )
     for r in runs:
         print(
             f"  --concurrency {r['concurrency']:>3}: wall {r['wall_s']:6.1f} s, "
@@ -132,8 +134,10 @@ def main() -> None:
         )
     high, low = runs
     print(f"  server work per row at {high['concurrency']}: {high['started'] / args.rows:.3f}")
-    print(f"  wall time {high['concurrency']} vs {low['concurrency']}: "
-          f"{high['wall_s'] / low['wall_s']:.3f}")
+    print(
+        f"  wall time {high['concurrency']} vs {low['concurrency']}: "
+        f"{high['wall_s'] / low['wall_s']:.3f}"
+    )
 
 
 if __name__ == "__main__":

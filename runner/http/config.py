@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ConnectionDropped, ResponseTimeout, TransportFatal
+from ..errors import ConnectionDropped, ResponseTimeout, TransportFatal, Unreachable
 from .base import MAX_ANSWER_BYTES
 
 if TYPE_CHECKING:  # imported where used: httpx (with its CLI's imports) is slow to load
@@ -125,4 +125,8 @@ def transport_error(exc: httpx.TransportError, where: str) -> Exception:
         text = str(exc)
         if "407" in text or "403" in text:
             return TransportFatal(f"the proxy refused the tunnel to {where}: {text}")
+    if isinstance(exc, httpx.ConnectError) and (
+        "refused" in str(exc).lower() or "name or service not known" in str(exc).lower()
+    ):
+        return Unreachable(f"{type(exc).__name__}: {exc}")
     return ConnectionDropped(f"{type(exc).__name__}: {exc}")

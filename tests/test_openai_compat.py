@@ -1,0 +1,169 @@
+"""Any OpenAI-compatible server, used as a user would: a server that queues, a base URL
+where nothing can work, a budget with no prices, and the smaller defects of issue 28."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+from simproc import SimProcess
+
+from jobs import KEY, chat_row, write_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def runner_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "ZAI_API_KEY": KEY}
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spec_of(tmp_path: Path, rows: int, model: str = "my-model") -> Path:
+    return write_spec(tmp_path / "spec.jsonl", (chat_row(i, model=model) for i in range(rows)))
+
+
+def test_a_closed_port_stops_the_job_at_once_naming_the_base_url(tmp_path: Path) -> None:
+    base = f"http://127.0.0.1:{free_port()}/v1"
+    began = time.monotonic()
+    done = runner_cli(
+        "run",
+        str(spec_of(tmp_path, 40)),
+        "--out",
+        str(tmp_path / "out"),
+        "--provider",
+        "openai",
+        "--base-url",
+        base,
+        "--no-progress",
+    )
+    assert done.returncode == 3, done.stderr
+    assert time.monotonic() - began < 10
+    assert base in done.stderr and "listens" in done.stderr
+
+
+def test_a_wrong_path_stops_the_job_naming_the_base_url(tmp_path: Path) -> None:
+    with SimProcess() as sim:
+        # The server is there, but the API is not under /nowhere: every row gets a 404.
+        base = sim.root + "/nowhere"
+        began = time.monotonic()
+        done = runner_cli(
+            "run",
+            str(spec_of(tmp_path, 40)),
+            "--out",
+            str(tmp_path / "out"),
+            "--provider",
+            "openai",
+            "--base-url",
+            base,
+            "--no-progress",
+        )
+        sent = sim.stats()["requests"].get("unknown", 0)
+    assert done.returncode == 3, done.stderr
+    assert time.monotonic() - began < 10
+    assert base in done.stderr and "--base-url" in done.stderr
+    assert sent < 40  # stopped, not ground through every row
+
+
+def test_max_cost_with_an_unpriced_model_is_refused_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    spec = write_spec(
+        tmp_path / "spec.jsonl",
+        [chat_row(0, model="gpt-4o-mini"), chat_row(1, model="my-model")],
+    )
+    with SimProcess() as sim:
+        base = sim.root + "/v1"
+        args = ["run", str(spec), "--provider", "openai", "--base-url", base, "--no-progress"]
+        done = runner_cli(*args, "--out", str(tmp_path / "a"), "--max-cost", "1")
+        sent = sum(sim.stats()["requests"].values())
+        assert done.returncode == 2, done.stderr
+        assert sent == 0
+        assert "my-model" in done.stderr and "--prices FILE" in done.stderr
+        assert "gpt-4o-mini" not in done.stderr  # the shipped table prices it
+        # With the user's prices for it, the budget can be kept: the job runs.
+        prices = tmp_path / "prices.json"
+        prices.write_bytes(orjson.dumps({"models": {"my-model": {"input": 1, "output": 2}}}))
+        done = runner_cli(
+            *args, "--out", str(tmp_path / "b"), "--max-cost", "1", "--prices", str(prices)
+        )
+        assert done.returncode == 0, done.stderr
+
+
+def test_an_unpriced_model_is_no_price_not_zero(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with SimProcess() as sim:
+        done = runner_cli(
+            "run",
+            str(spec_of(tmp_path, 3)),
+            "--out",
+            str(out),
+            "--provider",
+            "openai",
+            "--base-url",
+            sim.root + "/v1",
+            "--no-progress",
+        )
+    assert done.returncode == 0, done.stderr
+    assert "no price (3 rows with no price" in done.stdout
+    assert "cost 0 USD" not in done.stdout
+    shown = runner_cli("status", str(out))
+    assert "cost: no price" in shown.stdout
+    data = orjson.loads(runner_cli("status", str(out), "--json").stdout)
+    assert data["cost"]["unpriced_rows"] == 3
+
+
+def test_a_killed_run_shows_as_interrupted_once_its_lock_is_free(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    spec = spec_of(tmp_path, 200)
+    with SimProcess("--latency", "0.5") as sim:
+        env = {**os.environ, "OPENAI_API_KEY": KEY}
+        cmd = [
+            sys.executable,
+            "-m",
+            "runner",
+            "run",
+            str(spec),
+            "--out",
+            str(out),
+            "--provider",
+            "openai",
+            "--base-url",
+            sim.root + "/v1",
+            "--no-progress",
+            "--concurrency",
+            "2",
+        ]
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while sim.stats()["billed"]["requests"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            live = orjson.loads(runner_cli("status", str(out), "--json").stdout)
+            assert live["runs"][-1]["outcome"] == "running"
+        finally:
+            proc.kill()
+            proc.wait()
+    data = orjson.loads(runner_cli("status", str(out), "--json").stdout)
+    assert data["runs"][-1]["outcome"] == "interrupted"
+    assert "killed" in data["runs"][-1]["message"]
