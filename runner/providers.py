@@ -102,6 +102,10 @@ class Provider:
     # OpenAI): --concurrency is a ceiling, not the server's capacity, so the limiter starts
     # low and finds the capacity from the answers' latency (limits.py).
     probe_capacity: bool = False
+    # The provider enforces response_format {"type": "json_schema"} (OpenAI, vLLM,
+    # llama.cpp): `generate` asks for the user's schema that way; otherwise (Z.ai, Zhipu:
+    # json_object only) it asks for json_object with the schema in the prompt.
+    json_schema: bool = False
 
 
 PROVIDERS: Mapping[str, Provider] = {
@@ -134,6 +138,7 @@ PROVIDERS: Mapping[str, Provider] = {
         price_table="openai",
         batch_url_prefix="/v1/",
         probe_capacity=True,
+        json_schema=True,
     ),
     # The embedded simulator: Z.ai's shapes and prices, any non-empty key.
     "sim": Provider("sim", "", "ZAI_API_KEY", "USD"),

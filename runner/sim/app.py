@@ -217,6 +217,14 @@ class SimApp:
             if request_id is not None and not isinstance(request_id, str):
                 raise ApiError(1214, "request_id must be a string")
             seen = endpoint.inspect(body)
+            fmt = body.get("response_format")
+            if isinstance(fmt, dict):
+                if fmt.get("type") == "json_schema" and not state.config.json_schema:
+                    raise ApiError(1214, "response_format.type must be 'text' or 'json_object'")
+                if state.ledger.track_ids:
+                    seen_as = orjson.dumps(fmt, option=orjson.OPT_SORT_KEYS).decode()
+                    formats = state.ledger.response_formats
+                    formats[seen_as] = formats.get(seen_as, 0) + 1
             state.ledger.authenticated(kid)
             state.gate.check_account(kid, time.monotonic(), endpoint.billable)
         except ApiError as err:

@@ -71,6 +71,9 @@ class SimConfig:
     # The fraction of its service a request still costs when its client left before it
     # was answered (the server notices only when it reaches a slot).
     abandon_cost: float = 1.0
+    # Accept response_format {"type": "json_schema"} and answer in that schema, as vLLM,
+    # llama.cpp and OpenAI do; the Z.ai platform documents only json_object (1214).
+    json_schema: bool = False
     seed: int = 0
     # Per-request-id and per-fingerprint maps grow with every request: a benchmark of a
     # million rows turns them off.
@@ -139,9 +142,9 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("seed must be an integer")
         return value
-    if name == "ledger_ids":
+    if name in ("ledger_ids", "json_schema"):
         if not isinstance(value, bool):
-            raise ValueError("ledger_ids must be a boolean")
+            raise ValueError(f"{name} must be a boolean")
         return value
     if name == "latency_dist":
         if value not in ("fixed", "lognormal"):

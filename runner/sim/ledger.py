@@ -54,6 +54,9 @@ class Ledger:
         # Queueing mode: requests that reached a server slot (started), were answered
         # (finished), or whose client had left by then (cancelled: work done for nobody).
         self.server_work = {"started": 0, "finished": 0, "cancelled": 0}
+        # Each distinct response_format a chat request carried (sorted-key JSON) -> count:
+        # what a client really asked for, as the server saw it.
+        self.response_formats: dict[str, int] = {}
         self.faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         # Per key id: API requests that passed authentication, billed ones, and refusals,
         # so a test can tell one account of a pool from another.
@@ -183,6 +186,7 @@ class Ledger:
             "tasks": dict(self.tasks),
             "downloads": self.downloads,
             "server_work": dict(self.server_work),
+            "response_formats": dict(self.response_formats),
             "faults": dict(self.faults),
             "by_key": {k: dict(v) for k, v in self.by_key.items()},
             "batch": {
