@@ -11,9 +11,14 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from simproc import SimProcess
 
 from jobs import KEY, chat_row, write_spec
+from runner.endpoints import ENDPOINT_NOT_FOUND, raise_for_answer
+from runner.errors import RetryableError, RowError
+from runner.http import Response
+from runner.progress import Counters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,3 +172,51 @@ def test_a_killed_run_shows_as_interrupted_once_its_lock_is_free(tmp_path: Path)
     data = orjson.loads(runner_cli("status", str(out), "--json").stdout)
     assert data["runs"][-1]["outcome"] == "interrupted"
     assert "killed" in data["runs"][-1]["message"]
+
+
+def test_run_needs_no_key_for_a_loopback_server(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ZAI_API_KEY")}
+    with SimProcess() as sim:
+        done = subprocess.run(
+            [sys.executable, "-m", "runner", "run", str(spec_of(tmp_path, 2)), "--out",
+             str(tmp_path / "out"), "--provider", "openai", "--base-url", sim.root + "/v1",
+             "--no-progress"],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_error_body_keeps_its_type() -> None:
+    body = orjson.dumps(
+        {"error": {"code": 400, "message": "the prompt is too long",
+                   "type": "exceed_context_size_error"}}
+    )  # fmt: skip
+    with pytest.raises(RowError) as caught:
+        raise_for_answer(Response(400, [], body), error_shape="openai")
+    assert "exceed_context_size_error" in caught.value.message
+
+
+def test_a_5xx_for_an_unsupported_request_fails_the_row_at_once() -> None:
+    body = orjson.dumps({"error": {"code": 500, "message": "image input is not supported"}})
+    with pytest.raises(RowError):
+        raise_for_answer(Response(500, [], body), error_shape="openai")
+    # Any other 5xx is still worth another attempt.
+    other = orjson.dumps({"error": {"code": 500, "message": "CUDA out of memory"}})
+    with pytest.raises(RetryableError):
+        raise_for_answer(Response(500, [], other), error_shape="openai")
+
+
+def test_a_404_naming_the_model_is_the_rows_not_the_endpoints() -> None:
+    body = orjson.dumps(
+        {"error": {"code": "model_not_found", "message": "The model x does not exist"}}
+    )
+    with pytest.raises(RowError) as caught:
+        raise_for_answer(Response(404, [], body), error_shape="openai")
+    assert caught.value.code != ENDPOINT_NOT_FOUND
+
+
+def test_the_progress_of_a_resume_adds_up() -> None:
+    line = Counters(total=200, already_done=84, succeeded=16).line()
+    assert "done 100/200 (84 earlier)  ok 16  failed 0" in line
+    unpriced = Counters(total=10, succeeded=3, unpriced=3).line()
+    assert "cost no price (3 rows)" in unpriced
