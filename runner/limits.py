@@ -27,7 +27,8 @@ single 429s, because the two kinds mean different things:
   queue still costs the server its work when it reaches a slot. Two signals: timeouts
   (over `_QUIET` of a window's answers: every provider), and, for a server of unknown
   capacity (`probe=True`), a window's mean latency over `_GRADIENT` times its base (the
-  lowest window mean seen, drifting up 1 % a window so it follows a change of prompts).
+  lowest window mean seen; it drifts up 1 % a window only while no more is in flight than
+  when it was measured, so it follows a change of prompts but not our own queue).
   Either sets the limit by Little's law to the concurrency the server really serves, the
   window's answers per second times the base latency, plus a little so no slot idles
   between answers, and holds it there under a ceiling one above, probed like a 1302
@@ -70,7 +71,7 @@ PROBE_MAX = 300.0
 # A server of unknown capacity: where the limit starts, and the latency over the base that
 # means requests are queueing (half again: a queue half as deep as the slots; a window's
 # mean of 20 answers moves by far less with the mix of long and short answers).
-PROBE_START = 8
+PROBE_START = 4
 _GRADIENT = 1.5
 _BASE_DRIFT = 1.01
 
@@ -163,6 +164,8 @@ class AdaptiveLimiter:
         self._slow_start = probe and self.current < self.cap
         # The lowest mean latency of a window of answers, drifting up (queueing's baseline).
         self.base_latency: float | None = None
+        self._base_level = self.current  # the limit when the base was last measured
+        self._cut_at = float("-inf")  # when the limit was last lowered
         self._window = window
         self._floor = max(1, min(floor, self.cap))
         self._clock = clock
@@ -245,8 +248,12 @@ class AdaptiveLimiter:
             self._busy += 1
         return self._maybe_adjust()
 
-    def timed_out(self) -> bool:
-        """Note a request that got no answer in time; True when the limit changed."""
+    def timed_out(self, sent_at: float | None = None) -> bool:
+        """Note a request sent at `sent_at` (this limiter's clock) that got no answer in
+        time; True when the limit changed. One sent before the limit was last lowered
+        says nothing about the new limit (it waited in the queue the old one made)."""
+        if sent_at is not None and sent_at < self._cut_at:
+            return False
         self._timeouts += 1
         return self._maybe_adjust()
 
@@ -291,6 +298,7 @@ class AdaptiveLimiter:
         new = max(self._floor, min(self.cap, new))
         if new < current:
             self._slow_start = False
+            self._cut_at = now
         if new == current:
             return False
         self.current = new
@@ -303,8 +311,14 @@ class AdaptiveLimiter:
         base = self.base_latency
         if self._ok:
             mean = self._latency / self._ok
-            drifted = mean if base is None else min(base * _BASE_DRIFT, mean)
-            self.base_latency = max(drifted, 1e-3)
+            if base is None or mean <= base:
+                self.base_latency = max(mean, 1e-3)
+                self._base_level = self.current
+            elif self.current <= self._base_level:
+                # Slower at no more in flight than the base was measured at: the prompts or
+                # the server changed, not our queue. Follow, slowly. (Drifting at a higher
+                # level would follow our own queue up and never see it.)
+                self.base_latency = min(base * _BASE_DRIFT, mean)
         return base
 
     def _served(self, elapsed: float, base: float | None, now: float) -> int:
@@ -312,9 +326,11 @@ class AdaptiveLimiter:
         (Little's law: answers per second x the latency without a queue), plus a margin so
         a slot never waits for our next request; held under a ceiling one above."""
         if not self._ok:
-            # Only timeouts: requests sent before the last cut, or a server that answers
-            # nothing; no rate to size the limit by, and the retries wait under it anyway.
-            return self.current
+            # Only timeouts, of requests sent under this limit: nothing was answered in
+            # time, so there is no rate to size the limit by. Halve it.
+            new = max(self._floor, self.current // 2)
+            self._refused_at(new + 1, now)
+            return new
         rate = self._ok / elapsed
         serving = rate * (base if base is not None else 0.0)
         new = math.ceil(serving) + max(1, math.ceil(math.sqrt(serving) / 2))

@@ -268,7 +268,7 @@ class Lanes:
             except ResponseTimeout as exc:
                 # A server that queues answers late, then not at all: a timeout lowers the
                 # limit (limits.py), and the retry waits for a slot under the new one.
-                if limiter.timed_out():
+                if limiter.timed_out(started):
                     self._show_caps()
                 raise RetryableError(str(exc), code="timeout") from exc
             except Unreachable as exc:

@@ -220,3 +220,22 @@ def test_the_progress_of_a_resume_adds_up() -> None:
     assert "done 100/200 (84 earlier)  ok 16  failed 0" in line
     unpriced = Counters(total=10, succeeded=3, unpriced=3).line()
     assert "cost no price (3 rows)" in unpriced
+
+
+def test_concurrency_past_a_queueing_servers_slots_costs_it_no_extra_work(
+    tmp_path: Path,
+) -> None:
+    # Issue 28's storm, scaled down: 2 slots, 0.2 s an answer, 50 in flight allowed and a
+    # timeout that a queue of 50 would pass (50 / 2 x 0.2 s = 5 s > 1 s).
+    rows = 40
+    with SimProcess() as sim:
+        sim.configure(queue_slots=2, service_seconds=0.2)
+        done = runner_cli(
+            "run", str(spec_of(tmp_path, rows)), "--out", str(tmp_path / "out"),
+            "--provider", "openai", "--base-url", sim.root + "/v1", "--no-progress",
+            "--concurrency", "50", "--timeout", "1",
+        )  # fmt: skip
+        work = sim.stats()["server_work"]
+    assert done.returncode == 0, done.stderr
+    assert work["started"] <= rows * 1.1, work
+    assert work["cancelled"] <= rows * 0.1, work
