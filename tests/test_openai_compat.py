@@ -134,6 +134,9 @@ def test_an_unpriced_model_is_no_price_not_zero(tmp_path: Path) -> None:
     assert "cost: no price" in shown.stdout
     data = orjson.loads(runner_cli("status", str(out), "--json").stdout)
     assert data["cost"]["unpriced_rows"] == 3
+    assert runner_cli("report", str(out)).returncode == 0
+    page = (out / "report.html").read_text()
+    assert "no price (3 rows with no price)" in page
 
 
 def test_a_killed_run_shows_as_interrupted_once_its_lock_is_free(tmp_path: Path) -> None:

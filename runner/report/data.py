@@ -177,6 +177,7 @@ def _summary(conn: sqlite3.Connection, total: int) -> dict[str, Any]:
         "in_progress": counts["submitted"] + counts["submitting"],
         "pending": max(total - terminal, 0),
         "cost_nano": sum(int(m["cost_nano"]) for m in by_model),
+        "unpriced": sum(int(m["unpriced"] or 0) for m in by_model),
         "by_model": by_model,
     }
 
