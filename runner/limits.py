@@ -186,7 +186,8 @@ class AdaptiveLimiter:
         self._busy = 0
         self._over = 0
         self._timeouts = 0
-        self._latency = 0.0  # the window's successes' latencies, summed
+        self._fresh = 0  # successes sent since the limit was last lowered
+        self._latency = 0.0  # their latencies, summed
         self._refused = self.cap  # the fewest slots in use at a 1302 in this window
 
     @property
@@ -260,7 +261,11 @@ class AdaptiveLimiter:
     def succeeded(self, latency: float = 0.0) -> bool:
         """Note a success and its latency; True when the limit changed."""
         self._ok += 1
-        self._latency += latency
+        if self._clock() - latency >= self._cut_at:
+            # Only answers to requests sent under the current limit say what it does: the
+            # rest waited in the queue of the old one, and would cut it again.
+            self._fresh += 1
+            self._latency += latency
         self.typical_latency += (min(latency, 5.0) - self.typical_latency) * 0.05
         if self._ok < self.current:  # cheap exit on the hot path
             return False
@@ -279,8 +284,8 @@ class AdaptiveLimiter:
         queueing = self._timeouts / answers > _QUIET or (
             self.probe
             and base is not None
-            and self._ok > 0
-            and self._latency / self._ok > _GRADIENT * base
+            and self._fresh > 0
+            and self._latency / self._fresh > _GRADIENT * base
         )
         if self._over:
             level = self._refused
@@ -309,8 +314,8 @@ class AdaptiveLimiter:
         """Fold this window's mean latency into the base; the base before it is returned,
         so a window compares with what came before it."""
         base = self.base_latency
-        if self._ok:
-            mean = self._latency / self._ok
+        if self._fresh:
+            mean = self._latency / self._fresh
             if base is None or mean <= base:
                 self.base_latency = max(mean, 1e-3)
                 self._base_level = self.current
