@@ -19,6 +19,7 @@ from runner.endpoints import ENDPOINT_NOT_FOUND, raise_for_answer
 from runner.errors import RetryableError, RowError
 from runner.http import Response
 from runner.progress import Counters
+from runner.store.totals import NO_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,3 +243,19 @@ def test_concurrency_past_a_queueing_servers_slots_costs_it_no_extra_work(
     assert done.returncode == 0, done.stderr
     assert work["started"] <= rows * 1.1, work
     assert work["cancelled"] <= rows * 0.1, work
+
+
+def test_invalid_rows_are_not_listed_as_a_model(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "spec.jsonl", [chat_row(0), b"{not json", chat_row(2)])
+    out = tmp_path / "out"
+    with SimProcess() as sim:
+        done = runner_cli(
+            "run", str(spec), "--out", str(out), "--provider", "openai",
+            "--base-url", sim.root + "/v1", "--no-progress",
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr  # a failed (invalid) row
+    data = orjson.loads(runner_cli("status", str(out), "--json").stdout)
+    models = data["cost"]["by_model"]
+    assert "(none)" not in models
+    assert models[NO_MODEL]["failed"] == 1
+    assert "(invalid rows: no model)" in runner_cli("status", str(out)).stdout
