@@ -11,6 +11,7 @@ import pytest
 from simproc import SimProcess
 
 import runner
+from runner.generation.generate import summary_of
 
 SCHEMA = {
     "type": "object",
@@ -110,3 +111,10 @@ def test_an_answer_cut_at_max_tokens_is_reported_as_cut(sim: SimProcess, tmp_pat
     assert all("cut at max_tokens" in e and '"length"' in e for e in errors), errors[0]
     # Not asked again: the same cap would cut the next answer too.
     assert sum(sim.stats()["requests"].values()) == 4
+
+
+def test_the_summary_says_no_price_for_an_unpriced_model(sim: SimProcess, tmp_path: Path) -> None:
+    table = gen(sim, tmp_path / "p", "openai", response_format=SCHEMA)
+    text, failed = summary_of(table)
+    assert failed == 0
+    assert "cost no price (4 rows with no price" in text

@@ -33,7 +33,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..cost import NANO, format_cost
+from ..cost import NANO, format_total
 from ..errors import JobStopped, UsageError
 from ..job import EXIT_STOPPED, checkpoint_path, run_job
 from ..settings import Settings
@@ -367,10 +367,13 @@ def summary_of(table: pa.Table, currency: str = "USD") -> tuple[str, int]:
     ok, failed = status.count("succeeded"), status.count("failed")
     cached = sum(1 for c in table.column("cached").to_pylist() if c)
     reasks = sum(max((a or 0) - 1, 0) for a in table.column("attempts").to_pylist())
-    cost = sum(c or 0.0 for c in table.column("cost").to_pylist())
+    costs = table.column("cost").to_pylist()
+    cost = sum(c or 0.0 for c in costs)
+    # A succeeded row with no cost is one of a model with no price: said, not counted as 0.
+    unpriced = sum(1 for c, s in zip(costs, status, strict=True) if c is None and s == "succeeded")
     text = (
         f"{table.num_rows} rows: {ok} succeeded, {failed} failed, "
         f"{table.num_rows - ok - failed} pending; {cached} from the cache, {reasks} re-asks; "
-        f"cost {format_cost(round(cost * NANO), currency)}"
+        f"cost {format_total(round(cost * NANO), currency, unpriced)}"
     )
     return text, failed
