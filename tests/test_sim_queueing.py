@@ -7,6 +7,7 @@ import time
 import anyio
 import httpx
 import pytest
+from simproc import SimProcess
 from test_sim_faults import AUTH, chat_body, client_for, fire
 
 from runner.sim import SimConfig, Simulator
@@ -62,3 +63,11 @@ async def test_queue_mode_is_a_runtime_knob() -> None:
         assert sim.state.queue is None
         with pytest.raises(ValueError, match="abandon_cost"):
             sim.update(abandon_cost=2)
+
+
+def test_the_sim_command_serves_in_queueing_mode() -> None:
+    with SimProcess("--queue-slots", "2", "--service-seconds", "0.1", "--json-schema") as sim:
+        config = sim.get(sim.root + "/_sim/config")
+    assert config["queue_slots"] == 2
+    assert config["service_seconds"] == 0.1
+    assert config["json_schema"] is True
