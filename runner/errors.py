@@ -79,6 +79,10 @@ class Unreachable(ConnectionDropped):
     """No connection could be made: refused (nothing listens on the port) or the host name
     is unknown. Retried like a drop, unless no request of the job was ever answered."""
 
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # "refused" or "unknown host"
+
 
 class JobStopped(RunnerError):
     """The job stopped before every row was done; running it again resumes it."""

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from .errors import TransportFatal
 from .http.base import redact_url
 
-__all__ = ["ServerHealth", "miss_kind"]
+__all__ = ["ServerHealth"]
 
 # Attempts that all miss before the server ever answered: a few, so one unlucky start of a
 # server that is still coming up does not stop a job, yet well within ten seconds.
@@ -67,11 +67,3 @@ class ServerHealth:
                 f"nothing can work at {self.base_url}: {when} failed ({detail}); "
                 f"check {_CHECK[kind]}, then run the same command again to resume"
             )
-
-
-def miss_kind(message: str) -> str:
-    """Which miss a connection failure is, from its message."""
-    text = message.lower()
-    if "refused" in text:
-        return "refused"
-    return "unknown host"

@@ -39,7 +39,7 @@ from .errors import (
     TransportFatal,
     Unreachable,
 )
-from .health import ServerHealth, miss_kind
+from .health import ServerHealth
 from .http import ConnectionDropped, Response, ResponseTimeout, Transport
 from .limits import AdaptiveLimiter
 from .outcome import Outcome, outcome_for
@@ -272,7 +272,7 @@ class Lanes:
                     self._show_caps()
                 raise RetryableError(str(exc), code="timeout") from exc
             except Unreachable as exc:
-                self.ctx.health.missed(miss_kind(str(exc)), str(exc))
+                self.ctx.health.missed(exc.kind, str(exc))
                 raise RetryableError(str(exc), code="connection") from exc
             except ConnectionDropped as exc:
                 raise RetryableError(str(exc), code="connection") from exc

@@ -16,7 +16,8 @@ from simproc import SimProcess
 
 from jobs import KEY, chat_row, write_spec
 from runner.endpoints import ENDPOINT_NOT_FOUND, raise_for_answer
-from runner.errors import RetryableError, RowError
+from runner.errors import RetryableError, RowError, TransportFatal
+from runner.health import GONE_MISSES, GONE_SECONDS, ServerHealth
 from runner.http import Response
 from runner.progress import Counters
 from runner.store.totals import NO_MODEL
@@ -47,11 +48,16 @@ def spec_of(tmp_path: Path, rows: int, model: str = "my-model") -> Path:
     return write_spec(tmp_path / "spec.jsonl", (chat_row(i, model=model) for i in range(rows)))
 
 
-def test_a_closed_port_stops_the_job_at_once_naming_the_base_url(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["fast", "httpx"])
+def test_a_closed_port_stops_the_job_at_once_naming_the_base_url(
+    tmp_path: Path, transport: str
+) -> None:
     base = f"http://127.0.0.1:{free_port()}/v1"
     began = time.monotonic()
     done = runner_cli(
         "run",
+        "--transport",
+        transport,
         str(spec_of(tmp_path, 40)),
         "--out",
         str(tmp_path / "out"),
@@ -259,3 +265,28 @@ def test_invalid_rows_are_not_listed_as_a_model(tmp_path: Path) -> None:
     assert "(none)" not in models
     assert models[NO_MODEL]["failed"] == 1
     assert "(invalid rows: no model)" in runner_cli("status", str(out)).stdout
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_server_gone_mid_job_stops_it_after_a_minute_of_misses_only() -> None:
+    clock = FakeClock()
+    health = ServerHealth("http://user:pw@gpu-box:8000/v1", clock=clock)
+    health.answered()
+    for _ in range(GONE_MISSES * 2):  # a server restarting: misses, but not for long
+        health.missed("refused", "connection refused")
+    clock.now += GONE_SECONDS / 2
+    health.answered()  # it came back
+    clock.now += GONE_SECONDS + 1
+    for _ in range(GONE_MISSES - 1):
+        health.missed("refused", "connection refused")
+    with pytest.raises(TransportFatal) as caught:
+        health.missed("refused", "connection refused")
+    assert "http://gpu-box:8000/v1" in str(caught.value)
+    assert "pw" not in str(caught.value)  # credentials in the URL are not shown

@@ -264,12 +264,12 @@ class FastTransport:
             fatal = cert_problem(exc, self._where)
             if fatal is not None:
                 raise fatal from None
-            kind = (
-                Unreachable
-                if isinstance(exc, ConnectionRefusedError | socket.gaierror)
-                else ConnectionDropped
-            )
-            raise kind(f"cannot connect to {host}:{port}: {exc}") from exc
+            text = f"cannot connect to {host}:{port}: {exc}"
+            if isinstance(exc, ConnectionRefusedError):
+                raise Unreachable(text, "refused") from exc
+            if isinstance(exc, socket.gaierror):
+                raise Unreachable(text, "unknown host") from exc
+            raise ConnectionDropped(text) from exc
         self._all.add(conn)
         return conn
 
