@@ -34,8 +34,9 @@ single 429s, because the two kinds mean different things:
   between answers, and holds it there under a ceiling one above, probed like a 1302
   ceiling; a window of nothing but timeouts halves it. Only requests sent since the limit
   was last lowered count (their latency, their timeouts): the others waited in the queue
-  the old limit made, and would cut the new one again. Such a server also starts at `PROBE_START` in flight rather than at the cap
-  (which is only the user's guess) and doubles per quiet window until the first signal:
+  the old limit made, and would cut the new one again. Such a server also starts at
+  `PROBE_START` in flight rather than at the cap (which is only the user's guess) and
+  doubles per quiet window until the first signal:
   a first wave of `--concurrency` requests would already be in the queue, and its
   timeouts already paid for, before any answer could say the server was full.
 
