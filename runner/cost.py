@@ -23,6 +23,7 @@ __all__ = [
     "PriceTable",
     "Usage",
     "format_cost",
+    "format_total",
     "load_prices",
 ]
 
@@ -150,3 +151,13 @@ def format_cost(nano: int, currency: str) -> str:
     if places > 6:
         text = text.rstrip("0")
     return f"{text} {currency}"
+
+
+def format_total(nano: int, currency: str, unpriced: int) -> str:
+    """A total that may leave out rows of models with no price: said, never shown as 0."""
+    if not unpriced:
+        return format_cost(nano, currency)
+    rows = f"{unpriced} row{'s' if unpriced != 1 else ''} with no price"
+    if nano == 0:
+        return f"no price ({rows}; give prices with --prices FILE)"
+    return f"at least {format_cost(nano, currency)} ({rows} not counted)"

@@ -6,6 +6,7 @@ test. The HTTP call itself is the pool's (`Lanes.call` in pool.py), over http/.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from .errors import (
 from .http import Response
 
 __all__ = [
+    "ENDPOINT_NOT_FOUND",
     "Parsed",
     "error_fields",
     "error_shape_of",
@@ -73,8 +75,13 @@ def error_fields(body: Any) -> tuple[str | None, str]:
     if not isinstance(err, dict):
         return None, str(err)
     code = err.get("code")
-    msg = err.get("message") or err.get("msg") or ""
-    return (None if code is None else str(code)), str(msg)
+    msg = str(err.get("message") or err.get("msg") or "")
+    # llama.cpp and OpenAI name the kind of error in `type` (exceed_context_size_error,
+    # invalid_request_error): it is often the only part that says what to change.
+    kind = err.get("type")
+    if isinstance(kind, str) and kind and kind not in msg:
+        msg = f"{msg} [{kind}]" if msg else kind
+    return (None if code is None else str(code)), msg
 
 
 def error_shape_of(body: Any, declared: str | None) -> str:
@@ -89,6 +96,11 @@ def error_shape_of(body: Any, declared: str | None) -> str:
     if isinstance(body, dict) and "error" not in body and "data" in body and "code" in body:
         return "siliconflow"
     return "zhipu"
+
+
+ENDPOINT_NOT_FOUND = "endpoint_not_found"
+_MODEL_WORDS = re.compile(r"(?i)\bmodel")
+_UNSUPPORTED = re.compile(r"(?i)not supported|unsupported|not implemented")
 
 
 def raise_for_answer(
@@ -134,6 +146,17 @@ def raise_for_answer(
     text = f"{message} (HTTP {resp.status}" + (f", code {code})" if code else ")")
     if verdict is Verdict.STOP_JOB:
         raise FatalAPIError(text, code=code, status=resp.status)
+    if resp.status == 404 and not _MODEL_WORDS.search(f"{code} {message}"):
+        # Not an unknown model (a row's mistake): the path itself is not there, for every
+        # row alike (pool.py counts it towards stopping the job, health.py).
+        raise RowError(
+            f"{message} (HTTP 404): no such endpoint at this base URL",
+            code=ENDPOINT_NOT_FOUND,
+            status=404,
+        )
+    if verdict is Verdict.RETRY and resp.status >= 500 and _UNSUPPORTED.search(message):
+        # "image input is not supported": the request itself, so asking again is no use.
+        raise RowError(text, code=code or str(resp.status), status=resp.status)
     if verdict is Verdict.RATE_LIMIT:
         raise RateLimited(text, code=code, status=resp.status, retry_after=parse_retry_after(resp))
     if verdict is Verdict.FAIL_ROW:

@@ -4,7 +4,8 @@
     ├── UsageError            bad flags, job file or spec as a whole: nothing was sent (exit 2)
     ├── CheckpointError       the output folder or its SQLite checkpoint can't be used (exit 2)
     ├── ConnectionDropped     the connection broke before a whole answer came (transport)
-    │   └── ResponseTimeout   no whole answer within the request's timeout
+    │   ├── ResponseTimeout   no whole answer within the request's timeout
+    │   └── Unreachable       no connection at all: refused, or the host name is unknown
     ├── JobStopped            the job stopped early and can be resumed (exit 3)
     │   ├── FatalAPIError     the platform refused the account: auth, balance, quota
     │   │   └── TransportFatal  no request can work as configured: an untrusted TLS
@@ -42,6 +43,7 @@ __all__ = [
     "RowError",
     "RunnerError",
     "TransportFatal",
+    "Unreachable",
     "UsageError",
     "Verdict",
     "classify",
@@ -71,6 +73,15 @@ class ConnectionDropped(RunnerError):
 
 class ResponseTimeout(ConnectionDropped):
     """No whole response within the request's timeout; the connection was closed."""
+
+
+class Unreachable(ConnectionDropped):
+    """No connection could be made: refused (nothing listens on the port) or the host name
+    is unknown. Retried like a drop, unless no request of the job was ever answered."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # "refused" or "unknown host"
 
 
 class JobStopped(RunnerError):

@@ -40,7 +40,7 @@ from .http import Transport, make_transport
 from .progress import Counters, render_loop
 from .report.timeline import record as record_timeline
 from .settings import Settings
-from .spec import SpecError, spec_fingerprint, validate_spec
+from .spec import Request, SpecError, read_spec, spec_fingerprint, validate_spec
 from .store import REOPEN_CODES, Store
 
 if TYPE_CHECKING:
@@ -120,11 +120,32 @@ def check_spec(settings: Settings) -> str:
                     f"--strict: {report.invalid} invalid rows, nothing was sent:\n"
                     + report.render()
                 )
+        if settings.max_cost is not None and settings.window is None:
+            _refuse_unpriced(settings)
     except SpecError as exc:
         raise UsageError(str(exc)) from exc
     except OSError as exc:
         raise UsageError(f"cannot read spec {spec}: {exc}") from exc
     return fingerprint
+
+
+def _refuse_unpriced(settings: Settings) -> None:
+    """--max-cost needs a price for every row's model: a row of an unpriced model would
+    count as free, and the budget would not be the one the user asked for."""
+    prices = load_prices(settings.provider_info.price_table, settings.prices)
+    unpriced: set[str] = set()
+    for batch in read_spec(settings.spec, settings.spec_defaults()):
+        for row in batch:
+            if isinstance(row, Request) and prices.price(row.model) is None:
+                unpriced.add(row.model)
+    if unpriced:
+        names = ", ".join(sorted(unpriced))
+        raise UsageError(
+            f"--max-cost cannot be enforced: no price for {names} in the "
+            f"{settings.provider_info.price_table!r} price table; nothing was sent. Give "
+            "their prices with --prices FILE (per 1M tokens: "
+            '{"models": {"NAME": {"input": "0.5", "output": "1.5"}}}) or drop --max-cost'
+        )
 
 
 @contextlib.contextmanager
@@ -158,6 +179,22 @@ def folder_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def folder_in_use(out: Path) -> bool:
+    """Whether a runner holds `out`'s lock now (False when none does, or none ever ran)."""
+    try:
+        fd = os.open(out / "checkpoint.lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        # A shared lock, let go at once: it fails only while a runner holds the lock.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _begin_job(

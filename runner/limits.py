@@ -21,6 +21,25 @@ single 429s, because the two kinds mean different things:
   random refusals don't stop when we slow down; a quieter window grows it back by an
   eighth, so half the cap is regained in about six windows (three seconds).
 
+- Queueing (a self-hosted server: vLLM, llama.cpp, SGLang) says nothing: the server takes
+  every request and puts it in a FIFO in front of its decoding slots, so past its capacity
+  more concurrency only adds latency, then timeouts, and a request that timed out in the
+  queue still costs the server its work when it reaches a slot. Two signals: timeouts
+  (over `_QUIET` of a window's answers: every provider), and, for a server of unknown
+  capacity (`probe=True`), a window's mean latency over `_GRADIENT` times its base (the
+  lowest window mean seen; it drifts up 1 % a window only while no more is in flight than
+  when it was measured, so it follows a change of prompts but not our own queue).
+  Either sets the limit by Little's law to the concurrency the server really serves, the
+  window's answers per second times the base latency, plus a little so no slot idles
+  between answers, and holds it there under a ceiling one above, probed like a 1302
+  ceiling; a window of nothing but timeouts halves it. Only requests sent since the limit
+  was last lowered count (their latency, their timeouts): the others waited in the queue
+  the old limit made, and would cut the new one again. Such a server also starts at
+  `PROBE_START` in flight rather than at the cap (which is only the user's guess) and
+  doubles per quiet window until the first signal:
+  a first wave of `--concurrency` requests would already be in the queue, and its
+  timeouts already paid for, before any answer could say the server was full.
+
 The slots themselves are a small counter with a queue of waiters (`_Slots`), not anyio's
 CapacityLimiter: a lane keeps a quarter more workers than slots, so every row waits for a
 slot once, and at 2,000 in flight anyio's wait (a cancellation checkpoint that looks up
@@ -35,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,7 +63,7 @@ from types import TracebackType
 import anyio
 from anyio.lowlevel import checkpoint
 
-__all__ = ["PROBE_FIRST", "PROBE_MAX", "AdaptiveLimiter"]
+__all__ = ["PROBE_FIRST", "PROBE_MAX", "PROBE_START", "AdaptiveLimiter"]
 
 _STORM = 0.15  # busy-platform 429s above this fraction shrink the limit
 _QUIET = 0.08  # and below this fraction let it grow
@@ -51,6 +71,12 @@ _QUIET = 0.08  # and below this fraction let it grow
 # The first wait is longer than the ten clean seconds that count as converged.
 PROBE_FIRST = 15.0
 PROBE_MAX = 300.0
+# A server of unknown capacity: where the limit starts, and the latency over the base that
+# means requests are queueing (half again: a queue half as deep as the slots; a window's
+# mean of 20 answers moves by far less with the mix of long and short answers).
+PROBE_START = 4
+_GRADIENT = 1.5
+_BASE_DRIFT = 1.01
 
 
 class _Slots:
@@ -131,10 +157,18 @@ class AdaptiveLimiter:
         window: float = 0.5,
         floor: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        probe: bool = False,
     ) -> None:
         self.cap = max(1, cap)
-        self._tokens = _Slots(self.cap)
-        self.current = self.cap  # mirrors the slots' total: read on every answer
+        # `probe`: the cap is a guess, not the server's published tier (see the docstring).
+        self.probe = probe
+        self.current = min(self.cap, PROBE_START) if probe else self.cap
+        self._tokens = _Slots(self.current)  # its total mirrors `current`
+        self._slow_start = probe and self.current < self.cap
+        # The lowest mean latency of a window of answers, drifting up (queueing's baseline).
+        self.base_latency: float | None = None
+        self._base_level = self.current  # the limit when the base was last measured
+        self._cut_at = float("-inf")  # when the limit was last lowered
         self._window = window
         self._floor = max(1, min(floor, self.cap))
         self._clock = clock
@@ -157,6 +191,9 @@ class AdaptiveLimiter:
         self._ok = 0
         self._busy = 0
         self._over = 0
+        self._timeouts = 0
+        self._fresh = 0  # successes sent since the limit was last lowered
+        self._latency = 0.0  # their latencies, summed
         self._refused = self.cap  # the fewest slots in use at a 1302 in this window
 
     @property
@@ -219,9 +256,23 @@ class AdaptiveLimiter:
             self._busy += 1
         return self._maybe_adjust()
 
+    def timed_out(self, sent_at: float | None = None) -> bool:
+        """Note a request sent at `sent_at` (this limiter's clock) that got no answer in
+        time; True when the limit changed. One sent before the limit was last lowered
+        says nothing about the new limit (it waited in the queue the old one made)."""
+        if sent_at is not None and sent_at < self._cut_at:
+            return False
+        self._timeouts += 1
+        return self._maybe_adjust()
+
     def succeeded(self, latency: float = 0.0) -> bool:
         """Note a success and its latency; True when the limit changed."""
         self._ok += 1
+        if self._clock() - latency >= self._cut_at:
+            # Only answers to requests sent under the current limit say what it does: the
+            # rest waited in the queue of the old one, and would cut it again.
+            self._fresh += 1
+            self._latency += latency
         self.typical_latency += (min(latency, 5.0) - self.typical_latency) * 0.05
         if self._ok < self.current:  # cheap exit on the hot path
             return False
@@ -229,17 +280,27 @@ class AdaptiveLimiter:
 
     def _maybe_adjust(self) -> bool:
         now = self._clock()
-        answers = self._ok + self._busy + self._over
+        answers = self._ok + self._busy + self._over + self._timeouts
         current = self.current
-        if now - self._start < self._window or answers < min(20, current):
+        elapsed = now - self._start
+        if elapsed < self._window or answers < min(20, current):
             return False
         over, busy = self._over / answers, self._busy / answers
+        base = self._observe_latency()
         new = current
+        queueing = self._timeouts / answers > _QUIET or (
+            self.probe
+            and base is not None
+            and self._fresh > 0
+            and self._latency / self._fresh > _GRADIENT * base
+        )
         if self._over:
             level = self._refused
             self._refused_at(level, now)
             if level <= current:  # else they were sent before the last cut: it stands
                 new = min(level - 1, int(level * (1 - over / 2)))
+        elif queueing:
+            new = self._served(elapsed, base, now)
         elif busy > _STORM:
             # Random platform 429s don't fall as we shrink: never give up more than half.
             new = max(self.cap // 2, int(current * (1 - busy / 2)))
@@ -247,11 +308,47 @@ class AdaptiveLimiter:
             new = self._grown(current, now)
         self._reset(now)
         new = max(self._floor, min(self.cap, new))
+        if new < current:
+            self._slow_start = False
+            self._cut_at = now
         if new == current:
             return False
         self.current = new
         self._tokens.total = self._limit()
         return True
+
+    def _observe_latency(self) -> float | None:
+        """Fold this window's mean latency into the base; the base before it is returned,
+        so a window compares with what came before it."""
+        base = self.base_latency
+        if self._fresh:
+            mean = self._latency / self._fresh
+            if base is None or mean <= base:
+                self.base_latency = max(mean, 1e-3)
+                self._base_level = self.current
+            elif self.current <= self._base_level:
+                # Slower at no more in flight than the base was measured at: the prompts or
+                # the server changed, not our queue. Follow, slowly. (Drifting at a higher
+                # level would follow our own queue up and never see it.)
+                self.base_latency = min(base * _BASE_DRIFT, mean)
+        return base
+
+    def _served(self, elapsed: float, base: float | None, now: float) -> int:
+        """The limit after a window that queued: what the server really serves at once
+        (Little's law: answers per second x the latency without a queue), plus a margin so
+        a slot never waits for our next request; held under a ceiling one above."""
+        if not self._ok:
+            # Only timeouts, of requests sent under this limit: nothing was answered in
+            # time, so there is no rate to size the limit by. Halve it.
+            new = max(self._floor, self.current // 2)
+            self._refused_at(new + 1, now)
+            return new
+        rate = self._ok / elapsed
+        serving = rate * (base if base is not None else 0.0)
+        new = math.ceil(serving) + max(1, math.ceil(math.sqrt(serving) / 2))
+        new = max(self._floor, min(new, self.current - 1))
+        self._refused_at(new + 1, now)
+        return new
 
     def _refused_at(self, level: int, now: float) -> None:
         """1302s at `level`: the same ceiling again doubles its wait, a lower one starts anew."""
@@ -269,7 +366,7 @@ class AdaptiveLimiter:
         step = max(1, current // 8)
         ceiling = self.ceiling
         if ceiling is None:
-            return current + step
+            return current * 2 if self._slow_start else current + step
         if current >= ceiling:
             # A whole quiet window at the ceiling: the limit was raised. Grow freely again.
             self.ceiling = None

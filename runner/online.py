@@ -102,6 +102,8 @@ async def _writer(
         for o in pending:
             if o.status == "succeeded":
                 counters.succeeded += 1
+                if o.cost_nano is None:
+                    counters.unpriced += 1
             elif o.status == "failed":
                 counters.failed += 1
             counters.cost_nano += o.cost_nano or 0

@@ -29,7 +29,7 @@ from tenacity import RetryCallState
 from .accounts import Account, Accounts
 from .control import Budget, Control, Stopping
 from .cost import PriceTable
-from .endpoints import parse_success, raise_for_answer
+from .endpoints import ENDPOINT_NOT_FOUND, parse_success, raise_for_answer
 from .errors import (
     FatalAPIError,
     RateLimited,
@@ -37,7 +37,9 @@ from .errors import (
     RetryableError,
     RowError,
     TransportFatal,
+    Unreachable,
 )
+from .health import ServerHealth
 from .http import ConnectionDropped, Response, ResponseTimeout, Transport
 from .limits import AdaptiveLimiter
 from .outcome import Outcome, outcome_for
@@ -85,12 +87,15 @@ class JobContext:
     budget: Budget
     accounts: Accounts | None = None
     provider: Provider = field(init=False)
+    # Whether the server answers at all (health.py): stops a job nothing can make work.
+    health: ServerHealth = field(init=False)
     # Retire a lane's key and point the lane at another (set by Lanes; tasks.py uses it).
     move_lane: Callable[[Lane, FatalAPIError], None] = field(init=False)
 
     def __post_init__(self) -> None:
         # Resolved once: a user's providers file must not be re-read per request.
         self.provider = self.settings.provider_info
+        self.health = ServerHealth(self.settings.base_url or self.provider.base_url)
         if self.accounts is None:
             self.accounts = Accounts(self.settings, [self.transport])
 
@@ -139,7 +144,9 @@ class Lanes:
         send, receive = anyio.create_memory_object_stream[Request](max(64, sum(caps)))
         self.streams[model] = send
         for n, (account, cap) in enumerate(zip(accounts, caps, strict=True)):
-            limiter = self.limiters[n, model] = AdaptiveLimiter(cap)
+            limiter = self.limiters[n, model] = AdaptiveLimiter(
+                cap, probe=self.ctx.provider.probe_capacity
+            )
             for _ in range(cap + max(8, cap // 4)):
                 lane = Lane(model, limiter, send, account)
                 rows, results = receive.clone(), self.results.clone()
@@ -260,14 +267,28 @@ class Lanes:
                     "POST", path, body, self.ctx.settings.request_timeout
                 )
             except ResponseTimeout as exc:
+                # A server that queues answers late, then not at all: a timeout lowers the
+                # limit (limits.py), and the retry waits for a slot under the new one.
+                if limiter.timed_out(started):
+                    self._show_caps()
                 raise RetryableError(str(exc), code="timeout") from exc
+            except Unreachable as exc:
+                self.ctx.health.missed(exc.kind, str(exc))
+                raise RetryableError(str(exc), code="connection") from exc
             except ConnectionDropped as exc:
                 raise RetryableError(str(exc), code="connection") from exc
             finally:
                 counters.in_flight -= 1
             try:
                 answer = self.ctx.raise_for_answer(resp)
+            except RowError as exc:
+                if exc.code == ENDPOINT_NOT_FOUND:
+                    self.ctx.health.missed("not found", f"HTTP 404 for /{path.lstrip('/')}")
+                else:
+                    self.ctx.health.answered()
+                raise
             except RateLimited as exc:
+                self.ctx.health.answered()
                 counters.rate_limited += 1
                 over = exc.code in (None, "1302", "429")
                 if limiter.rate_limited(over_limit=over):
@@ -278,6 +299,10 @@ class Lanes:
                     # time, as if the refused request had been served.
                     await anyio.sleep(limiter.typical_latency)
                 raise
+            except RetryableError:
+                self.ctx.health.answered()
+                raise
+            self.ctx.health.answered()
             if limiter.succeeded(time.monotonic() - started):
                 self._show_caps()
             if account.rate is not None:

@@ -34,6 +34,7 @@ class Counters:
     prompt_tokens: int = 0  # of committed rows
     completion_tokens: int = 0
     cost_nano: int = 0
+    unpriced: int = 0  # succeeded rows of models with no price: not in cost_nano
     currency: str = "USD"
     cap: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -50,12 +51,22 @@ class Counters:
         remaining = max(self.total - self.already_done - self.done, 0)
         rate = self.rate()
         eta = f"{remaining / rate:,.0f}s" if rate > 0 and remaining else "-"
+        # ok and failed count this run; a resume says how many rows earlier runs did, so
+        # the three add up to `done`.
+        earlier = f" ({self.already_done:,} earlier)" if self.already_done else ""
+        cost = f"{self.cost_nano / NANO:.4f} {self.currency}"
+        if self.unpriced:
+            cost = (
+                f"no price ({self.unpriced:,} rows)"
+                if not self.cost_nano
+                else f">= {cost} ({self.unpriced:,} rows with no price)"
+            )
         return (
-            f"done {self.already_done + self.done:,}/{self.total:,}  "
+            f"done {self.already_done + self.done:,}/{self.total:,}{earlier}  "
             f"ok {self.succeeded:,}  failed {self.failed:,}  "
             f"in flight {self.in_flight}/{self.cap}  polling {self.polling}  "
             f"retries {self.retries:,} (429: {self.rate_limited:,})  "
-            f"cost {self.cost_nano / NANO:.4f} {self.currency}  "
+            f"cost {cost}  "
             f"{rate:,.0f} rows/s  eta {eta}"
         )
 

@@ -13,6 +13,7 @@ file in the home folder: a job's behaviour should be visible in its command or j
     balance_statuses = [402]
     rpm = 600                     # default request/token budgets per model
     tpm = 200000
+    probe_capacity = true         # no published tiers: find the server's capacity
 """
 
 from __future__ import annotations
@@ -97,6 +98,14 @@ class Provider:
     # concurrency only). --rpm / --tpm override them.
     rpm: int | None = None
     tpm: int | None = None
+    # The provider publishes no concurrency tiers (a self-hosted vLLM / llama.cpp server,
+    # OpenAI): --concurrency is a ceiling, not the server's capacity, so the limiter starts
+    # low and finds the capacity from the answers' latency (limits.py).
+    probe_capacity: bool = False
+    # The provider enforces response_format {"type": "json_schema"} (OpenAI, vLLM,
+    # llama.cpp): `generate` asks for the user's schema that way; otherwise (Z.ai, Zhipu:
+    # json_object only) it asks for json_object with the schema in the prompt.
+    json_schema: bool = False
 
 
 PROVIDERS: Mapping[str, Provider] = {
@@ -126,8 +135,10 @@ PROVIDERS: Mapping[str, Provider] = {
         "USD",
         error_shape="openai",
         async_tasks=False,
-        price_table="zai",
+        price_table="openai",
         batch_url_prefix="/v1/",
+        probe_capacity=True,
+        json_schema=True,
     ),
     # The embedded simulator: Z.ai's shapes and prices, any non-empty key.
     "sim": Provider("sim", "", "ZAI_API_KEY", "USD"),

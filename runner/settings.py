@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import UsageError
 from .http import HttpConfig
@@ -223,8 +224,13 @@ class Settings:
         seen: dict[str, str] = {}
         for spec in specs:
             values = split_keys(env.get(spec.env, ""))
-            if not values and self.provider == "sim" and not self.keys:
-                values = ["sim-key"]
+            if not values and not self.keys:
+                if self.provider == "sim":
+                    values = ["sim-key"]
+                elif _loopback(self.base_url):
+                    # A server on this machine (the simulator, a local vLLM or llama.cpp)
+                    # takes any key or none: `run` and `generate` alike need not set one.
+                    values = ["local-no-key"]
             if not values:
                 raise UsageError(
                     f"no API key: set {spec.env} in the environment for provider "
@@ -240,6 +246,11 @@ class Settings:
                 seen[value] = key.label
                 pool.append(key)
         return replace(self, api_key=pool[0].secret, api_keys=tuple(pool))
+
+
+def _loopback(base_url: str) -> bool:
+    host = urlsplit(base_url).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
 
 
 # Settings of one run that the checkpoint does not keep (a resume is given them again).

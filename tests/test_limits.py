@@ -11,7 +11,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from runner.limits import PROBE_FIRST, PROBE_MAX, AdaptiveLimiter
+from runner.limits import PROBE_FIRST, PROBE_MAX, PROBE_START, AdaptiveLimiter
 
 WINDOW = 0.5
 
@@ -209,3 +209,84 @@ async def test_a_cancelled_acquire_keeps_no_slot() -> None:
         scope.cancel()
         await lim.acquire()  # a free slot, but the scope is cancelled at the checkpoint
     lim.acquire_nowait()  # so the slot is still free
+
+
+# --- a server that queues (vLLM, llama.cpp): S slots, service L, a FIFO in front ---------
+
+
+def queued_window(
+    lim: AdaptiveLimiter, clock: Clock, slots: int, service: float, timeout: float = 5.0
+) -> tuple[float, int]:
+    """Half a second at the limiter's level against a queueing server: the level's answers
+    arrive `slots / service` a second, each after `level / slots` services; an answer
+    later than `timeout` is a timeout. Returns (latency, timeouts)."""
+    clock.now += WINDOW
+    level = lim.current
+    latency = max(service, level * service / slots)
+    answers = max(1, round(min(level, slots) / service * WINDOW))
+    timeouts = 0
+    for _ in range(answers):
+        if latency > timeout:
+            timeouts += 1
+            lim.timed_out(clock.now - timeout)
+        else:
+            lim.succeeded(latency)
+    return latency, timeouts
+
+
+def test_a_queueing_server_of_unknown_capacity_is_found_and_held() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(50, clock=clock, probe=True)
+    assert lim.current == PROBE_START  # not the user's guess of 50: that would all queue
+    seen = [queued_window(lim, clock, slots=4, service=1.0) for _ in range(240)]
+    assert not any(t for _, t in seen)  # never deep enough to time out
+    levels = []
+    for _ in range(120):
+        queued_window(lim, clock, slots=4, service=1.0)
+        levels.append(lim.current)
+    # Enough to keep the 4 slots busy, not so many that answers wait long for a slot.
+    assert min(levels) >= 4
+    assert max(levels) <= 8
+    assert sorted(levels)[len(levels) // 2] <= 6
+
+
+def test_a_fast_server_lets_the_slow_start_reach_the_cap() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(200, clock=clock, probe=True)
+    for _ in range(40):
+        queued_window(lim, clock, slots=500, service=0.2)
+    assert lim.current == 200
+
+
+def test_timeouts_lower_the_limit_of_a_tiered_provider_too() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(50, clock=clock)  # Z.ai: starts at the tier, no latency signal
+    assert lim.current == 50
+    for _ in range(40):
+        queued_window(lim, clock, slots=4, service=1.0)
+    assert lim.current <= 20  # 20 in flight answer within the 5 s timeout
+    assert lim.ceiling is not None
+
+
+def test_slow_answers_alone_do_not_move_a_tiered_provider() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(50, clock=clock)
+    for _ in range(40):
+        queued_window(lim, clock, slots=25, service=1.0)  # latency 2 s, never a timeout
+    assert lim.current == 50
+
+
+def test_timeouts_of_requests_sent_before_a_cut_do_not_cut_again() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(16, clock=clock)
+    clock.now += 1.0
+    for _ in range(16):
+        lim.timed_out(0.0)  # nothing answered in time: halved
+    assert lim.current == 8
+    clock.now += 1.0
+    for _ in range(16):
+        lim.timed_out(0.5)  # sent under the old limit, before the cut
+    assert lim.current == 8
+    for _ in range(16):
+        lim.timed_out(clock.now)
+    assert lim.current == 4

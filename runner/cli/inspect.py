@@ -11,12 +11,12 @@ from typing import Any
 
 import click
 
-from ..cost import NANO, format_cost, load_prices
+from ..cost import NANO, format_cost, format_total, load_prices
 from ..errors import CheckpointError, UsageError
 from ..estimate import DEFAULT_OUTPUT_TOKENS, estimate_spec, render, transport_tokenizer
 from ..http import make_transport
 from ..job import EXIT_USAGE, checkpoint_path
-from ..lifecycle import results_path
+from ..lifecycle import folder_in_use, results_path
 from ..providers import PROVIDERS_ENV, get_provider
 from ..spec import SpecDefaults, SpecError, validate_spec
 from ..store import Store
@@ -40,6 +40,8 @@ def _status_json(summary: dict[str, Any], currency: str) -> dict[str, Any]:
             "total": summary["cost_nano"] / NANO,
             "total_exact": str(Decimal(summary["cost_nano"]) / NANO),
             "currency": currency,
+            # Succeeded rows whose model has no price: `total` leaves them out.
+            "unpriced_rows": summary.get("unpriced", 0),
             "by_model": by_model,
         },
         "error_codes": summary["error_codes"],
@@ -51,6 +53,15 @@ def _status_json(summary: dict[str, Any], currency: str) -> dict[str, Any]:
             for label, k in summary.get("by_key", {}).items()
         },
     }
+
+
+def _mark_interrupted(runs: list[dict[str, Any]], in_use: bool) -> None:
+    """A run still "running" with no runner holding the folder was killed (kill -9, a
+    crash, a lost machine): it never recorded its end, so say so instead."""
+    for n, run in enumerate(runs):
+        if run["outcome"] == "running" and not (in_use and n == len(runs) - 1):
+            run["outcome"] = "interrupted"
+            run["message"] = "the runner ended without recording it (killed?); run again to resume"
 
 
 @click.command()
@@ -76,6 +87,7 @@ def status(out: Path, as_json: bool) -> None:
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
     currency = load_prices(info.price_table).currency
+    _mark_interrupted(summary["runs"], folder_in_use(out))
     data = _status_json(summary, currency)
     data["batches"] = batches
     from ..notify import read_notes  # --notify's record of its deliveries, if any
@@ -88,14 +100,13 @@ def status(out: Path, as_json: bool) -> None:
         f"spec: {data['spec']}\n"
         f"rows: {data['total']} total, {data['succeeded']} succeeded, {data['failed']} failed, "
         f"{data['pending']} pending ({data['in_progress']} async tasks in progress)\n"
-        f"cost: {format_cost(summary['cost_nano'], currency)}"
+        f"cost: {format_total(summary['cost_nano'], currency, summary.get('unpriced', 0))}"
     )
     for model, m in data["cost"]["by_model"].items():
         click.echo(
             f"  {model}: {rows(m['rows'])}, {m['prompt_tokens']} prompt + "
             f"{m['completion_tokens']} completion tokens, "
-            f"{format_cost(m['cost_nano'], currency)}"
-            + (f" ({rows(m['unpriced'])} with no price)" if m["unpriced"] else "")
+            f"{format_total(m['cost_nano'], currency, m['unpriced'] or 0)}"
         )
     if len(data["keys"]) > 1:
         click.echo("keys:")

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..cost import format_cost
+from ..cost import format_total
 from ..errors import CheckpointError, RunnerError, UsageError, redact
 from ..job import EXIT_STOPPED, EXIT_USAGE, checkpoint_path, run_job
 from ..keys import load_keys_file
@@ -83,7 +83,7 @@ def _execute(settings: Settings, engine: dict[str, Any] | None = None) -> None:
         click.echo(f"error: {redact(str(exc), *settings.secrets())}", err=True)
         sys.exit(EXIT_STOPPED)
     s = result.summary
-    cost = format_cost(s["cost_nano"], result.counters.currency)
+    cost = format_total(s["cost_nano"], result.counters.currency, s.get("unpriced", 0))
     # What a script reads goes to stdout: the counts and where the results are. Why a job
     # stopped early or sent nothing (exit 2, 3) is a problem to act on, so it goes to stderr
     # with the progress and warnings.

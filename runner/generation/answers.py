@@ -209,6 +209,14 @@ class OutputSchema:
             self._validator = cls(schema)
         self.text = orjson.dumps(schema).decode()
 
+    def response_format(self, json_schema: bool) -> dict[str, Any]:
+        """What to ask the server for: the schema itself where the provider enforces one
+        (strict where the schema allows OpenAI's strict mode), else JSON mode."""
+        if not json_schema:
+            return {"type": "json_object"}
+        spec = {"name": "answer", "schema": self.schema, "strict": strict_ok(self.schema)}
+        return {"type": "json_schema", "json_schema": spec}
+
     def instruction(self) -> str:
         """The system text that gives the model the schema (JSON mode needs the shape said)."""
         return (
@@ -268,3 +276,20 @@ def _fits(value: Any, kind: pa.DataType) -> Any:
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
         return None
     return value
+
+
+def strict_ok(schema: Any) -> bool:
+    """Whether OpenAI's strict mode accepts the schema: every object closed
+    (additionalProperties false) with every property required. Strict mode refuses any
+    other schema outright, so such a schema is sent unstrict (the server follows it still)."""
+    if isinstance(schema, list):
+        return all(strict_ok(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    props = schema.get("properties")
+    if isinstance(props, dict):
+        if schema.get("additionalProperties") is not False:
+            return False
+        if set(schema.get("required", [])) != set(props):
+            return False
+    return all(strict_ok(v) for k, v in schema.items() if k not in ("required", "enum", "const"))

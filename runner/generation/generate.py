@@ -24,21 +24,19 @@ import sqlite3
 import threading
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..cost import NANO, format_cost
+from ..cost import NANO, format_total
 from ..errors import JobStopped, UsageError
 from ..job import EXIT_STOPPED, checkpoint_path, run_job
-from ..settings import Secret, Settings
+from ..settings import Settings
 from ..spec import spec_fingerprint
 from ..store import Store
 from .answers import OutputSchema
@@ -260,8 +258,6 @@ async def agenerate(
         instruction=answers.instruction() if answers is not None else None,
     )
     base: dict[str, Any] = {**(body or {}), "model": model}
-    if answers is not None:
-        base["response_format"] = {"type": "json_object"}
     try:
         settings = Settings(
             spec=out / REQUESTS,
@@ -280,6 +276,10 @@ async def agenerate(
     except TypeError as exc:
         raise UsageError(f"unknown option for generate: {exc}") from None
     settings = _with_key(settings)
+    if answers is not None and "response_format" not in base:
+        # A response_format the caller put in `body` is sent as given; the schema is still
+        # checked on every answer and asked again for.
+        base["response_format"] = answers.response_format(settings.provider_info.json_schema)
     out.mkdir(parents=True, exist_ok=True)
     new = out / (REQUESTS + ".new")
     await anyio.to_thread.run_sync(_write_requests, src, builder, base, new)
@@ -320,18 +320,10 @@ async def agenerate(
 
 
 def _with_key(settings: Settings) -> Settings:
-    """The provider's key from the environment; a server on this machine needs none.
-
-    A loopback base URL is the simulator or a local OpenAI-compatible server, which take
-    any key (or none), so a notebook rehearsing on the simulator need not set one.
-    """
-    try:
-        return settings.with_key_from_env()
-    except UsageError:
-        host = urlsplit(settings.base_url).hostname or ""
-        if host in ("127.0.0.1", "localhost", "::1"):
-            return replace(settings, api_key=Secret("local-no-key"))
-        raise
+    """The provider's key from the environment; a server on this machine needs none
+    (`Settings.with_key_from_env`), so a notebook rehearsing on the simulator need not set
+    one."""
+    return settings.with_key_from_env()
 
 
 def generate(source: Any, **kwargs: Any) -> pa.Table:
@@ -375,10 +367,13 @@ def summary_of(table: pa.Table, currency: str = "USD") -> tuple[str, int]:
     ok, failed = status.count("succeeded"), status.count("failed")
     cached = sum(1 for c in table.column("cached").to_pylist() if c)
     reasks = sum(max((a or 0) - 1, 0) for a in table.column("attempts").to_pylist())
-    cost = sum(c or 0.0 for c in table.column("cost").to_pylist())
+    costs = table.column("cost").to_pylist()
+    cost = sum(c or 0.0 for c in costs)
+    # A succeeded row with no cost is one of a model with no price: said, not counted as 0.
+    unpriced = sum(1 for c, s in zip(costs, status, strict=True) if c is None and s == "succeeded")
     text = (
         f"{table.num_rows} rows: {ok} succeeded, {failed} failed, "
         f"{table.num_rows - ok - failed} pending; {cached} from the cache, {reasks} re-asks; "
-        f"cost {format_cost(round(cost * NANO), currency)}"
+        f"cost {format_total(round(cost * NANO), currency, unpriced)}"
     )
     return text, failed

@@ -47,6 +47,14 @@ def answer_text(response: dict[str, Any]) -> Any:
     return None
 
 
+def finish_reason(response: dict[str, Any]) -> Any:
+    """Why the model stopped ("stop", "length": cut at max_tokens), if the answer says."""
+    choices = response.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0].get("finish_reason")
+    return None
+
+
 def reask_body(body: dict[str, Any], answer: Any, problem: str) -> dict[str, Any]:
     """The request again, with the unusable answer and what is wrong with it."""
     messages = [
@@ -210,6 +218,15 @@ class CheckedLanes(Lanes):
                 )
             text = answer_text(answer)
             wrong = asking.check(text)
+            cut = finish_reason(answer)
+            if wrong is not None and cut == "length":
+                # Cut at max_tokens: asking again under the same cap would be cut again.
+                err = RowError(
+                    f"row {req.seq}: the answer was cut at max_tokens (finish_reason "
+                    f'"{cut}") before it was complete ({wrong}); raise max_tokens',
+                    code="answer_cut",
+                )
+                return self._done(req, "failed", asks, sent, status, err, last, usage, cost, key)
             if wrong is None:
                 await asking.remember(key, parsed.text)
                 return self._done(
@@ -217,7 +234,8 @@ class CheckedLanes(Lanes):
                 )
             if asks > asking.max_reasks:
                 err = RowError(
-                    f"row {req.seq}: the answer does not match the schema after {asks} asks: "
+                    f"row {req.seq}: the answer does not match the schema after {asks} "
+                    f"ask{'s' if asks != 1 else ''}: "
                     f"{wrong}",
                     code="invalid_output",
                 )

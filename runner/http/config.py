@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ConnectionDropped, ResponseTimeout, TransportFatal
+from ..errors import ConnectionDropped, ResponseTimeout, TransportFatal, Unreachable
 from .base import MAX_ANSWER_BYTES
 
 if TYPE_CHECKING:  # imported where used: httpx (with its CLI's imports) is slow to load
@@ -112,6 +113,26 @@ def make_client(
     )
 
 
+def _unreachable(exc: BaseException) -> str | None:
+    """A connect failure's kind when it was a refusal or an unknown host name (not a
+    timeout or a reset): httpx wraps the socket's error, so the chain is walked."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError):
+            return "refused"
+        if isinstance(seen, socket.gaierror):
+            return "unknown host"
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc).lower()
+    if "refused" in text or "all connection attempts failed" in text:
+        return "refused"
+    if "name or service not known" in text or "name resolution" in text:
+        return "unknown host"
+    return None
+
+
 def transport_error(exc: httpx.TransportError, where: str) -> Exception:
     """An httpx failure as our own: a certificate problem stops the job, the rest drop."""
     import httpx
@@ -125,4 +146,7 @@ def transport_error(exc: httpx.TransportError, where: str) -> Exception:
         text = str(exc)
         if "407" in text or "403" in text:
             return TransportFatal(f"the proxy refused the tunnel to {where}: {text}")
+    kind = _unreachable(exc) if isinstance(exc, httpx.ConnectError) else None
+    if kind is not None:
+        return Unreachable(f"{type(exc).__name__}: {exc}", kind)
     return ConnectionDropped(f"{type(exc).__name__}: {exc}")

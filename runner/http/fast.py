@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
 import time
 import zlib
@@ -16,7 +17,14 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from ..errors import AnswerTooLarge, ConnectionDropped, ResponseTimeout, TransportFatal, UsageError
+from ..errors import (
+    AnswerTooLarge,
+    ConnectionDropped,
+    ResponseTimeout,
+    TransportFatal,
+    Unreachable,
+    UsageError,
+)
 from .base import ACCEPT_ENCODING, MAX_ANSWER_BYTES, STALE_WINDOW, Response, Target, redact_url
 from .config import HttpConfig, cert_problem
 
@@ -256,7 +264,12 @@ class FastTransport:
             fatal = cert_problem(exc, self._where)
             if fatal is not None:
                 raise fatal from None
-            raise ConnectionDropped(f"cannot connect to {host}:{port}: {exc}") from exc
+            text = f"cannot connect to {host}:{port}: {exc}"
+            if isinstance(exc, ConnectionRefusedError):
+                raise Unreachable(text, "refused") from exc
+            if isinstance(exc, socket.gaierror):
+                raise Unreachable(text, "unknown host") from exc
+            raise ConnectionDropped(text) from exc
         self._all.add(conn)
         return conn
 

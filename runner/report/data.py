@@ -24,6 +24,7 @@ import orjson
 from ..errors import CheckpointError, UsageError
 from ..settings import Settings
 from ..spec import ASYNC_ENDPOINTS
+from ..store.totals import NO_MODEL
 from . import timeline
 
 __all__ = ["LIVE_SECONDS", "MAX_POINTS", "load_report", "percentile"]
@@ -112,7 +113,7 @@ def _load(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     out["timeline"] = _bucket_timeline(tl, span)
     out["throughput"] = _throughput(conn, span)
     models = [
-        m["model"] for m in out["summary"]["by_model"] if m["model"] != "(none)" and m["sent"]
+        m["model"] for m in out["summary"]["by_model"] if m["model"] != NO_MODEL and m["sent"]
     ]
     out["tier"] = _tier(tl, lat, out["throughput"], settings, models)
     out["tasks"] = _tasks(conn)
@@ -157,14 +158,15 @@ def _summary(conn: sqlite3.Connection, total: int) -> dict[str, Any]:
     by_model = [
         dict(r)
         for r in conn.execute(
-            "SELECT COALESCE(model, '(none)') AS model, COUNT(*) AS rows, "
+            "SELECT COALESCE(model, ?) AS model, COUNT(*) AS rows, "
             "SUM(status = 'succeeded') AS succeeded, SUM(status = 'failed') AS failed, "
             "COALESCE(SUM(cost_nano), 0) AS cost_nano, "
             "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
             "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, "
             "SUM(cost_nano IS NULL AND status = 'succeeded') AS unpriced, "
             "SUM(attempts > 0) AS sent "
-            "FROM rows GROUP BY model ORDER BY SUM(cost_nano) DESC, model"
+            "FROM rows GROUP BY model ORDER BY SUM(cost_nano) DESC, model",
+            [NO_MODEL],
         )
     ]
     terminal = counts["succeeded"] + counts["failed"]
@@ -175,6 +177,7 @@ def _summary(conn: sqlite3.Connection, total: int) -> dict[str, Any]:
         "in_progress": counts["submitted"] + counts["submitting"],
         "pending": max(total - terminal, 0),
         "cost_nano": sum(int(m["cost_nano"]) for m in by_model),
+        "unpriced": sum(int(m["unpriced"] or 0) for m in by_model),
         "by_model": by_model,
     }
 
@@ -236,11 +239,11 @@ def _throughput(conn: sqlite3.Connection, span: dict[str, Any]) -> dict[str, Any
     done, failed = [0.0] * n, [0.0] * n
     cost: dict[str, list[float]] = {}
     for b, model, rows, fails, nano in conn.execute(
-        "SELECT CAST((finished_at - ?) / ? AS INTEGER) AS b, COALESCE(model, '(none)'), "
+        "SELECT CAST((finished_at - ?) / ? AS INTEGER) AS b, COALESCE(model, ?), "
         "COUNT(*), SUM(status = 'failed'), COALESCE(SUM(cost_nano), 0) FROM rows "
         "WHERE status IN ('succeeded', 'failed') AND finished_at IS NOT NULL "
         "GROUP BY b, model",
-        [t0, w],
+        [t0, w, NO_MODEL],
     ):
         i = min(n - 1, max(0, int(b)))
         done[i] += rows

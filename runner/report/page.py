@@ -74,8 +74,13 @@ def _duration(seconds: float | None) -> str:
     return f"{h} h {m:02d} min"
 
 
-def _money(nano: int, currency: str) -> str:
-    return f"{nano / NANO:,.6f} {currency}"
+def _money(nano: int, currency: str, unpriced: int = 0) -> str:
+    """An amount; rows of models with no price are said, never counted as 0."""
+    amount = f"{nano / NANO:,.6f} {currency}"
+    if not unpriced:
+        return amount
+    rows = f"{unpriced:,} row{'s' if unpriced != 1 else ''} with no price"
+    return f"no price ({rows})" if not nano else f"at least {amount} ({rows} not counted)"
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -120,7 +125,7 @@ def _cards(data: dict[str, Any], currency: str) -> str:
             "duration",
             _window(span["start"], span["end"]),
         ),
-        _card("Cost", _e(_money(s["cost_nano"], currency)), "cost"),
+        _card("Cost", _e(_money(s["cost_nano"], currency, s.get("unpriced", 0))), "cost"),
     ]
     if tier["share"] is not None:
         note = (
@@ -138,12 +143,11 @@ def _models(data: dict[str, Any], currency: str) -> str:
     rows = []
     for m in s["by_model"]:
         share = 100 * m["cost_nano"] / total
-        unpriced = f" ({m['unpriced']} rows with no price)" if m["unpriced"] else ""
         rows.append(
             f"<tr><td>{_e(m['model'])}</td><td class=n>{m['rows']:,}</td>"
             f"<td class=n>{(m['succeeded'] or 0):,}</td><td class=n>{(m['failed'] or 0):,}</td>"
             f"<td class=n>{m['prompt_tokens']:,}</td><td class=n>{m['completion_tokens']:,}</td>"
-            f"<td class=n>{_e(_money(m['cost_nano'], currency))}{_e(unpriced)}</td>"
+            f"<td class=n>{_e(_money(m['cost_nano'], currency, m['unpriced'] or 0))}</td>"
             f'<td class="barcell"><span class="bar" style="width:{share:.1f}%"></span></td></tr>'
         )
     return (

@@ -40,6 +40,8 @@ _PREFIXES = ("/api/paas/v4/", "/paas/v4/", "/v4/", "/v1/")
 _POLL = "async-result/"
 _MAX_BODY = 32 * 1024 * 1024
 _JSON = b"application/json"
+# The status a queued request ends with when its client left (nginx's "client closed").
+_CLIENT_GONE = 499
 _FAULT_CODES = {"429": (1305, 429), "500": (500, 500), "503": (1305, 503)}
 
 
@@ -215,6 +217,14 @@ class SimApp:
             if request_id is not None and not isinstance(request_id, str):
                 raise ApiError(1214, "request_id must be a string")
             seen = endpoint.inspect(body)
+            fmt = body.get("response_format")
+            if isinstance(fmt, dict):
+                if fmt.get("type") == "json_schema" and not state.config.json_schema:
+                    raise ApiError(1214, "response_format.type must be 'text' or 'json_object'")
+                if state.ledger.track_ids:
+                    seen_as = orjson.dumps(fmt, option=orjson.OPT_SORT_KEYS).decode()
+                    formats = state.ledger.response_formats
+                    formats[seen_as] = formats.get(seen_as, 0) + 1
             state.ledger.authenticated(kid)
             state.gate.check_account(kid, time.monotonic(), endpoint.billable)
         except ApiError as err:
@@ -252,6 +262,8 @@ class SimApp:
                 digest = hashlib.sha256(state.seed_bytes + canon).digest()
                 call = Call(body, model, rid, digest, kid, root, markers, seen.prompt)
                 answer = endpoint.answer(call, state)
+                if state.queue is not None and not await self._serve(state, receive, answer):
+                    return _CLIENT_GONE
                 data = orjson.dumps(answer.payload)
                 if answer.bill is not None:
                     state.ledger.bill(model, answer.bill, kid)
@@ -268,6 +280,40 @@ class SimApp:
         finally:
             if endpoint.billable:
                 state.gate.settle(billed, kid)
+
+    async def _serve(self, state: SimState, receive: Receive, answer: h.Answer) -> bool:
+        """Queueing mode: wait for a server slot in turn, then hold it for the answer's
+        service time. False when the client left meanwhile (its work is spent anyway)."""
+        queue = state.queue
+        assert queue is not None
+        config = state.config
+        bill = answer.bill
+        tokens = bill.completion_tokens if bill is not None else 0
+        service = config.service_seconds + config.service_per_token * tokens
+        work = state.ledger.server_work
+        # The next message after the body is http.disconnect, sent when the client leaves.
+        gone = asyncio.ensure_future(receive())
+        try:
+            await queue.enter()
+            try:
+                work["started"] += 1
+                loop = asyncio.get_running_loop()
+                start = loop.time()
+                done, _ = await asyncio.wait({gone}, timeout=service)
+                if not done:
+                    work["finished"] += 1
+                    return True
+                # The server notices a lost client mid-generation (or at its start) and
+                # stops, having spent `abandon_cost` of the answer's service time.
+                work["cancelled"] += 1
+                rest = start + service * config.abandon_cost - loop.time()
+                if rest > 0:
+                    await asyncio.sleep(rest)
+                return False
+            finally:
+                queue.leave()
+        finally:
+            gone.cancel()
 
     async def _batches(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """The File and Batch APIs (sim/batches.py); no admission gate, no faults."""

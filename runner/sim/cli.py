@@ -102,6 +102,16 @@ async def _serve(
 @click.option("--batch-seconds", default=1.0, show_default=True, help="Batch job duration.")
 @click.option("--batch-expire-after", type=int, help="Expire batches after N lines are done.")
 @click.option("--url-ttl", type=float, default=None, help="Seconds a result URL stays valid.")
+@click.option(
+    "--queue-slots",
+    type=int,
+    default=None,
+    help="Serve as a self-hosted server: N decoding slots, a FIFO queue, no 1302s.",
+)
+@click.option(
+    "--service-seconds", default=1.0, show_default=True, help="With --queue-slots: s an answer."
+)
+@click.option("--json-schema", is_flag=True, help="Accept response_format json_schema.")
 @click.option("--seed", default=0, show_default=True, help="Seed for latencies and faults.")
 @click.option("--no-ledger-ids", is_flag=True, help="Skip per-request-id maps (benchmarks).")
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="Serve TLS.")
@@ -155,6 +165,9 @@ def sim_command(**options: Any) -> None:
         "url_ttl": options["url_ttl"],
         "seed": options["seed"],
         "ledger_ids": not options["no_ledger_ids"],
+        "queue_slots": options["queue_slots"],
+        "service_seconds": options["service_seconds"],
+        "json_schema": options["json_schema"],
     }
     try:
         # The same validation as POST /_sim/config, so both reject the same values.

@@ -61,6 +61,19 @@ class SimConfig:
     batch_expire_after: int | None = None
     # Seconds a result URL stays downloadable after it was issued; None means forever.
     url_ttl: float | None = None
+    # Queueing mode (a self-hosted server, sim/queueing.py): None means off; a number is
+    # the server's decoding slots, with a FIFO queue in front of them instead of 1302s.
+    queue_slots: int | None = None
+    # In queueing mode, the seconds one answer holds its slot: a fixed part per answer plus
+    # a part per completion token.
+    service_seconds: float = 1.0
+    service_per_token: float = 0.0
+    # The fraction of its service a request still costs when its client left before it
+    # was answered (the server notices only when it reaches a slot).
+    abandon_cost: float = 1.0
+    # Accept response_format {"type": "json_schema"} and answer in that schema, as vLLM,
+    # llama.cpp and OpenAI do; the Z.ai platform documents only json_object (1214).
+    json_schema: bool = False
     seed: int = 0
     # Per-request-id and per-fingerprint maps grow with every request: a benchmark of a
     # million rows turns them off.
@@ -79,9 +92,23 @@ class SimConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SimConfig)}
-_FLOAT_FIELDS = {"latency", "latency_sigma", "stall_seconds", "task_seconds", "batch_seconds"}
-_RATE_FIELDS = {"rate_429", "rate_500", "rate_503", "rate_drop", "rate_stall"}
-_OPT_INT_FIELDS = {"concurrency_limit", "rpm_limit", "balance_requests", "batch_expire_after"}
+_FLOAT_FIELDS = {
+    "latency",
+    "latency_sigma",
+    "stall_seconds",
+    "task_seconds",
+    "batch_seconds",
+    "service_seconds",
+    "service_per_token",
+}
+_RATE_FIELDS = {"rate_429", "rate_500", "rate_503", "rate_drop", "rate_stall", "abandon_cost"}
+_OPT_INT_FIELDS = {
+    "concurrency_limit",
+    "rpm_limit",
+    "balance_requests",
+    "batch_expire_after",
+    "queue_slots",
+}
 
 
 def _number(name: str, value: Any) -> float:
@@ -115,9 +142,9 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("seed must be an integer")
         return value
-    if name == "ledger_ids":
+    if name in ("ledger_ids", "json_schema"):
         if not isinstance(value, bool):
-            raise ValueError("ledger_ids must be a boolean")
+            raise ValueError(f"{name} must be a boolean")
         return value
     if name == "latency_dist":
         if value not in ("fixed", "lognormal"):

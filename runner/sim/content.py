@@ -204,8 +204,13 @@ def complete_chat(
             ]
             return Completion(message, "tool_calls", used + cost, reasoning_tokens)
     fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
-        schema = schema_in(body.get("messages"))
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind in ("json_object", "json_schema"):
+        # json_schema (an OpenAI-compatible server): the schema rides in the request itself.
+        given = fmt.get("json_schema") if kind == "json_schema" and isinstance(fmt, dict) else None
+        schema = given.get("schema") if isinstance(given, dict) else None
+        if not isinstance(schema, dict):
+            schema = schema_in(body.get("messages"))
         if schema is not None:
             text = orjson.dumps(sample_value(schema, random.Random(digest), root=schema)).decode()
         else:

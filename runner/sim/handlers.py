@@ -124,9 +124,13 @@ def inspect_chat(body: dict[str, Any]) -> Inspected:
     _optional_number(body, "top_p", 0.0, 1.0)
     fmt = body.get("response_format")
     if fmt is not None and (
-        not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object")
+        not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema")
     ):
         raise ApiError(1214, "response_format.type must be 'text' or 'json_object'")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise ApiError(1214, "response_format.json_schema.schema must be an object")
     return Inspected(model, prompt.marked, prompt)
 
 

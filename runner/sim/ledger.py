@@ -51,6 +51,12 @@ class Ledger:
         self.by_fingerprint: dict[str, int] = {}
         self.tasks = {"submitted": 0, "succeeded": 0, "failed": 0, "polls": 0}
         self.downloads = 0
+        # Queueing mode: requests that reached a server slot (started), were answered
+        # (finished), or whose client had left by then (cancelled: work done for nobody).
+        self.server_work = {"started": 0, "finished": 0, "cancelled": 0}
+        # Each distinct response_format a chat request carried (sorted-key JSON) -> count:
+        # what a client really asked for, as the server saw it.
+        self.response_formats: dict[str, int] = {}
         self.faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         # Per key id: API requests that passed authentication, billed ones, and refusals,
         # so a test can tell one account of a pool from another.
@@ -179,6 +185,8 @@ class Ledger:
             },
             "tasks": dict(self.tasks),
             "downloads": self.downloads,
+            "server_work": dict(self.server_work),
+            "response_formats": dict(self.response_formats),
             "faults": dict(self.faults),
             "by_key": {k: dict(v) for k, v in self.by_key.items()},
             "batch": {

@@ -15,6 +15,7 @@ from runner.sim.batches import BatchStore
 from runner.sim.config import SimConfig, apply_updates, public_view
 from runner.sim.faults import Gate
 from runner.sim.ledger import Ledger
+from runner.sim.queueing import ServiceQueue
 from runner.sim.tasks import Signer, TaskStore
 
 __all__ = ["SimState"]
@@ -31,6 +32,9 @@ class SimState:
         self.tasks = TaskStore(self.ledger)
         self.signer = Signer(self.config.seed)
         self.batches = BatchStore()
+        # Queueing mode: the server's slots and the FIFO in front of them (None: off).
+        self.queue: ServiceQueue | None = None
+        self._queue_for(self.config)
         # Ids are unique per simulator process: a random instance prefix plus a counter.
         self._id_prefix = os.urandom(4).hex()
         self._counter = itertools.count(1)
@@ -58,7 +62,17 @@ class SimState:
         self.seed_bytes = self._seed_bytes(config.seed)
         self.gate.configure(config)
         self.ledger.track_ids = config.ledger_ids
+        self._queue_for(config)
         return config
+
+    def _queue_for(self, config: SimConfig) -> None:
+        slots = config.queue_slots
+        if not slots:
+            self.queue = None
+        elif self.queue is None:
+            self.queue = ServiceQueue(slots)
+        else:
+            self.queue.resize(slots)
 
     def reset(self) -> None:
         """Zero the ledger and the account's consumption; keep in-flight work and tasks."""
@@ -69,6 +83,9 @@ class SimState:
         self.tasks.settle(now)
         snap = self.ledger.snapshot()
         snap["in_flight_by_key"] = self.gate.in_flight_by_key()
+        if self.queue is not None:
+            snap["server_work"]["queued"] = self.queue.queued
+            snap["server_work"]["busy"] = self.queue.busy
         return snap
 
     def public_config(self) -> dict[str, Any]:

@@ -11,7 +11,10 @@ import sqlite_utils
 
 from .batches import OPEN_BATCH_SQL
 
-__all__ = ["Totals", "message_shape"]
+__all__ = ["NO_MODEL", "Totals", "message_shape"]
+
+# The model column of rows that failed validation before naming a model.
+NO_MODEL = "(invalid rows: no model)"
 
 _SHAPE = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
 
@@ -72,7 +75,8 @@ class Totals:
             m = dict(row)
             for k in tot:
                 tot[k] += int(m[k] or 0)
-            by_model[m.pop("model") or "(none)"] = m
+            # Rows that failed validation before naming a model are no model's rows.
+            by_model[m.pop("model") or NO_MODEL] = m
         error_codes = {
             str(code): int(n)
             for code, n in self.db.execute(
@@ -91,6 +95,8 @@ class Totals:
             "pending": max(total - terminal, 0),
             "tokens": {k: v for k, v in tot.items() if k != "cost_nano"},
             "cost_nano": tot["cost_nano"],
+            # Succeeded rows of models with no price: the cost above leaves them out.
+            "unpriced": sum(int(m["unpriced"] or 0) for m in by_model.values()),
             "by_model": by_model,
             "by_key": by_key,
             "error_codes": error_codes,
