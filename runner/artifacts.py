@@ -30,6 +30,7 @@ import aiofiles
 import anyio
 import orjson
 
+from .agents import agent_video_urls
 from .cost import Usage
 from .errors import TransportFatal
 from .http import HttpConfig, make_client, transport_error
@@ -123,11 +124,15 @@ def items_of(body: Mapping[str, Any]) -> list[Item]:
         for i, im in enumerate(images):
             if isinstance(im, dict) and isinstance(im.get("url"), str) and im["url"]:
                 items.append(Item("image", i, im["url"]))
+    if "async_id" in body:  # an agent task's result: content items of its choices
+        items.extend(Item("video", i, url) for i, url in enumerate(agent_video_urls(body)))
     return items
 
 
 def media_usage(endpoint: str, body: Mapping[str, Any]) -> Usage | None:
     """What a SUCCESS poll of a media task bills (one unit per result); None if not media."""
+    if endpoint == "agents":  # the only async agent makes videos
+        return Usage(videos=len(agent_video_urls(body)))
     key = {"videos/generations": "video_result", "async/images/generations": "image_result"}
     if endpoint not in key:
         return None

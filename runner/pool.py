@@ -27,6 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from tenacity import RetryCallState
 
 from .accounts import Account, Accounts
+from .agents import ASYNC_AGENTS, agents_prefix, request_path
 from .control import Budget, Control, Stopping
 from .cost import PriceTable
 from .endpoints import parse_success, raise_for_answer
@@ -87,10 +88,13 @@ class JobContext:
     provider: Provider = field(init=False)
     # Retire a lane's key and point the lane at another (set by Lanes; tasks.py uses it).
     move_lane: Callable[[Lane, FatalAPIError], None] = field(init=False)
+    # Agent paths relative to the base URL (agents.py), resolved once.
+    _agents_prefix: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         # Resolved once: a user's providers file must not be re-read per request.
         self.provider = self.settings.provider_info
+        self._agents_prefix = agents_prefix(self.settings.base_url)
         if self.accounts is None:
             self.accounts = Accounts(self.settings, [self.transport])
 
@@ -104,6 +108,10 @@ class JobContext:
         key is no longer in the pool: the platform then says whether it may be read)."""
         account = self.pool.by_fingerprint(fingerprint)
         return (account or self.pool.first).transport
+
+    def path(self, endpoint: str) -> str:
+        """Where a row kind is sent, relative to the base URL (agents beside it)."""
+        return request_path(endpoint, self._agents_prefix)
 
     def raise_for_answer(self, resp: Response) -> dict[str, Any]:
         """The answer's JSON, or the error it is, as the provider words its errors."""
@@ -195,7 +203,10 @@ class Lanes:
                     if self.ctx.control.reason is not None:
                         self._let_go(lane)
                         continue  # stopping: leave the row pending for the resume
-                    if req.endpoint in ASYNC_ENDPOINTS and self.submit_task is not None:
+                    if self.submit_task is not None and (
+                        req.endpoint in ASYNC_ENDPOINTS
+                        or (req.endpoint == "agents" and req.model in ASYNC_AGENTS)
+                    ):
                         self._let_go(lane)  # the submit takes its slot itself
                         await self.submit_task(req, lane, results)
                         continue
@@ -375,7 +386,7 @@ class Lanes:
         actual = 0
         try:
             status, raw, answer, attempts = await self.call_with_retry(
-                lane, "/" + req.endpoint, body, sent
+                lane, self.ctx.path(req.endpoint), body, sent
             )
             parsed = parse_success(req.endpoint, raw, answer)
             cost = self.ctx.prices.cost(req.model, parsed.usage)

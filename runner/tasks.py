@@ -43,6 +43,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 from tenacity import RetryCallState
 
+from .agents import agent_status
 from .artifacts import Downloader, DownloadError, Provenance, items_of, listing, media_usage
 from .control import Stopping
 from .cost import Usage
@@ -245,10 +246,12 @@ class Tasks:
                 exc.message = f"gave up submitting after {exc.attempts} attempts: {exc.message}"
             err, row.attempts, spent = exc, exc.attempts, 0
         else:
-            task_id = answer.get("id")
+            agent = req.endpoint == "agents"  # an agent task: `async_id`, `status` (agents.py)
+            task_id = answer.get("async_id" if agent else "id")
             if isinstance(task_id, str | int) and task_id != "":
                 row.task_id = str(task_id)
-                row.last_status = str(answer.get("task_status") or "PROCESSING")
+                status = agent_status(answer) if agent else answer.get("task_status")
+                row.last_status = str(status or "PROCESSING")
                 with anyio.CancelScope(shield=True):  # the task id must not be lost
                     await self._commit(self._outcome(row, "submitted"))
                 tg.start_soon(self._poller, row, results.clone(), self.settings.poll_initial)
@@ -294,7 +297,8 @@ class Tasks:
             counters.sent += 1
             try:
                 with anyio.fail_after(self.settings.request_timeout):
-                    resp = await lane.account.transport.request("POST", "/" + req.endpoint, body)
+                    path = self.ctx.path(req.endpoint)
+                    resp = await lane.account.transport.request("POST", path, body)
             except TimeoutError:
                 why = f"no answer within {self.settings.request_timeout:g}s"
                 raise _Unknown(_unknown(rid, why)) from None
@@ -377,13 +381,22 @@ class Tasks:
         )  # fmt: skip
 
     async def _poll_once(self, row: TaskRow) -> tuple[dict[str, Any], bytes] | None:
-        """One GET of async-result; None when it failed in a way worth another poll."""
-        path = "/async-result/" + quote(row.task_id, safe="")
+        """One poll of async-result; None when it failed in a way worth another poll.
+
+        Model tasks are a GET of `async-result/{id}`; agent tasks a POST of
+        `agents/async-result` with the agent and its `async_id`.
+        """
+        agent = row.req.endpoint == "agents"
+        if agent:
+            method, path = "POST", self.ctx.path("agents/async-result")
+            body: bytes | None = orjson.dumps({"agent_id": row.req.model, "async_id": row.task_id})
+        else:
+            method, path, body = "GET", "/async-result/" + quote(row.task_id, safe=""), None
         try:
             async with self.poll_limiter:
                 with anyio.fail_after(self.settings.request_timeout):
                     transport = self.ctx.transport_for(row.key_fp)
-                    resp = await transport.request("GET", path, None)
+                    resp = await transport.request(method, path, body)
             answer = self.ctx.raise_for_answer(resp)
         except (TimeoutError, ConnectionDropped, RetryableError):
             self.ctx.counters.retries += 1
@@ -400,7 +413,7 @@ class Tasks:
                 if not pool.active():
                     self.ctx.control.stop(pool.exhausted())
             raise Stopping from exc
-        status = answer.get("task_status")
+        status = agent_status(answer) if agent else answer.get("task_status")
         row.last_status = "UNKNOWN" if status is None else str(status)
         return answer, resp.body
 

@@ -51,6 +51,9 @@ class Ledger:
         self.by_fingerprint: dict[str, int] = {}
         self.tasks = {"submitted": 0, "succeeded": 0, "failed": 0, "polls": 0}
         self.downloads = 0
+        # The agents API: tasks created per request id, agent files uploaded per sha256.
+        self.agent_tasks: dict[str, int] = {}
+        self.agent_files: dict[str, int] = {}
         self.faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         # Per key id: API requests that passed authentication, billed ones, and refusals,
         # so a test can tell one account of a pool from another.
@@ -152,6 +155,12 @@ class Ledger:
         row["prompt_tokens"] += bill.prompt_tokens
         row["completion_tokens"] += bill.completion_tokens
 
+    def agent_task(self, request_id: str) -> None:
+        self.agent_tasks[request_id] = self.agent_tasks.get(request_id, 0) + 1
+
+    def agent_file(self, sha256: str) -> None:
+        self.agent_files[sha256] = self.agent_files.get(sha256, 0) + 1
+
     def accepted(self, request_id: str, fingerprint: str) -> None:
         """Count one accepted submission under its request id and its body fingerprint."""
         if self.track_ids:
@@ -179,6 +188,7 @@ class Ledger:
             },
             "tasks": dict(self.tasks),
             "downloads": self.downloads,
+            "agents": {"tasks": dict(self.agent_tasks), "files": dict(self.agent_files)},
             "faults": dict(self.faults),
             "by_key": {k: dict(v) for k, v in self.by_key.items()},
             "batch": {

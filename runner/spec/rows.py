@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from .checks import (
+    AGENT_ENDPOINTS,
     CHECKS,
     MODELLESS_ENDPOINTS,
     canonical_endpoint,
@@ -265,6 +266,9 @@ class Rows:
         return body
 
     def _model_of(self, body: dict[str, Any], endpoint: str) -> str:
+        if endpoint in AGENT_ENDPOINTS:
+            agent = body.get("agent_id")
+            return agent if type(agent) is str else ""  # the check names a bad agent_id
         model = body.get("model")
         if model is None:
             if endpoint in MODELLESS_ENDPOINTS:
