@@ -56,7 +56,7 @@ from .errors import (
     RowError,
     TransportFatal,
 )
-from .http import ConnectionDropped
+from .http import ConnectionDropped, Response
 from .outcome import Outcome, outcome_for
 from .pool import JobContext, Lane, fingerprint
 from .retry import build_retrying
@@ -116,6 +116,16 @@ def _unknown(request_id: object, why: str) -> str:
         f"submit outcome unknown ({why}): the platform may have created and billed this task; "
         f"check request_id {request_id} on the platform before running the row again"
     )
+
+
+def _failed_agent_task(resp: Response) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        return None
+    if resp.status == 200 and isinstance(body, dict) and agent_status(body) == "FAIL":
+        return body
+    return None
 
 
 def prepare_resume(store: Store) -> list[dict[str, Any]]:
@@ -397,7 +407,14 @@ class Tasks:
                 with anyio.fail_after(self.settings.request_timeout):
                     transport = self.ctx.transport_for(row.key_fp)
                     resp = await transport.request(method, path, body)
-            answer = self.ctx.raise_for_answer(resp)
+            try:
+                answer = self.ctx.raise_for_answer(resp)
+            except RowError:
+                # A failed agent task is a 200 whose body carries `error` beside its status:
+                # the task's end, not a refused poll.
+                answer = _failed_agent_task(resp) if agent else None
+                if answer is None:
+                    raise
         except (TimeoutError, ConnectionDropped, RetryableError):
             self.ctx.counters.retries += 1
             return None
@@ -440,6 +457,8 @@ class Tasks:
                 return self._outcome(row, "failed", error=err)
             if row.last_status == "FAIL":
                 why = got[0].get("error") or got[0].get("message") or "no reason given"
+                if isinstance(why, dict):  # an agent's {"code", "message"}
+                    why = f"{why.get('message') or 'no reason given'} (code {why.get('code')})"
                 msg = f"task {row.task_id} ended with task_status FAIL: {why}"
                 err = RowError(msg, code="task_failed", status=200)
                 return self._outcome(row, "failed", error=err, got=got, usage=Usage())

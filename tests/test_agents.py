@@ -6,6 +6,13 @@ beside it (`.../api/v1/agents`); the simulator serves only the real paths there.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +24,7 @@ from runner import run_job
 from runner.job import checkpoint_path
 from runner.sim import SimConfig, Simulator
 from runner.store import Store
+from simproc import SimProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -63,3 +71,126 @@ async def test_translation_rows_are_answered_beside_the_model_api(tmp_path: Path
     bad = got["bad"]
     assert bad["status"] == "failed" and bad["error_code"] == "invalid_row"
     assert "agent_id must be one of general_translation" in bad["error_message"]
+
+
+FAIL = "[[sim:task-fail]]"
+
+
+def vidu(cid: str, prompt: str = "dance", template: str = "bodyshake") -> dict[str, Any]:
+    content = [
+        {"type": "image_url", "image_url": f"https://example.com/{cid}.png"},
+        {"type": "text", "text": prompt},
+    ]
+    body = {
+        "agent_id": "vidu_template_agent",
+        "messages": [{"role": "user", "content": content}],
+        "custom_variables": {"template": template},
+    }
+    return {"custom_id": cid, "url": "/v1/agents", "body": body}
+
+
+async def test_vidu_rows_are_submitted_once_polled_and_downloaded(tmp_path: Path) -> None:
+    rows = [vidu(f"v{i}", f"clip {i}") for i in range(4)] + [vidu("vf", f"clip {FAIL}")]
+    rows.append(vidu("bad-template", template="moonwalk"))
+    spec = write_spec(tmp_path / "spec.jsonl", rows)
+    out = tmp_path / "out"
+    async with Simulator(SimConfig(task_seconds=0.3)) as sim:
+        result = await run_job(settings_for(out, spec, sim.base_url))
+        stats = sim.stats()
+    assert result.summary["succeeded"] == 4, result.message
+    job_id = result.summary["settings"]["job_id"]
+    assert stats["agents"]["tasks"] == {f"{job_id}-{c}": 1 for c in ("v0", "v1", "v2", "v3", "vf")}
+    assert stats["tasks"]["polls"] >= 5 and stats["requests"]["agents/async-result"] >= 5
+    got = rows_of(out)
+    for i in range(4):
+        row = got[f"v{i}"]
+        assert row["task_status"] == "SUCCESS" and row["request_id"] == f"{job_id}-v{i}"
+        assert row["videos"] == 1 and row["cost_nano"] == 200_000_000  # 0.2 USD per video
+        (record,) = orjson.loads(row["artifacts"])
+        video = out / record["path"]
+        data = video.read_bytes()
+        assert record["kind"] == "video" and hashlib.sha256(data).hexdigest() == record["sha256"]
+        side = orjson.loads(video.with_name(video.name + ".json").read_bytes())
+        assert side["ai_generated"] is True and side["model"] == "vidu_template_agent"
+        assert side["task_id"] == row["task_id"] and side["custom_id"] == f"v{i}"
+    failed = got["vf"]
+    assert failed["error_code"] == "task_failed" and failed["cost_nano"] == 0
+    assert got["bad-template"]["error_code"] == "invalid_row"
+    assert "template must be one of" in got["bad-template"]["error_message"]
+
+
+def _statuses(db_path: Path) -> dict[str, int]:
+    """Row counts by status in the runner's live checkpoint (empty if none yet)."""
+    if not db_path.exists():
+        return {}
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1.0)
+        try:
+            return dict(db.execute("SELECT status, COUNT(*) FROM rows GROUP BY status"))
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return {}
+
+
+def run_killed(
+    spec: Path, out: Path, base_url: str, kills: int, seed: int, *extra: str
+) -> list[dict[str, int]]:
+    """`runner run` as a process, SIGKILLed `kills` times at random moments after its
+    checkpoint moved, then run (resumed) to the end; the checkpoint counts at each kill."""
+    env = {**os.environ, "ZAI_API_KEY": "agents-crash-key"}
+    cmd = [sys.executable, "-m", "runner", "run", str(spec), "--out", str(out),
+           "--base-url", base_url, "--provider", "zai", "--no-progress", *extra]  # fmt: skip
+    rng = random.Random(seed)
+    seen: list[dict[str, int]] = []
+    started = time.monotonic()
+    db_path = checkpoint_path(out)
+    while True:
+        assert time.monotonic() - started < 90, f"no end after kills {seen}"
+        with (out.parent / f"run-{len(seen)}.log").open("wb") as sink:
+            proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=sink)
+        if len(seen) < kills:
+            before = _statuses(db_path)
+            while proc.poll() is None and _statuses(db_path) == before:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.3))
+            if proc.poll() is None:
+                seen.append(_statuses(db_path))
+                proc.kill()
+                proc.wait()
+                continue
+        rc = proc.wait(timeout=60)
+        if rc in (0, 1):
+            return seen
+        assert rc == 3, (out.parent / f"run-{len(seen)}.log").read_text()
+
+
+def test_sigkill_during_vidu_job_never_creates_a_task_twice(tmp_path: Path) -> None:
+    n = 24
+    rows = [vidu(f"v{i}", f"clip {i}" + (f" {FAIL}" if i % 8 == 3 else "")) for i in range(n)]
+    spec = write_spec(tmp_path / "spec.jsonl", rows)
+    out = tmp_path / "out"
+    sim = SimProcess("--task-seconds", "1", "--latency", "0.1")
+    try:
+        kills = run_killed(spec, out, sim.base_url, 4, 20261202, "--concurrency", "2")
+        stats = sim.stats()
+    finally:
+        sim.stop()
+    assert len(kills) >= 3, kills
+    assert any(k.get("submitting") or k.get("submitted") for k in kills), kills
+    got = rows_of(out)
+    assert len(got) == n and all(r["status"] in ("succeeded", "failed") for r in got.values())
+    created = stats["agents"]["tasks"]
+    assert all(count == 1 for count in created.values()), created
+    for row in got.values():
+        if row["error_code"] == "submit_unknown":
+            assert created.get(row["request_id"], 0) <= 1, row
+            continue
+        assert created.get(row["request_id"]) == 1, row
+        if row["status"] == "succeeded":
+            (record,) = orjson.loads(row["artifacts"])
+            data = (out / record["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == record["sha256"]
+        else:
+            assert row["error_code"] == "task_failed", row
+    assert stats["tasks"]["submitted"] == sum(created.values())
