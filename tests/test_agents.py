@@ -18,13 +18,13 @@ from typing import Any
 
 import orjson
 import pytest
+from simproc import SimProcess
 
 from jobs import settings_for, write_spec
 from runner import run_job
 from runner.job import checkpoint_path
 from runner.sim import SimConfig, Simulator
 from runner.store import Store
-from simproc import SimProcess
 
 pytestmark = pytest.mark.anyio
 
