@@ -412,9 +412,10 @@ class Tasks:
             except RowError:
                 # A failed agent task is a 200 whose body carries `error` beside its status:
                 # the task's end, not a refused poll.
-                answer = _failed_agent_task(resp) if agent else None
-                if answer is None:
+                failed = _failed_agent_task(resp) if agent else None
+                if failed is None:
                     raise
+                answer = failed
         except (TimeoutError, ConnectionDropped, RetryableError):
             self.ctx.counters.retries += 1
             return None
