@@ -27,6 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from tenacity import RetryCallState
 
 from .accounts import Account, Accounts
+from .agent_files import AgentFiles
 from .agents import ASYNC_AGENTS, agents_prefix, request_path
 from .control import Budget, Control, Stopping
 from .cost import PriceTable
@@ -85,6 +86,8 @@ class JobContext:
     control: Control
     budget: Budget
     accounts: Accounts | None = None
+    # Uploads the local glossaries of translation rows (online mode sets it).
+    agent_files: AgentFiles | None = None
     provider: Provider = field(init=False)
     # Retire a lane's key and point the lane at another (set by Lanes; tasks.py uses it).
     move_lane: Callable[[Lane, FatalAPIError], None] = field(init=False)
@@ -377,6 +380,16 @@ class Lanes:
         return status, raw, answer, attempts
 
     async def _run_row(self, req: Request, lane: Lane) -> Outcome | None:
+        if req.endpoint == "agents" and self.ctx.agent_files is not None:
+            try:  # a local glossary becomes its uploaded file's id, before the row is sent
+                req = await self.ctx.agent_files.resolve(req, lane.account)
+            except (RowError, RetryableError) as exc:
+                return outcome_for(req, "failed", attempts=0, started=time.time(), error=exc)
+            except FatalAPIError as exc:
+                self.ctx.control.stop(exc)
+                return None
+            except Stopping:
+                return None
         body = orjson.dumps(req.body)
         worst = self.ctx.prices.worst_case(req.model, req.body, len(body))
         if not self.ctx.budget.admit(worst, self.ctx.control):

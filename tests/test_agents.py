@@ -194,3 +194,97 @@ def test_sigkill_during_vidu_job_never_creates_a_task_twice(tmp_path: Path) -> N
         else:
             assert row["error_code"] == "task_failed", row
     assert stats["tasks"]["submitted"] == sum(created.values())
+
+
+def _glossary_job(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """Rows naming two glossaries (one under two paths, with the same bytes) and bad paths."""
+    root = tmp_path / "spec"
+    (root / "g").mkdir(parents=True)
+    (root / "g" / "fr.txt").write_text("cat\tchat\ndog\tchien\n")
+    (root / "copy.txt").write_text("cat\tchat\ndog\tchien\n")
+    (root / "g" / "de.txt").write_text("cat\tKatze\n")
+    (tmp_path / "out-of-root.txt").write_text("secret")
+    (root / "leak.txt").symlink_to(tmp_path / "out-of-root.txt")
+    rows = [translation(f"fr{i}", f"the cat {i}", glossary="g/fr.txt") for i in range(6)]
+    rows += [translation(f"copy{i}", f"the dog {i}", glossary="copy.txt") for i in range(3)]
+    rows += [translation(f"de{i}", f"a cat {i}", glossary="file:g/de.txt") for i in range(3)]
+    bad = {"climb": "../out-of-root.txt", "abs": "/etc/hostname", "link": "leak.txt",
+           "missing": "g/nope.txt"}  # fmt: skip
+    rows += [translation(cid, "x", glossary=ref) for cid, ref in bad.items()]
+    spec = write_spec(root / "spec.jsonl", rows)
+    return spec, bad
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_glossaries_are_uploaded_once_per_content(tmp_path: Path) -> None:
+    spec, bad = _glossary_job(tmp_path)
+    out = tmp_path / "out"
+    async with Simulator(SimConfig()) as sim:
+        result = await run_job(settings_for(out, spec, sim.base_url, concurrency=16))
+        stats = sim.stats()
+    assert result.summary["succeeded"] == 12, result.message
+    # The simulator refuses a glossary that is not an uploaded agent file of the key, so
+    # every row that succeeded sent its glossary's file id.
+    fr, de = _sha(tmp_path / "spec/g/fr.txt"), _sha(tmp_path / "spec/g/de.txt")
+    assert stats["agents"]["files"] == {fr: 1, de: 1}
+    assert stats["requests"]["agents"] == 12  # nothing sent for the refused paths
+    got = rows_of(out)
+    for cid, ref in bad.items():
+        row = got[cid]
+        assert row["status"] == "failed" and row["error_code"] == "invalid_file", row
+        assert "body.custom_variables.glossary" in row["error_message"]
+        assert ref in row["error_message"]
+    assert "outside the files root" in got["climb"]["error_message"]
+    assert "outside the files root" in got["abs"]["error_message"]
+    assert "symlink" in got["link"]["error_message"]
+    assert "no such file" in got["missing"]["error_message"]
+    store = Store(checkpoint_path(out), create=False)
+    try:
+        recorded = {sha: row["file_id"] for (sha, _), row in store.agent_files().items()}
+    finally:
+        store.close()
+    assert set(recorded) == {fr, de} and all(recorded.values())
+
+
+async def test_an_upload_in_doubt_is_found_not_repeated(tmp_path: Path) -> None:
+    """A kill between the upload and the commit of its id: the resume finds the file by its
+    name in `GET files` and uploads nothing."""
+    spec, _ = _glossary_job(tmp_path)
+    out = tmp_path / "out"
+    async with Simulator(SimConfig()) as sim:
+        await run_job(settings_for(out, spec, sim.base_url))
+        # The state a kill -9 leaves after the upload arrived and before its id and the
+        # rows' answers were committed: intents without ids, the rows not done.
+        store = Store(checkpoint_path(out), create=False)
+        try:
+            store.db.execute("UPDATE agent_files SET file_id = NULL")
+            store.db.execute("DELETE FROM rows WHERE custom_id LIKE 'fr%' OR custom_id LIKE 'de%'")
+            store.db.conn.commit()
+        finally:
+            store.close()
+        result = await run_job(settings_for(out, spec, sim.base_url))
+        stats = sim.stats()
+    assert result.summary["succeeded"] == 12, result.message
+    fr, de = _sha(tmp_path / "spec/g/fr.txt"), _sha(tmp_path / "spec/g/de.txt")
+    assert stats["agents"]["files"] == {fr: 1, de: 1}
+    assert stats["requests"]["agents"] == 12 + 9
+
+
+def test_sigkill_during_glossary_job_uploads_each_glossary_once(tmp_path: Path) -> None:
+    spec, bad = _glossary_job(tmp_path)
+    out = tmp_path / "out"
+    sim = SimProcess("--latency", "0.15")
+    try:
+        kills = run_killed(spec, out, sim.base_url, 3, 7, "--concurrency", "2")
+        stats = sim.stats()
+    finally:
+        sim.stop()
+    assert len(kills) >= 2, kills
+    fr, de = _sha(tmp_path / "spec/g/fr.txt"), _sha(tmp_path / "spec/g/de.txt")
+    assert stats["agents"]["files"] == {fr: 1, de: 1}
+    got = rows_of(out)
+    assert sum(r["status"] == "succeeded" for r in got.values()) == 12
+    assert {c for c, r in got.items() if r["status"] == "failed"} == set(bad)

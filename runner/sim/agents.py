@@ -83,6 +83,11 @@ def answer_agent(call: Call, state: SimState) -> Answer:
         return _vidu(call, state)
     prompt_tokens = call.prompt.tokens if call.prompt is not None else 0
     if call.model == "general_translation":
+        glossary = (call.body.get("custom_variables") or {}).get("glossary")
+        if glossary is not None:
+            known = state.batches.files.get(glossary) if isinstance(glossary, str) else None
+            if known is None or known.key_id != call.key_id or known.purpose != "agent":
+                raise ApiError(1214, f"glossary {glossary!r} is not an agent file of this account")
         return _translation(call, prompt_tokens)
     return _slides(call, state, prompt_tokens)
 
