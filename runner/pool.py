@@ -29,6 +29,7 @@ from tenacity import RetryCallState
 from .accounts import Account, Accounts
 from .agent_files import AgentFiles
 from .agents import ASYNC_AGENTS, agents_prefix, request_path
+from .artifacts import Downloader
 from .control import Budget, Control, Stopping
 from .cost import PriceTable
 from .endpoints import parse_success, raise_for_answer
@@ -48,6 +49,7 @@ from .providers import Provider
 from .ratelimit import estimate_tokens
 from .retry import build_retrying, first_wait
 from .settings import Settings
+from .slides import deck_files, exports_deck
 from .spec import ASYNC_ENDPOINTS, Request
 
 __all__ = ["JobContext", "Lane", "Lanes", "fingerprint"]
@@ -88,6 +90,8 @@ class JobContext:
     accounts: Accounts | None = None
     # Uploads the local glossaries of translation rows (online mode sets it).
     agent_files: AgentFiles | None = None
+    # Where result files go (set by Tasks, shared with the slides export).
+    downloader: Downloader | None = None
     provider: Provider = field(init=False)
     # Retire a lane's key and point the lane at another (set by Lanes; tasks.py uses it).
     move_lane: Callable[[Lane, FatalAPIError], None] = field(init=False)
@@ -404,16 +408,23 @@ class Lanes:
             parsed = parse_success(req.endpoint, raw, answer)
             cost = self.ctx.prices.cost(req.model, parsed.usage)
             actual = cost or 0
+            failure, artifacts = parsed.failure, None
+            if failure is None and exports_deck(req):
+                try:
+                    artifacts = orjson.dumps(await deck_files(self, req, lane, answer)).decode()
+                except RowError as exc:
+                    failure = exc
             return outcome_for(
                 req,
-                "failed" if parsed.failure else "succeeded",
+                "failed" if failure else "succeeded",
                 attempts=attempts,
                 started=sent[0],
                 http_status=status,
-                error=parsed.failure,
+                error=failure,
                 parsed=parsed,
                 cost_nano=cost,
                 request_fp=fp,
+                artifacts=artifacts,
             )
         except (RowError, RetryableError) as exc:
             if isinstance(exc, RetryableError):

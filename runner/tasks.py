@@ -183,6 +183,7 @@ class Tasks:
                 timeout=s.request_timeout, sleep=self._download_backoff, config=s.http_config,
             )  # fmt: skip
             await anyio.to_thread.run_sync(self.downloader.prepare)
+            self.ctx.downloader = self.downloader  # the slides export downloads too
         return self
 
     async def __aexit__(

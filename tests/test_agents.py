@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 from simproc import SimProcess
+from zai import ZaiClient
 
 from jobs import settings_for, write_spec
 from runner import run_job
@@ -288,3 +290,83 @@ def test_sigkill_during_glossary_job_uploads_each_glossary_once(tmp_path: Path) 
     got = rows_of(out)
     assert sum(r["status"] == "succeeded" for r in got.values()) == 12
     assert {c for c, r in got.items() if r["status"] == "failed"} == set(bad)
+
+
+def slides(cid: str, prompt: str, **extra: Any) -> dict[str, Any]:
+    body = {"agent_id": "slides_glm_agent", "messages": text(prompt), **extra}
+    return {"custom_id": cid, "url": "/v1/agents", "body": body}
+
+
+async def test_slides_rows_are_read_whole_and_their_decks_downloaded(tmp_path: Path) -> None:
+    rows = [slides("s-stream", "a deck about owls"), slides("s-sync", "owls", stream=False)]
+    export = {"agent_id": "slides_glm_agent", "conversation_id": "conv-given"}
+    rows.append({"custom_id": "c1", "url": "/v1/agents/conversation", "body": export})
+    spec = write_spec(tmp_path / "spec.jsonl", rows)
+    out = tmp_path / "out"
+    async with Simulator(SimConfig()) as sim:
+        result = await run_job(settings_for(out, spec, sim.base_url))
+        stats = sim.stats()
+    assert result.summary["succeeded"] == 3, result.message
+    # Two slides answers, each exported once, and the export the spec asked for.
+    assert stats["requests"]["agents"] == 2 and stats["requests"]["agents/conversation"] == 3
+    got = rows_of(out)
+    for cid in ("s-stream", "s-sync"):
+        row = got[cid]
+        answer = orjson.loads(row["response"])  # a streamed answer is stored as one JSON
+        phases = [m["phase"] for m in answer["choices"][0]["message"]]
+        assert phases == ["thinking", "tool", "answer"], phases
+        assert answer["conversation_id"].startswith("conv-")
+        assert row["completion_tokens"] > 0 and row["cost_nano"] > 0
+    for cid, kinds in (("s-stream", ["deck", "page"]), ("s-sync", ["deck", "page"]),
+                       ("c1", ["page"])):  # fmt: skip
+        records = orjson.loads(got[cid]["artifacts"])
+        assert [r["kind"] for r in records] == kinds, records
+        for record in records:
+            path = out / record["path"]
+            data = path.read_bytes()
+            assert hashlib.sha256(data).hexdigest() == record["sha256"]
+            side = orjson.loads(path.with_name(path.name + ".json").read_bytes())
+            assert side["model"] == "slides_glm_agent" and side["ai_generated"] is True
+        if kinds[0] == "deck":
+            assert (out / records[0]["path"]).read_bytes().startswith(b"%PDF")
+    assert got["c1"]["cost_nano"] == 0
+
+
+async def test_official_sdk_reads_the_agents_answers(sim: Simulator, tmp_path: Path) -> None:
+    """zai-sdk's agents.invoke / agents.async_result and files.create (purpose agent)."""
+    glossary = tmp_path / "terms.txt"
+    glossary.write_text("cat\tchat\n")
+
+    def scenario() -> None:
+        client = ZaiClient(api_key="1a2b3c.sdk-agents", base_url=sim.base_url)
+        uploaded = client.files.create(file=glossary.open("rb"), purpose="agent")  # type: ignore[arg-type]
+        assert uploaded.id and uploaded.purpose == "agent" and uploaded.bytes == 9
+        done = client.agents.invoke(
+            agent_id="general_translation",
+            messages=text("good night"),
+            custom_variables={"target_lang": "fr", "glossary": uploaded.id},
+        )
+        assert done.choices[0].message.content["text"]
+        assert done.usage is not None and done.usage.total_tokens > 0
+        task = client.agents.invoke(
+            agent_id="vidu_template_agent",
+            messages=[{"role": "user", "content": [{"type": "text", "text": "hop"}]}],
+            custom_variables={"template": "french_kiss"},
+        )
+        assert task.status == "pending"
+        async_id = task.model_extra["async_id"] if task.model_extra else None
+        assert async_id
+        deadline = time.monotonic() + 5
+        result = client.agents.async_result(agent_id="vidu_template_agent", async_id=async_id)
+        while result.status == "pending" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            result = client.agents.async_result(agent_id="vidu_template_agent", async_id=async_id)
+        assert result.status == "success"
+        # The spec's message is a list; the SDK keeps it as a list of its message objects.
+        (message,) = result.choices[0].message  # type: ignore[misc]
+        (item,) = message.content
+        assert item["type"] == "video_url" and item["video_url"].startswith(sim.root_url)
+
+    await anyio.to_thread.run_sync(scenario)
+    stats = sim.stats()
+    assert len(stats["agents"]["tasks"]) == 1 and len(stats["agents"]["files"]) == 1
