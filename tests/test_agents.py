@@ -24,8 +24,15 @@ from zai import ZaiClient
 
 from jobs import settings_for, write_spec
 from runner import run_job
+from runner.agent_files import LocalFileError, is_local_ref, local_file
+from runner.agents import agents_prefix, fold_sse, request_path
+from runner.http.base import Target
 from runner.job import checkpoint_path
 from runner.sim import SimConfig, Simulator
+from runner.sim.agents import sse_body
+from runner.spec import InvalidRow, Request, SpecDefaults, canonical_endpoint
+from runner.spec.checks import endpoint_hint
+from runner.spec.rows import Rows
 from runner.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -370,3 +377,117 @@ async def test_official_sdk_reads_the_agents_answers(sim: Simulator, tmp_path: P
     await anyio.to_thread.run_sync(scenario)
     stats = sim.stats()
     assert len(stats["agents"]["tasks"]) == 1 and len(stats["agents"]["files"]) == 1
+
+
+# -- pieces ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        ({"messages": text("hi")}, "body.agent_id", "agent_id must be one of"),
+        ({"agent_id": "general_translation"}, "body.messages", "non-empty list"),
+        (
+            {"agent_id": "general_translation", "messages": [{"role": "user", "content": "hi"}]},
+            "body.messages[0].content",
+            "non-empty list of text parts",
+        ),
+        (
+            {"agent_id": "general_translation", "messages": text("hi"), "stream": True},
+            "body.stream",
+            "set stream to false",
+        ),
+        (
+            {"agent_id": "general_translation", "messages": text("hi"),
+             "custom_variables": {"glossary": 3}},
+            "body.custom_variables.glossary",
+            "file id or a file path",
+        ),
+        (
+            {"agent_id": "vidu_template_agent", "messages": text("hi")},
+            "body.custom_variables.template",
+            "template must be one of",
+        ),
+        (
+            {"agent_id": "slides_glm_agent",
+             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]},
+            "body.messages[0].content[0]",
+            "type text",
+        ),
+    ],
+)  # fmt: skip
+def test_agent_rows_are_checked_before_sending(body: dict[str, Any], field: str, says: str) -> None:
+    rows = Rows(SpecDefaults())
+    item = rows.build(0, 7, "r", "/v1/agents", None, body, False)
+    assert isinstance(item, InvalidRow) and item.field == field, item
+    assert says in item.message and "line 7" in str(item)
+
+
+def test_agent_urls_and_paths() -> None:
+    for url in ("/v1/agents", "/api/v1/agents", "agents", "/v1/agents/"):
+        assert canonical_endpoint(url) == "agents"
+    assert canonical_endpoint("/v1/agents/conversation") == "agents/conversation"
+    assert endpoint_hint("/v1/agent") == "did you mean /v1/agents?"
+    good = Rows(SpecDefaults(model="glm-4.5-air")).build(
+        0, 1, "t", "/v1/agents", None, translation("t")["body"], False
+    )
+    assert isinstance(good, Request) and good.model == "general_translation"
+    assert "model" not in good.body  # a default model is never written into an agent body
+    prefix = agents_prefix("https://api.z.ai/api/paas/v4")
+    assert (
+        Target.parse("https://api.z.ai/api/paas/v4?x=1").path(request_path("agents", prefix))
+        == "/api/v1/agents?x=1"
+    )
+    assert (
+        Target.parse("https://h/api/paas/v4/").path(request_path("agents/async-result", prefix))
+        == "/api/v1/agents/async-result"
+    )
+    assert request_path("chat/completions", prefix) == "/chat/completions"
+    assert agents_prefix("https://gateway.example/llm") == ""
+
+
+def test_a_streamed_answer_is_read_whole() -> None:
+    frames = [
+        {"id": "r", "conversation_id": "c", "choices": [{"message": [{"phase": "thinking"}]}]},
+        {"id": "r", "choices": [{"message": [{"phase": "answer"}], "finish_reason": "stop"}]},
+    ]
+    folded = fold_sse(sse_body(frames))
+    assert folded is not None
+    body = orjson.loads(folded)
+    assert body["conversation_id"] == "c" and body["choices"][0]["finish_reason"] == "stop"
+    assert [m["phase"] for m in body["choices"][0]["message"]] == ["thinking", "answer"]
+    assert fold_sse(b"not a stream") is None
+
+
+def test_local_glossary_paths_stay_under_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "g").mkdir(parents=True)
+    (root / "g" / "a.txt").write_text("x")
+    (root / "g" / "a.exe").write_text("x")
+    (tmp_path / "b.txt").write_text("x")
+    (root / "out.txt").symlink_to(tmp_path / "b.txt")
+    (root / "in.txt").symlink_to(root / "g" / "a.txt")
+    assert local_file(root, "g/a.txt") == (root / "g" / "a.txt").resolve()
+    assert local_file(root, "file:g/a.txt") == (root / "g" / "a.txt").resolve()
+    assert local_file(root, str(root / "g" / "a.txt")) == (root / "g" / "a.txt").resolve()
+    assert local_file(root, "g/../in.txt") == (root / "g" / "a.txt").resolve()
+    for ref, says in (
+        ("../b.txt", "climbs out"),
+        (str(tmp_path / "b.txt"), "absolute path"),
+        ("out.txt", "symlink"),
+        ("g/missing.txt", "no such file"),
+        ("g", "not a regular file"),
+        ("g/a.exe", "must be one of"),
+    ):
+        with pytest.raises(LocalFileError, match=says):
+            local_file(root, ref)
+    assert is_local_ref("terms.xlsx") and is_local_ref("a/b") and is_local_ref("file:x")
+    assert not is_local_ref("file-20240514-abc") and not is_local_ref("1234567")
+
+
+async def test_agent_rows_over_the_httpx_transport(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "spec.jsonl", [translation("t1"), vidu("v1")])
+    async with Simulator(SimConfig(task_seconds=0.1)) as sim:
+        settings = settings_for(tmp_path / "out", spec, sim.base_url, transport="httpx")
+        result = await run_job(settings)
+    assert result.summary["succeeded"] == 2, result.message
