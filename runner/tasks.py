@@ -47,7 +47,7 @@ from .agents import agent_status
 from .artifacts import Downloader, DownloadError, Provenance, items_of, listing, media_usage
 from .control import Stopping
 from .cost import Usage
-from .endpoints import parse_success
+from .endpoints import error_fields, parse_success
 from .errors import (
     FatalAPIError,
     RateLimited,
@@ -324,6 +324,15 @@ class Tasks:
                 raise RetryableError(str(exc), code="connection") from exc
             finally:
                 counters.in_flight -= 1
+        refused = _failed_agent_task(resp) if req.endpoint == "agents" else None
+        if refused is not None:  # `status: failed` at creation: no task exists
+            await self._discard(req.seq)
+            code, message = error_fields(refused)
+            raise RowError(
+                f"the platform did not create the task: {message or 'no reason given'}",
+                code=code or "task_failed",
+                status=resp.status,
+            )
         try:
             answer = self.ctx.raise_for_answer(resp)
         except RetryableError as exc:

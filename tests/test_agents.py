@@ -101,6 +101,9 @@ def vidu(cid: str, prompt: str = "dance", template: str = "bodyshake") -> dict[s
 async def test_vidu_rows_are_submitted_once_polled_and_downloaded(tmp_path: Path) -> None:
     rows = [vidu(f"v{i}", f"clip {i}") for i in range(4)] + [vidu("vf", f"clip {FAIL}")]
     rows.append(vidu("bad-template", template="moonwalk"))
+    no_image = vidu("no-image")
+    no_image["body"]["messages"][0]["content"].pop(0)
+    rows.append(no_image)
     spec = write_spec(tmp_path / "spec.jsonl", rows)
     out = tmp_path / "out"
     async with Simulator(SimConfig(task_seconds=0.3)) as sim:
@@ -124,6 +127,11 @@ async def test_vidu_rows_are_submitted_once_polled_and_downloaded(tmp_path: Path
         assert side["task_id"] == row["task_id"] and side["custom_id"] == f"v{i}"
     failed = got["vf"]
     assert failed["error_code"] == "task_failed" and failed["cost_nano"] == 0
+    refused = got["no-image"]  # answered `status: failed`: no task, nothing to poll
+    assert refused["error_code"] == "1214" and refused["task_id"] is None
+    assert (
+        "did not create the task: an effects video needs an image_url" in refused["error_message"]
+    )
     assert got["bad-template"]["error_code"] == "invalid_row"
     assert "template must be one of" in got["bad-template"]["error_message"]
 
@@ -357,7 +365,7 @@ async def test_official_sdk_reads_the_agents_answers(sim: Simulator, tmp_path: P
         assert done.usage is not None and done.usage.total_tokens > 0
         task = client.agents.invoke(
             agent_id="vidu_template_agent",
-            messages=[{"role": "user", "content": [{"type": "text", "text": "hop"}]}],
+            messages=vidu("sdk")["body"]["messages"],
             custom_variables={"template": "french_kiss"},
         )
         assert task.status == "pending"

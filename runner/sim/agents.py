@@ -115,6 +115,11 @@ def _translation(call: Call, prompt_tokens: int) -> Answer:
 
 
 def _vidu(call: Call, state: SimState) -> Answer:
+    parts = [p for m in call.body["messages"] for p in m["content"]]
+    if not any(p["type"] == "image_url" for p in parts):
+        # The platform's form of "task not created": a 200 with status failed and an error.
+        error = {"code": "1214", "message": "an effects video needs an image_url part"}
+        return Answer({"status": "failed", "agent_id": call.model, "error": error}, None)
     async_id = state.new_id()
     task = Task(
         id=async_id,
