@@ -14,11 +14,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpx
 import orjson
 import pytest
+from conftest import ZaiSpec
 from simproc import SimProcess
 from zai import ZaiClient
 
@@ -34,6 +36,9 @@ from runner.spec import InvalidRow, Request, SpecDefaults, canonical_endpoint
 from runner.spec.checks import endpoint_hint
 from runner.spec.rows import Rows
 from runner.store import Store
+
+if TYPE_CHECKING:
+    from conftest import ZaiSpec
 
 pytestmark = pytest.mark.anyio
 
@@ -499,3 +504,44 @@ async def test_agent_rows_over_the_httpx_transport(tmp_path: Path) -> None:
         settings = settings_for(tmp_path / "out", spec, sim.base_url, transport="httpx")
         result = await run_job(settings)
     assert result.summary["succeeded"] == 2, result.message
+
+
+async def test_simulated_agent_answers_match_the_spec(sim: Simulator, zai_spec: ZaiSpec) -> None:
+    """Each answer of the simulator's agents API validates against the platform's schema."""
+    root = sim.root_url
+    async with httpx.AsyncClient(headers={"Authorization": "Bearer k"}, timeout=10) as client:
+
+        async def post(path: str, body: dict[str, Any]) -> Any:
+            r = await client.post(root + path, json=body)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        done = await post("/api/v1/agents", translation("t")["body"])
+        zai_spec.validate(done, "TranslationAgentResponse")
+        submitted = await post("/api/v1/agents", {**vidu("v")["body"], "request_id": "v"})
+        zai_spec.validate(submitted, "SpecialEffectsVideosAgentResponse")
+        poll = {"agent_id": "vidu_template_agent", "async_id": submitted["async_id"]}
+        zai_spec.validate(poll, "CommonAgentResultRequest")
+        pending = await post("/api/v1/agents/async-result", poll)
+        assert pending["status"] == "pending"
+        await anyio.sleep(0.3)
+        result = await post("/api/v1/agents/async-result", poll)
+        zai_spec.validate(result, "CommonAgentResultResponse")
+        assert result["status"] == "success"
+        deck = await post("/api/v1/agents", slides("s", "owls", stream=False)["body"])
+        zai_spec.validate(deck, "GlmSlideAgentResponse")
+        export = {"agent_id": "slides_glm_agent", "conversation_id": deck["conversation_id"],
+                  "custom_variables": {"include_pdf": True}}  # fmt: skip
+        zai_spec.validate(export, "GlmSlideAgentConversationRequest")
+        exported = await post("/api/v1/agents/conversation", export)
+        zai_spec.validate(exported, "GlmSlideAgentConversationResponse")
+        r = await client.post(
+            root + "/api/paas/v4/files", files={"file": ("g.exe", b"x")}, data={"purpose": "agent"}
+        )
+        assert r.status_code == 400 and "agent files must be one of" in r.text
+        nope = {"agent_id": "vidu_template_agent", "async_id": "nope"}
+        unknown = await client.post(root + "/api/v1/agents/async-result", json=nope)
+        assert unknown.status_code == 404
+    stats = sim.stats()
+    assert stats["agents"]["tasks"] == {"v": 1}
+    assert not stats["duplicates"]["fingerprint"]  # polls are not counted as submissions
