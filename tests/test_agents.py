@@ -295,21 +295,40 @@ async def test_an_upload_in_doubt_is_found_not_repeated(tmp_path: Path) -> None:
     assert stats["requests"]["agents"] == 12 + 9
 
 
-def test_sigkill_during_glossary_job_uploads_each_glossary_once(tmp_path: Path) -> None:
-    spec, bad = _glossary_job(tmp_path)
+def test_sigkill_during_a_mixed_agents_job(tmp_path: Path) -> None:
+    """30 translations (half with a glossary) and 30 effects videos, killed three times:
+    each glossary uploaded once, no task created twice, no translation answered twice
+    beyond the few in flight or awaiting their commit at each kill."""
+    root = tmp_path / "spec"
+    root.mkdir()
+    (root / "fr.txt").write_text("cat\tchat\n")
+    rows = [
+        translation(f"t{i}", f"line {i}", **({"glossary": "fr.txt"} if i % 2 else {}))
+        for i in range(30)
+    ]
+    rows += [vidu(f"v{i}", f"clip {i}" + (f" {FAIL}" if i % 10 == 7 else "")) for i in range(30)]
+    spec = write_spec(root / "spec.jsonl", rows)
     out = tmp_path / "out"
-    sim = SimProcess("--latency", "0.15")
+    sim = SimProcess("--latency", "0.1", "--task-seconds", "1")
     try:
-        kills = run_killed(spec, out, sim.base_url, 3, 7, "--concurrency", "2")
+        kills = run_killed(spec, out, sim.base_url, 3, 11, "--concurrency", "2")
         stats = sim.stats()
     finally:
         sim.stop()
-    assert len(kills) >= 2, kills
-    fr, de = _sha(tmp_path / "spec/g/fr.txt"), _sha(tmp_path / "spec/g/de.txt")
-    assert stats["agents"]["files"] == {fr: 1, de: 1}
+    assert len(kills) == 3, kills
+    assert stats["agents"]["files"] == {_sha(root / "fr.txt"): 1}
+    created = stats["agents"]["tasks"]
+    assert created and all(count == 1 for count in created.values()), created
     got = rows_of(out)
-    assert sum(r["status"] == "succeeded" for r in got.values()) == 12
-    assert {c for c, r in got.items() if r["status"] == "failed"} == set(bad)
+    assert len(got) == 60 and all(r["status"] in ("succeeded", "failed") for r in got.values())
+    for i in range(30):
+        assert got[f"t{i}"]["status"] == "succeeded", got[f"t{i}"]
+        v = got[f"v{i}"]
+        if v["error_code"] != "submit_unknown":
+            assert created.get(v["request_id"]) == 1, v
+            assert v["status"] == ("failed" if i % 10 == 7 else "succeeded"), v
+    answered = stats["billed"]["by_model"]["general_translation"]["requests"]
+    assert 30 <= answered <= 30 + 4 * len(kills), answered
 
 
 def slides(cid: str, prompt: str, **extra: Any) -> dict[str, Any]:
