@@ -27,7 +27,9 @@ from zai import ZaiClient
 from jobs import settings_for, write_spec
 from runner import run_job
 from runner.agent_files import LocalFileError, is_local_ref, local_file
-from runner.agents import agents_prefix, fold_sse, request_path
+from runner.agents import KNOWN_AGENTS, agents_prefix, fold_sse, request_path
+from runner.cost import load_prices
+from runner.estimate import estimate_spec
 from runner.http.base import Target
 from runner.job import checkpoint_path
 from runner.sim import SimConfig, Simulator
@@ -564,3 +566,16 @@ async def test_simulated_agent_answers_match_the_spec(sim: Simulator, zai_spec: 
     stats = sim.stats()
     assert stats["agents"]["tasks"] == {"v": 1}
     assert not stats["duplicates"]["fingerprint"]  # polls are not counted as submissions
+
+
+async def test_estimate_prices_agent_rows(tmp_path: Path) -> None:
+    bare = translation("bare")["body"]  # a short line: agent_id implies /v1/agents
+    rows = [translation("t1", "x" * 300), vidu("v1"), vidu("v2"), slides("s1", "owls"), bare]
+    spec = write_spec(tmp_path / "spec.jsonl", rows)
+    est = await estimate_spec(spec, SpecDefaults(), load_prices("zai"), output_tokens=100)
+    assert est.invalid == 0
+    tr, fx, deck = (est.models[m] for m in KNOWN_AGENTS)
+    assert tr.rows == 2 and tr.output_tokens == tr.prompt_tokens > 100  # as long as the source
+    assert tr.online_nano == (tr.prompt_tokens + tr.output_tokens) * 3000
+    assert fx.videos == 2 and fx.online_nano == 400_000_000
+    assert deck.output_tokens == 100 and deck.priced
