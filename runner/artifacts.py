@@ -30,6 +30,7 @@ import aiofiles
 import anyio
 import orjson
 
+from .agents import agent_video_urls, conversation_files
 from .cost import Usage
 from .errors import TransportFatal
 from .http import HttpConfig, make_client, transport_error
@@ -62,8 +63,8 @@ MAX_REFRESHES = 4
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _DOTS = re.compile(r"\.{2,}")
-_EXTENSIONS = frozenset({"mp4", "mov", "webm", "gif", "jpg", "jpeg", "png", "webp"})
-_DEFAULT_EXT = {"video": "mp4", "cover": "jpg", "image": "png"}
+_EXTENSIONS = frozenset({"mp4", "mov", "webm", "gif", "jpg", "jpeg", "png", "webp", "pdf", "pptx"})
+_DEFAULT_EXT = {"video": "mp4", "cover": "jpg", "image": "png", "deck": "pdf", "page": "png"}
 
 
 class DownloadError(Exception):
@@ -89,7 +90,7 @@ class ArtifactTooLarge(DownloadError):
 class Item:
     """One result file named in a poll body."""
 
-    kind: str  # video | cover | image
+    kind: str  # video | cover | image, or a slides export's deck | page
     index: int
     url: str
 
@@ -123,11 +124,21 @@ def items_of(body: Mapping[str, Any]) -> list[Item]:
         for i, im in enumerate(images):
             if isinstance(im, dict) and isinstance(im.get("url"), str) and im["url"]:
                 items.append(Item("image", i, im["url"]))
+    if "async_id" in body:  # an agent task's result: content items of its choices
+        items.extend(Item("video", i, url) for i, url in enumerate(agent_video_urls(body)))
+    elif "conversation_id" in body:  # a slides export: the deck (file_url) and page images
+        counts: dict[str, int] = {}
+        for kind, url in conversation_files(body):
+            short = "deck" if kind == "file_url" else "page"
+            items.append(Item(short, counts.get(short, 0), url))
+            counts[short] = counts.get(short, 0) + 1
     return items
 
 
 def media_usage(endpoint: str, body: Mapping[str, Any]) -> Usage | None:
     """What a SUCCESS poll of a media task bills (one unit per result); None if not media."""
+    if endpoint == "agents":  # the only async agent makes videos
+        return Usage(videos=len(agent_video_urls(body)))
     key = {"videos/generations": "video_result", "async/images/generations": "image_result"}
     if endpoint not in key:
         return None

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from .agents import fold_sse
 from .cost import Usage
 from .errors import (
     FatalAPIError,
@@ -122,6 +123,14 @@ def raise_for_answer(
     if resp.status == 200 and isinstance(body, dict) and "error" not in body:
         return body
     if resp.status == 200 and body is None:
+        folded = fold_sse(resp.body)
+        if folded is not None:
+            # A streamed answer (the slides agent streams unless told not to), read whole:
+            # from here on it is the JSON answer a non-streamed call would have given.
+            resp.body = folded
+            return raise_for_answer(
+                resp, balance_statuses=balance_statuses, error_shape=error_shape
+            )
         raise RetryableError(
             "the server answered 200 with a body that is not JSON", status=200, code=None
         )

@@ -8,6 +8,8 @@ An estimate, not a quote. Its assumptions are printed with it:
 * output tokens: the row's `max_tokens` (an upper bound: answers are usually shorter),
   else `--output-tokens` (default `DEFAULT_OUTPUT_TOKENS`), a guess;
 * images and videos: `n` (default 1) per row at the per-item price; web search 1 use;
+* agents: a translation's output as long as its source, the slide agent's output the
+  guess above, one video per effects-video row; the conversation export is not billed;
 * batch mode: the online price times `PriceTable.batch_factor` for the endpoints the Batch
   API runs; other rows are priced online (they would run online);
 * models without a price are listed as unpriced and count 0.
@@ -23,6 +25,7 @@ from typing import Any
 import anyio
 import orjson
 
+from .agents import SLIDES, TRANSLATION, VIDU
 from .cost import NANO, PriceTable, Usage
 from .http import ConnectionDropped, Transport
 from .spec import Request, SpecDefaults, read_spec
@@ -117,7 +120,7 @@ def _texts(value: Any) -> Iterator[str]:
 def local_prompt_tokens(req: Request) -> int:
     """Prompt tokens by the bytes/3 rule (see the module docstring)."""
     body = req.body
-    if req.endpoint in _CHAT:
+    if req.endpoint in _CHAT or req.endpoint == "agents":
         messages = body.get("messages")
         if not isinstance(messages, list):
             return 0
@@ -135,7 +138,9 @@ def local_prompt_tokens(req: Request) -> int:
     return len(text.encode()) // 3 if isinstance(text, str) else 0
 
 
-def _output_tokens(req: Request, guess: int) -> int:
+def _output_tokens(req: Request, guess: int, prompt: int) -> int:
+    if req.endpoint == "agents":
+        return {TRANSLATION: prompt, SLIDES: guess}.get(req.model, 0)
     if req.endpoint not in _CHAT:
         return 0
     max_tokens = req.body.get("max_tokens")
@@ -149,7 +154,7 @@ def _items(req: Request) -> tuple[int, int, int]:
     count = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
     if req.endpoint in ("images/generations", "async/images/generations"):
         return count, 0, 0
-    if req.endpoint == "videos/generations":
+    if req.endpoint == "videos/generations" or (req.endpoint == "agents" and req.model == VIDU):
         return 0, 1, 0
     if req.endpoint == "web_search":
         return 0, 0, 1
@@ -183,7 +188,7 @@ async def estimate_spec(
         if counted is not None:
             m.tokenized += 1
         prompt = local_prompt_tokens(req) if counted is None else counted
-        out = _output_tokens(req, output_tokens)
+        out = _output_tokens(req, output_tokens, prompt)
         images, videos, uses = _items(req)
         usage = Usage(prompt, out, 0, prompt + out, images, videos, uses)
         price = prices.price(model)
@@ -254,6 +259,8 @@ def assumptions(est: Estimate) -> list[str]:
         f"output tokens = the row's max_tokens (an upper bound), else a guess of "
         f"{est.output_guess} (--output-tokens)",
         "images/videos: n per row (default 1) at the per-item price",
+        "agents: a translation as long as its source, the slide agent's output the guess, "
+        "one video per effects-video row",
         f"batch = online x {est.batch_factor} for chat, embeddings and images; other rows "
         "priced online",
         "no cached-input discount; models without a price count 0",

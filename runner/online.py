@@ -17,6 +17,7 @@ from collections.abc import Callable
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .agent_files import AgentFiles
 from .lifecycle import JobResult, JobStart, close_run, open_run
 from .outcome import Outcome, invalid_outcome
 from .pool import JobContext, Lanes
@@ -54,6 +55,7 @@ async def run_online(start: JobStart, make_lanes: Callable[..., Lanes] = Lanes) 
         )
         results_send, results_recv = anyio.create_memory_object_stream[Outcome](4096)
         store_lock = run.store_lock  # the writer's, the task commits' and the timeline's
+        ctx.agent_files = AgentFiles(live, store, store_lock, control)
         tasks = Tasks(ctx, store, store_lock, run.job_id)
         async with anyio.create_task_group() as work:
             work.start_soon(_writer, store, results_recv, run.counters, live, store_lock)

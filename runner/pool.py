@@ -27,6 +27,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from tenacity import RetryCallState
 
 from .accounts import Account, Accounts
+from .agent_files import AgentFiles
+from .agents import ASYNC_AGENTS, agents_prefix, request_path
+from .artifacts import Downloader
 from .control import Budget, Control, Stopping
 from .cost import PriceTable
 from .endpoints import ENDPOINT_NOT_FOUND, parse_success, raise_for_answer
@@ -48,6 +51,7 @@ from .providers import Provider
 from .ratelimit import estimate_tokens
 from .retry import build_retrying, first_wait
 from .settings import Settings
+from .slides import deck_files, exports_deck
 from .spec import ASYNC_ENDPOINTS, Request
 
 __all__ = ["JobContext", "Lane", "Lanes", "fingerprint"]
@@ -86,16 +90,23 @@ class JobContext:
     control: Control
     budget: Budget
     accounts: Accounts | None = None
+    # Uploads the local glossaries of translation rows (online mode sets it).
+    agent_files: AgentFiles | None = None
+    # Where result files go (set by Tasks, shared with the slides export).
+    downloader: Downloader | None = None
     provider: Provider = field(init=False)
     # Whether the server answers at all (health.py): stops a job nothing can make work.
     health: ServerHealth = field(init=False)
     # Retire a lane's key and point the lane at another (set by Lanes; tasks.py uses it).
     move_lane: Callable[[Lane, FatalAPIError], None] = field(init=False)
+    # Agent paths relative to the base URL (agents.py), resolved once.
+    _agents_prefix: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         # Resolved once: a user's providers file must not be re-read per request.
         self.provider = self.settings.provider_info
         self.health = ServerHealth(self.settings.base_url or self.provider.base_url)
+        self._agents_prefix = agents_prefix(self.settings.base_url)
         if self.accounts is None:
             self.accounts = Accounts(self.settings, [self.transport])
 
@@ -109,6 +120,10 @@ class JobContext:
         key is no longer in the pool: the platform then says whether it may be read)."""
         account = self.pool.by_fingerprint(fingerprint)
         return (account or self.pool.first).transport
+
+    def path(self, endpoint: str) -> str:
+        """Where a row kind is sent, relative to the base URL (agents beside it)."""
+        return request_path(endpoint, self._agents_prefix)
 
     def raise_for_answer(self, resp: Response) -> dict[str, Any]:
         """The answer's JSON, or the error it is, as the provider words its errors."""
@@ -202,7 +217,10 @@ class Lanes:
                     if self.ctx.control.reason is not None:
                         self._let_go(lane)
                         continue  # stopping: leave the row pending for the resume
-                    if req.endpoint in ASYNC_ENDPOINTS and self.submit_task is not None:
+                    if self.submit_task is not None and (
+                        req.endpoint in ASYNC_ENDPOINTS
+                        or (req.endpoint == "agents" and req.model in ASYNC_AGENTS)
+                    ):
                         self._let_go(lane)  # the submit takes its slot itself
                         await self.submit_task(req, lane, results)
                         continue
@@ -392,6 +410,16 @@ class Lanes:
         return status, raw, answer, attempts
 
     async def _run_row(self, req: Request, lane: Lane) -> Outcome | None:
+        if req.endpoint == "agents" and self.ctx.agent_files is not None:
+            try:  # a local glossary becomes its uploaded file's id, before the row is sent
+                req = await self.ctx.agent_files.resolve(req, lane.account)
+            except (RowError, RetryableError) as exc:
+                return outcome_for(req, "failed", attempts=0, started=time.time(), error=exc)
+            except FatalAPIError as exc:
+                self.ctx.control.stop(exc)
+                return None
+            except Stopping:
+                return None
         body = orjson.dumps(req.body)
         worst = self.ctx.prices.worst_case(req.model, req.body, len(body))
         if not self.ctx.budget.admit(worst, self.ctx.control):
@@ -401,21 +429,28 @@ class Lanes:
         actual = 0
         try:
             status, raw, answer, attempts = await self.call_with_retry(
-                lane, "/" + req.endpoint, body, sent
+                lane, self.ctx.path(req.endpoint), body, sent
             )
             parsed = parse_success(req.endpoint, raw, answer)
             cost = self.ctx.prices.cost(req.model, parsed.usage)
             actual = cost or 0
+            failure, artifacts = parsed.failure, None
+            if failure is None and exports_deck(req):
+                try:
+                    artifacts = orjson.dumps(await deck_files(self, req, lane, answer)).decode()
+                except RowError as exc:
+                    failure = exc
             return outcome_for(
                 req,
-                "failed" if parsed.failure else "succeeded",
+                "failed" if failure else "succeeded",
                 attempts=attempts,
                 started=sent[0],
                 http_status=status,
-                error=parsed.failure,
+                error=failure,
                 parsed=parsed,
                 cost_nano=cost,
                 request_fp=fp,
+                artifacts=artifacts,
             )
         except (RowError, RetryableError) as exc:
             if isinstance(exc, RetryableError):

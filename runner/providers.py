@@ -60,6 +60,10 @@ TIERS: Mapping[str, Mapping[str, int]] = {
     "vidu2-image": _MEDIA_TIERS,
     "vidu2-start-end": _MEDIA_TIERS,
     "vidu2-reference": _MEDIA_TIERS,
+    # Agents are keyed by agent_id (agents.py); the slide agent's page gives its own tiers,
+    # the effects-video templates are priced and limited like the other video models.
+    "slides_glm_agent": {"V0": 10, "V1": 15, "V2": 20, "V3": 30},
+    "vidu_template_agent": _MEDIA_TIERS,
     "glm-z1-air": {"V0": 30, "V1": 40, "V2": 50, "V3": 60},
     "glm-z1-airx": {"V0": 30, "V1": 40, "V2": 50, "V3": 60},
 }

@@ -43,10 +43,11 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 from tenacity import RetryCallState
 
+from .agents import agent_status
 from .artifacts import Downloader, DownloadError, Provenance, items_of, listing, media_usage
 from .control import Stopping
 from .cost import Usage
-from .endpoints import parse_success
+from .endpoints import error_fields, parse_success
 from .errors import (
     FatalAPIError,
     RateLimited,
@@ -55,7 +56,7 @@ from .errors import (
     RowError,
     TransportFatal,
 )
-from .http import ConnectionDropped
+from .http import ConnectionDropped, Response
 from .outcome import Outcome, outcome_for
 from .pool import JobContext, Lane, fingerprint
 from .retry import build_retrying
@@ -117,6 +118,16 @@ def _unknown(request_id: object, why: str) -> str:
     )
 
 
+def _failed_agent_task(resp: Response) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        return None
+    if resp.status == 200 and isinstance(body, dict) and agent_status(body) == "FAIL":
+        return body
+    return None
+
+
 def prepare_resume(store: Store) -> list[dict[str, Any]]:
     """Settle the checkpoint's open tasks before a run; return the rows to poll again.
 
@@ -172,6 +183,7 @@ class Tasks:
                 timeout=s.request_timeout, sleep=self._download_backoff, config=s.http_config,
             )  # fmt: skip
             await anyio.to_thread.run_sync(self.downloader.prepare)
+            self.ctx.downloader = self.downloader  # the slides export downloads too
         return self
 
     async def __aexit__(
@@ -245,10 +257,12 @@ class Tasks:
                 exc.message = f"gave up submitting after {exc.attempts} attempts: {exc.message}"
             err, row.attempts, spent = exc, exc.attempts, 0
         else:
-            task_id = answer.get("id")
+            agent = req.endpoint == "agents"  # an agent task: `async_id`, `status` (agents.py)
+            task_id = answer.get("async_id" if agent else "id")
             if isinstance(task_id, str | int) and task_id != "":
                 row.task_id = str(task_id)
-                row.last_status = str(answer.get("task_status") or "PROCESSING")
+                status = agent_status(answer) if agent else answer.get("task_status")
+                row.last_status = str(status or "PROCESSING")
                 with anyio.CancelScope(shield=True):  # the task id must not be lost
                     await self._commit(self._outcome(row, "submitted"))
                 tg.start_soon(self._poller, row, results.clone(), self.settings.poll_initial)
@@ -295,7 +309,8 @@ class Tasks:
             lane.limiter.sent += 1
             try:
                 with anyio.fail_after(self.settings.request_timeout):
-                    resp = await lane.account.transport.request("POST", "/" + req.endpoint, body)
+                    path = self.ctx.path(req.endpoint)
+                    resp = await lane.account.transport.request("POST", path, body)
             except TimeoutError:
                 why = f"no answer within {self.settings.request_timeout:g}s"
                 raise _Unknown(_unknown(rid, why)) from None
@@ -310,6 +325,15 @@ class Tasks:
                 raise RetryableError(str(exc), code="connection") from exc
             finally:
                 counters.in_flight -= 1
+        refused = _failed_agent_task(resp) if req.endpoint == "agents" else None
+        if refused is not None:  # `status: failed` at creation: no task exists
+            await self._discard(req.seq)
+            code, message = error_fields(refused)
+            raise RowError(
+                f"the platform did not create the task: {message or 'no reason given'}",
+                code=code or "task_failed",
+                status=resp.status,
+            )
         try:
             answer = self.ctx.raise_for_answer(resp)
         except RetryableError as exc:
@@ -378,15 +402,32 @@ class Tasks:
         )  # fmt: skip
 
     async def _poll_once(self, row: TaskRow) -> tuple[dict[str, Any], bytes] | None:
-        """One GET of async-result; None when it failed in a way worth another poll."""
-        path = "/async-result/" + quote(row.task_id, safe="")
+        """One poll of async-result; None when it failed in a way worth another poll.
+
+        Model tasks are a GET of `async-result/{id}`; agent tasks a POST of
+        `agents/async-result` with the agent and its `async_id`.
+        """
+        agent = row.req.endpoint == "agents"
+        if agent:
+            method, path = "POST", self.ctx.path("agents/async-result")
+            body: bytes | None = orjson.dumps({"agent_id": row.req.model, "async_id": row.task_id})
+        else:
+            method, path, body = "GET", "/async-result/" + quote(row.task_id, safe=""), None
         self.ctx.counters.polls += 1
         try:
             async with self.poll_limiter:
                 with anyio.fail_after(self.settings.request_timeout):
                     transport = self.ctx.transport_for(row.key_fp)
-                    resp = await transport.request("GET", path, None)
-            answer = self.ctx.raise_for_answer(resp)
+                    resp = await transport.request(method, path, body)
+            try:
+                answer = self.ctx.raise_for_answer(resp)
+            except RowError:
+                # A failed agent task is a 200 whose body carries `error` beside its status:
+                # the task's end, not a refused poll.
+                failed = _failed_agent_task(resp) if agent else None
+                if failed is None:
+                    raise
+                answer = failed
         except (TimeoutError, ConnectionDropped, RetryableError):
             self.ctx.counters.retries += 1
             return None
@@ -402,7 +443,7 @@ class Tasks:
                 if not pool.active():
                     self.ctx.control.stop(pool.exhausted())
             raise Stopping from exc
-        status = answer.get("task_status")
+        status = agent_status(answer) if agent else answer.get("task_status")
         row.last_status = "UNKNOWN" if status is None else str(status)
         return answer, resp.body
 
@@ -429,6 +470,8 @@ class Tasks:
                 return self._outcome(row, "failed", error=err)
             if row.last_status == "FAIL":
                 why = got[0].get("error") or got[0].get("message") or "no reason given"
+                if isinstance(why, dict):  # an agent's {"code", "message"}
+                    why = f"{why.get('message') or 'no reason given'} (code {why.get('code')})"
                 msg = f"task {row.task_id} ended with task_status FAIL: {why}"
                 err = RowError(msg, code="task_failed", status=200)
                 return self._outcome(row, "failed", error=err, got=got, usage=Usage())

@@ -228,6 +228,45 @@ def other_files() -> None:
     )
 
 
+def agent_files() -> None:
+    """Agent rows: translations (two with a local glossary), effects videos, a slide deck."""
+    (HERE / "glossary").mkdir(exist_ok=True)
+    (HERE / "glossary" / "fr.txt").write_text(
+        "batch runner\texécuteur de lots\ncheckpoint\tpoint de reprise\n", encoding="utf-8"
+    )
+    agents = "/v1/agents"
+
+    def parts(text: str) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": [{"type": "text", "text": text}]}]
+
+    def translate(cid: str, text: str, **variables: str) -> dict[str, Any]:
+        variables = {"source_lang": "en", "target_lang": "fr", **variables}
+        body = {"agent_id": "general_translation", "messages": parts(text)}
+        return batch_line(cid, agents, {**body, "custom_variables": variables})
+
+    def effect(cid: str, template: str) -> dict[str, Any]:
+        content = [{"type": "image_url", "image_url": IMAGE}, {"type": "text", "text": "Go"}]
+        body = {
+            "agent_id": "vidu_template_agent",
+            "messages": [{"role": "user", "content": content}],
+            "custom_variables": {"template": template},
+        }
+        return batch_line(cid, agents, body)
+
+    write_jsonl(
+        "agents.jsonl",
+        [
+            translate("tr-1", "The batch runner resumes from its checkpoint."),
+            translate("tr-2", "Every row is answered once.", glossary="glossary/fr.txt"),
+            translate("tr-3", "A checkpoint per job.", glossary="glossary/fr.txt"),
+            effect("fx-1", "bodyshake"),
+            effect("fx-2", "french_kiss"),
+            batch_line("deck-1", agents, {"agent_id": "slides_glm_agent",
+                                          "messages": parts("Three slides on owls")}),
+        ],
+    )  # fmt: skip
+
+
 def _bad(cid: str, body: Any, url: str = CHAT, **extra: Any) -> bytes:
     line = {"custom_id": cid, **extra, "url": url, "body": body}
     return json.dumps(line, ensure_ascii=False).encode()
@@ -347,6 +386,9 @@ FILES = {
     "images_async.jsonl": "`async/images/generations` with `glm-image` (a task id to poll)",
     "videos.jsonl": "`cogvideox-3` from a prompt, and from an image plus a prompt (async task)",
     "mixed.jsonl": "chat on `glm-4.7-flash`, `glm-4.5-air` and `glm-4-plus`, plus `embedding-3`",
+    "agents.jsonl": "`/v1/agents`: `general_translation` (two rows with the local glossary "
+    "`glossary/fr.txt`, uploaded once), `vidu_template_agent` (async, a video), "
+    "`slides_glm_agent` (a deck, exported as PDF)",
     "bad.jsonl": "one row per error kind, listed below; `runner validate` names line and field",
     "books.parquet": "an input table for `runner generate` (`id`, `topic`, `audience`), with "
     "`book.schema.json` and `generate_books.py` (below)",
@@ -434,6 +476,7 @@ def readme() -> None:
 if __name__ == "__main__":
     chat_files()
     other_files()
+    agent_files()
     bad_file()
     generate_files()
     readme()

@@ -69,7 +69,7 @@ def error_at(item: Any, line_no: int, field: str | None) -> InvalidRow:
 
 
 def test_endpoint_sets() -> None:
-    assert len(ENDPOINTS) == 11
+    assert len(ENDPOINTS) == 13  # 11 model kinds, agents and agents/conversation
     assert {
         "async/chat/completions",
         "async/images/generations",
@@ -77,7 +77,7 @@ def test_endpoint_sets() -> None:
     } == ASYNC_ENDPOINTS
     assert ASYNC_ENDPOINTS < ENDPOINTS
     assert CHECKS.keys() == ENDPOINTS
-    assert {"web_search", "reader"} == MODELLESS_ENDPOINTS
+    assert {"web_search", "reader", "agents", "agents/conversation"} == MODELLESS_ENDPOINTS
 
 
 @pytest.mark.parametrize("kind", sorted(ENDPOINTS))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import posixpath
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -97,7 +98,14 @@ class Target:
         )
 
     def path(self, path: str) -> str:
-        """The origin-form target: the base path, then `path`, then both queries."""
+        """The origin-form target: the base path, then `path`, then both queries.
+
+        A `path` that climbs (`/../../v1/agents`) is resolved against the base path: the
+        agents API lives beside the model API on the same host (agents.py).
+        """
+        if path.startswith("/../"):
+            path = posixpath.normpath(self.prefix + path)
+            return path if not self.query else path + "?" + self.query
         if not self.query:
             return self.prefix + path
         sep = "&" if "?" in path else "?"

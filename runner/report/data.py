@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import orjson
 
+from ..agents import ASYNC_AGENTS
 from ..errors import CheckpointError, UsageError
 from ..settings import Settings
 from ..spec import ASYNC_ENDPOINTS
@@ -33,6 +34,12 @@ MAX_POINTS = 1200
 LATENCY_POINTS = 120  # percentiles need enough rows per bucket to mean something
 LIVE_SECONDS = 10.0  # a timeline row this recent means the job is still running
 EXAMPLE_IDS = 5
+# Rows that are async tasks: the async endpoints, and agent rows of an async agent.
+_ASYNC_SQL = (
+    f"COALESCE(endpoint, '') IN ({', '.join('?' for _ in ASYNC_ENDPOINTS)}) OR "
+    f"(endpoint = 'agents' AND model IN ({', '.join('?' for _ in ASYNC_AGENTS)}))"
+)
+_ASYNC_ARGS = [*sorted(ASYNC_ENDPOINTS), *sorted(ASYNC_AGENTS)]
 
 
 def percentile(sorted_values: Any, q: float) -> float | None:
@@ -272,12 +279,11 @@ def _latencies(conn: sqlite3.Connection, span: dict[str, Any]) -> dict[str, Any]
     per: list[array[float]] = [array("d") for _ in range(n)]
     every = array("d")
     first = array("d")  # answered at the first attempt: the platform's own latency
-    marks = ", ".join("?" for _ in ASYNC_ENDPOINTS)
     for finished, latency, attempts in conn.execute(
         "SELECT finished_at, latency_s, attempts FROM rows WHERE status IN "
         "('succeeded', 'failed') AND attempts > 0 AND latency_s IS NOT NULL "
-        f"AND finished_at IS NOT NULL AND COALESCE(endpoint, '') NOT IN ({marks})",
-        list(ASYNC_ENDPOINTS),
+        f"AND finished_at IS NOT NULL AND NOT ({_ASYNC_SQL})",
+        _ASYNC_ARGS,
     ):
         per[min(n - 1, max(0, int((finished - t0) // w)))].append(latency)
         every.append(latency)
@@ -352,16 +358,14 @@ def _tier(
 
 def _tasks(conn: sqlite3.Connection) -> dict[str, Any]:
     """Async tasks: submit to done (latency_s covers the submit and every poll)."""
-    marks = ", ".join("?" for _ in ASYNC_ENDPOINTS)
     rows = conn.execute(
-        "SELECT latency_s, status FROM rows WHERE endpoint IN "
-        f"({marks}) AND status IN ('succeeded', 'failed') AND latency_s IS NOT NULL",
-        list(ASYNC_ENDPOINTS),
+        f"SELECT latency_s, status FROM rows WHERE ({_ASYNC_SQL}) "
+        "AND status IN ('succeeded', 'failed') AND latency_s IS NOT NULL",
+        _ASYNC_ARGS,
     ).fetchall()
     (open_,) = conn.execute(
-        f"SELECT COUNT(*) FROM rows WHERE endpoint IN ({marks}) AND status IN "
-        "('submitting', 'submitted')",
-        list(ASYNC_ENDPOINTS),
+        f"SELECT COUNT(*) FROM rows WHERE ({_ASYNC_SQL}) AND status IN ('submitting', 'submitted')",
+        _ASYNC_ARGS,
     ).fetchone()
     ordered = sorted(float(r[0]) for r in rows)
     return {

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from runner.sim import agents as a
 from runner.sim import batches as b
 from runner.sim import handlers as h
 from runner.sim import tools_api as t
@@ -36,7 +37,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_PREFIXES = ("/api/paas/v4/", "/paas/v4/", "/v4/", "/v1/")
+_PREFIXES = ("/api/paas/v4/", "/api/v1/", "/paas/v4/", "/v4/", "/v1/")
+_SSE = b"text/event-stream"
 _POLL = "async-result/"
 _MAX_BODY = 32 * 1024 * 1024
 _JSON = b"application/json"
@@ -59,6 +61,21 @@ ENDPOINTS: dict[str, Endpoint] = {
         Endpoint("web_search", t.inspect_web_search, t.answer_web_search, True),
         Endpoint("layout_parsing", t.inspect_layout, t.answer_layout, True),
         Endpoint("reader", t.inspect_reader, t.answer_reader, True),
+        Endpoint("agents", a.inspect_agent, a.answer_agent, True),
+        Endpoint(
+            "agents/async-result",
+            a.inspect_agent_result,
+            a.answer_agent_result,
+            False,
+            tracked=False,
+        ),
+        Endpoint(
+            "agents/conversation",
+            a.inspect_conversation,
+            a.answer_conversation,
+            False,
+            tracked=False,
+        ),
     )
 }
 
@@ -84,7 +101,9 @@ def quiet_drops() -> None:
 def _api_name(path: str) -> str | None:
     for prefix in _PREFIXES:
         if path.startswith(prefix):
-            return path[len(prefix) :].rstrip("/")
+            name = path[len(prefix) :].rstrip("/")
+            # The official SDK posts '/v1/agents' under the model API's base URL.
+            return name[3:] if name.startswith("v1/agents") else name
     return None
 
 
@@ -264,14 +283,15 @@ class SimApp:
                 answer = endpoint.answer(call, state)
                 if state.queue is not None and not await self._serve(state, receive, answer):
                     return _CLIENT_GONE
-                data = orjson.dumps(answer.payload)
+                streamed = answer.payload.get("_sse")
+                data = a.sse_body(streamed) if streamed else orjson.dumps(answer.payload)
                 if answer.bill is not None:
                     state.ledger.bill(model, answer.bill, kid)
                     billed = True
-                if state.ledger.track_ids:
+                if state.ledger.track_ids and endpoint.tracked:
                     hashed = hashlib.sha256(endpoint.name.encode() + b"\n" + canon)
                     state.ledger.accepted(rid, hashed.hexdigest()[:16])
-                await _send(send, 200, data)
+                await _send(send, 200, data, _SSE if streamed else _JSON)
                 return 200
             finally:
                 state.gate.release(kid, model)

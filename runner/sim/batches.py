@@ -17,6 +17,7 @@ from a file and writes two more); the handlers share its state and its validatio
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ __all__ = ["BATCH_ENDPOINTS", "BatchStore", "Reply", "RunLine", "handle", "parse
 BATCH_ENDPOINTS = frozenset({"chat/completions", "embeddings", "images/generations"})
 _URL_PREFIXES = ("/v4/", "/v1/", "/paas/v4/", "/api/paas/v4/")
 MAX_FILE_BYTES = 100 * 1024 * 1024
+# What `POST files` with purpose agent takes (zai-openapi.json: pdf, doc, xlsx, ppt, txt,
+# jpg, png; the newer Office forms too).
+AGENT_FILE_TYPES = ("pdf", "doc", "docx", "xlsx", "ppt", "pptx", "txt", "jpg", "jpeg", "png")
 MAX_LINES = 50_000
 MAX_EMBEDDING_LINES = 10_000
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -261,18 +265,24 @@ def handle(
 def _upload(state: SimState, content_type: str, body: bytes, kid: str) -> Reply:
     fields = parse_multipart(content_type, body)
     purpose = fields.get("purpose", (None, b""))[1].decode("utf-8", "replace")
-    if purpose != "batch":
-        raise ApiError(1214, "purpose must be 'batch' (the only purpose the simulator keeps)")
+    if purpose not in ("batch", "agent"):
+        raise ApiError(1214, "purpose must be 'batch' or 'agent' (those the simulator keeps)")
     if "file" not in fields:
         raise ApiError(1213, "The field 'file' is required")
     filename, data = fields["file"]
     if len(data) > MAX_FILE_BYTES:
         raise ApiError(1210, "files may hold at most 100 MB", status=435)
+    if purpose == "agent":
+        suffix = (filename or "").rsplit(".", 1)[-1].lower()
+        if suffix not in AGENT_FILE_TYPES:
+            raise ApiError(1214, f"agent files must be one of {', '.join(AGENT_FILE_TYPES)}")
+        state.ledger.agent_file(hashlib.sha256(data).hexdigest())
     file = SimFile(
         "file-" + state.new_id(), kid, purpose, filename or "upload.jsonl", data, int(time.time())
     )
     state.batches.files[file.id] = file
-    state.ledger.batch["files"] += 1
+    if purpose == "batch":
+        state.ledger.batch["files"] += 1
     return _json(200, file.public())
 
 

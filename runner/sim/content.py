@@ -266,6 +266,8 @@ def file_bytes(name: str) -> tuple[bytes, str]:
     filler = hashlib.shake_256(seed).digest(4096)
     if name.endswith(".png"):
         return _png(seed), "image/png"
+    if name.endswith(".pdf"):  # a slides export: the magic bytes and a trailer, no pages
+        return b"%PDF-1.4\n%" + filler.hex().encode() + b"\n%%EOF\n", "application/pdf"
     if name.endswith(".jpg"):
         app0 = b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
         return b"\xff\xd8" + app0 + filler.replace(b"\xff", b"\x00") + b"\xff\xd9", "image/jpeg"

@@ -76,6 +76,8 @@ class Endpoint(NamedTuple):
     inspect: Callable[[dict[str, Any]], Inspected]
     answer: Callable[[Call, SimState], Answer]
     billable: bool
+    # Counted in the ledger's per-request-id and per-body maps (a poll is not a submission).
+    tracked: bool = True
 
 
 def required_text(body: dict[str, Any], name: str) -> str:

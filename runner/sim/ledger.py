@@ -57,6 +57,9 @@ class Ledger:
         # Each distinct response_format a chat request carried (sorted-key JSON) -> count:
         # what a client really asked for, as the server saw it.
         self.response_formats: dict[str, int] = {}
+        # The agents API: tasks created per request id, agent files uploaded per sha256.
+        self.agent_tasks: dict[str, int] = {}
+        self.agent_files: dict[str, int] = {}
         self.faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         # Per key id: API requests that passed authentication, billed ones, and refusals,
         # so a test can tell one account of a pool from another.
@@ -158,6 +161,12 @@ class Ledger:
         row["prompt_tokens"] += bill.prompt_tokens
         row["completion_tokens"] += bill.completion_tokens
 
+    def agent_task(self, request_id: str) -> None:
+        self.agent_tasks[request_id] = self.agent_tasks.get(request_id, 0) + 1
+
+    def agent_file(self, sha256: str) -> None:
+        self.agent_files[sha256] = self.agent_files.get(sha256, 0) + 1
+
     def accepted(self, request_id: str, fingerprint: str) -> None:
         """Count one accepted submission under its request id and its body fingerprint."""
         if self.track_ids:
@@ -187,6 +196,7 @@ class Ledger:
             "downloads": self.downloads,
             "server_work": dict(self.server_work),
             "response_formats": dict(self.response_formats),
+            "agents": {"tasks": dict(self.agent_tasks), "files": dict(self.agent_files)},
             "faults": dict(self.faults),
             "by_key": {k: dict(v) for k, v in self.by_key.items()},
             "batch": {

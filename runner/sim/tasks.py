@@ -24,7 +24,7 @@ from runner.sim.ledger import Ledger
 
 __all__ = ["Signer", "Task", "TaskStore", "UrlExpired"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}/[0-9]{1,3}\.(mp4|jpg|png)$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}/[0-9]{1,3}\.(mp4|jpg|png|pdf)$")
 
 
 class UrlExpired(ApiError):

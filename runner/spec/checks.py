@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "AGENT_ENDPOINTS",
     "ASYNC_ENDPOINTS",
     "CHECKS",
     "ENDPOINTS",
@@ -41,6 +42,8 @@ ENDPOINTS: frozenset[str] = frozenset(
         "layout_parsing",
         "reader",
         "moderations",
+        "agents",
+        "agents/conversation",
     }
 )
 # Kinds that return a task id to poll rather than a result (API-NOTES §1).
@@ -48,10 +51,14 @@ ASYNC_ENDPOINTS: frozenset[str] = frozenset(
     {"async/chat/completions", "async/images/generations", "videos/generations"}
 )
 # Kinds whose request has no `model` field: a default model must not be written into their bodies.
-MODELLESS_ENDPOINTS: frozenset[str] = frozenset({"web_search", "reader"})
+MODELLESS_ENDPOINTS: frozenset[str] = frozenset(
+    {"web_search", "reader", "agents", "agents/conversation"}
+)
+# Kinds whose `agent_id` stands for the model (lane, tier cap, price); see agents.py.
+AGENT_ENDPOINTS: frozenset[str] = frozenset({"agents", "agents/conversation"})
 
 # Every accepted spelling maps straight to its kind: the per-row lookup is one dict probe, no regex.
-_PREFIXES = ("", "/", "/v4/", "/v1/", "/paas/v4/", "/api/paas/v4/")
+_PREFIXES = ("", "/", "/v4/", "/v1/", "/paas/v4/", "/api/paas/v4/", "/api/v1/")
 _FORMS: dict[str, str] = {prefix + kind: kind for kind in ENDPOINTS for prefix in _PREFIXES}
 
 
@@ -74,7 +81,7 @@ def endpoint_hint(url: Any) -> str:
             break
     close = difflib.get_close_matches(tail, ENDPOINTS, n=1, cutoff=0.6)
     if close:
-        return f"did you mean /v4/{close[0]}?"
+        return f"did you mean /{'v1' if close[0].startswith('agents') else 'v4'}/{close[0]}?"
     return "use /v4/<kind> with kind one of " + ", ".join(sorted(ENDPOINTS))
 
 
@@ -251,6 +258,89 @@ def _check_moderations(body: dict[str, Any], model: str) -> tuple[str, str] | No
     return None
 
 
+# -- agents (API-NOTES §1: TranslationAgentRequest, SpecialEffectsVideosAgentRequest,
+# GlmSlideAgentRequest, GlmSlideAgentConversationRequest) --------------------------------
+
+_AGENTS = ("general_translation", "vidu_template_agent", "slides_glm_agent")
+_VIDU_TEMPLATES = ("french_kiss", "bodyshake", "sexy_me")
+
+
+def _check_agent_messages(body: dict[str, Any], parts: frozenset[str]) -> tuple[str, str] | None:
+    """Agent messages: user turns whose content is a list of typed parts (`parts` allowed)."""
+    msgs = body.get("messages")
+    if type(msgs) is not list or not msgs:
+        what = "missing" if msgs is None else f"got {json_kind(msgs)}" if msgs else "empty list"
+        return "body.messages", f"messages must be a non-empty list of user messages ({what})"
+    kinds = " or ".join(sorted(parts))
+    for i, msg in enumerate(msgs):
+        where = f"body.messages[{i}]"
+        if type(msg) is not dict:
+            return where, f"message must be an object, got {json_kind(msg)}"
+        if msg.get("role", "user") != "user":
+            return f"{where}.role", f"agent messages take role user, got {short_repr(msg['role'])}"
+        content = msg.get("content")
+        if type(content) is not list or not content:
+            return (
+                f"{where}.content",
+                f'content must be a non-empty list of {kinds} parts, e.g. [{{"type": "text", '
+                f'"text": "..."}}], got {json_kind(content)}',
+            )
+        for j, part in enumerate(content):
+            ptype = part.get("type") if type(part) is dict else None
+            if ptype not in parts:
+                return f"{where}.content[{j}]", f"a content part must have type {kinds}"
+            if type(part.get(ptype)) is not str:
+                return f"{where}.content[{j}].{ptype}", f"a {ptype} part needs a string {ptype}"
+    return None
+
+
+def _custom_variables(body: dict[str, Any]) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+    variables = body.get("custom_variables")
+    if variables is None:
+        return None, None
+    if type(variables) is not dict:
+        return None, ("body.custom_variables", "custom_variables must be an object")
+    return variables, None
+
+
+def _check_agents(body: dict[str, Any], model: str) -> tuple[str, str] | None:
+    agent = body.get("agent_id")
+    if type(agent) is not str or agent not in _AGENTS:
+        got = "missing" if agent is None else f"got {short_repr(agent)}"
+        return "body.agent_id", f"agent_id must be one of {', '.join(_AGENTS)} ({got})"
+    variables, err = _custom_variables(body)
+    if err:
+        return err
+    if agent == "vidu_template_agent":
+        err = _check_agent_messages(body, frozenset({"text", "image_url"}))
+        template = (variables or {}).get("template")
+        if err is None and template not in _VIDU_TEMPLATES:
+            return (
+                "body.custom_variables.template",
+                f"template must be one of {', '.join(_VIDU_TEMPLATES)}, got {short_repr(template)}",
+            )
+        return err
+    err = _check_agent_messages(body, frozenset({"text"}))
+    if err:
+        return err
+    if agent == "general_translation":
+        if body.get("stream") is True:
+            return "body.stream", "the runner does not stream batch rows: set stream to false"
+        glossary = (variables or {}).get("glossary")
+        if glossary is not None and (type(glossary) is not str or not glossary):
+            return "body.custom_variables.glossary", "glossary must be a file id or a file path"
+    return None
+
+
+def _check_conversation(body: dict[str, Any], model: str) -> tuple[str, str] | None:
+    agent = body.get("agent_id")
+    if agent != "slides_glm_agent":
+        got = short_repr(agent)
+        return "body.agent_id", f"the conversation call serves slides_glm_agent only, got {got}"
+    _, err = _custom_variables(body)
+    return err or _required_str(body, "conversation_id")
+
+
 CHECKS: dict[str, Check] = {
     "chat/completions": _check_chat,
     "async/chat/completions": _check_chat,
@@ -263,4 +353,6 @@ CHECKS: dict[str, Check] = {
     "layout_parsing": _check_layout,
     "reader": _check_reader,
     "moderations": _check_moderations,
+    "agents": _check_agents,
+    "agents/conversation": _check_conversation,
 }

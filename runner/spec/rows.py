@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from .checks import (
+    AGENT_ENDPOINTS,
     CHECKS,
     MODELLESS_ENDPOINTS,
     canonical_endpoint,
@@ -84,11 +85,13 @@ def derive_custom_id(line: int) -> str:
 
 
 def _implied_endpoint(body: Any) -> str | None:
-    """The endpoint a row without a url can only mean: ``messages`` is a chat, ``input`` an
-    embedding. A body with both, or with neither (``prompt`` may be an image or a video), is
-    ambiguous and needs a url or --endpoint."""
+    """The endpoint a row without a url can only mean: ``agent_id`` is an agent, else
+    ``messages`` a chat, ``input`` an embedding. A body with both, or with neither (``prompt``
+    may be an image or a video), is ambiguous and needs a url or --endpoint."""
     if type(body) is not dict:
         return None
+    if "agent_id" in body:
+        return "agents"
     chat, embed = "messages" in body, "input" in body
     if chat == embed:
         return None
@@ -265,6 +268,9 @@ class Rows:
         return body
 
     def _model_of(self, body: dict[str, Any], endpoint: str) -> str:
+        if endpoint in AGENT_ENDPOINTS:
+            agent = body.get("agent_id")
+            return agent if type(agent) is str else ""  # the check names a bad agent_id
         model = body.get("model")
         if model is None:
             if endpoint in MODELLESS_ENDPOINTS:

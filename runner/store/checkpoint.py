@@ -18,6 +18,7 @@ from ..outcome import COLUMNS, Outcome
 from .batches import BATCH_COLUMNS, BatchTables
 from .opening import Claims, advice, connect_read_only
 from .totals import Totals
+from .uploads import UploadTables
 
 __all__ = ["REOPEN_CODES", "TERMINAL", "Store"]
 
@@ -32,7 +33,7 @@ _BLOCK = 12
 _BUSY_MS = 5000
 
 
-class Store(BatchTables, Totals):
+class Store(BatchTables, Totals, UploadTables):
     """The checkpoint of one job folder. Not thread-safe: one user at a time."""
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
@@ -125,6 +126,7 @@ class Store(BatchTables, Totals):
                 {"seq": int, "custom_id": str, "line": int, "key": int}, pk="seq"
             )
             self._table("batch_rows").create_index(["key"])
+        self._ensure_agent_files()
         if "runs" not in db.table_names():
             self._table("runs").create(
                 {
