@@ -40,6 +40,7 @@ from .errors import (
 )
 from .http import ConnectionDropped, Response, ResponseTimeout, Transport
 from .limits import AdaptiveLimiter
+from .localfiles import FileRefError, has_chat_files, inline_chat_files
 from .outcome import Outcome, outcome_for
 from .progress import Counters
 from .providers import Provider
@@ -367,7 +368,17 @@ class Lanes:
 
     async def _run_row(self, req: Request, lane: Lane) -> Outcome | None:
         body = orjson.dumps(req.body)
+        # Priced on the row as written: a file's base64 is not prompt text.
         worst = self.ctx.prices.worst_case(req.model, req.body, len(body))
+        if has_chat_files(req.body):
+            # Read only now, and dropped with this frame once the row is answered.
+            try:
+                wire = inline_chat_files(req.body, self.ctx.settings.resolved_files_root)
+            except FileRefError as exc:
+                err = RowError(f"local file: {exc}", code="file_unreadable")
+                return outcome_for(req, "failed", attempts=0, started=time.time(), error=err)
+            body = orjson.dumps(wire)
+            del wire
         if not self.ctx.budget.admit(worst, self.ctx.control):
             return None
         sent: list[float] = []

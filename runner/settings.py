@@ -128,6 +128,8 @@ class Settings:
     api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
     # The part of the spec this job runs: set only for a shard of a sharded job (shards.py).
     window: SpecWindow | None = None
+    # Where rows' local files resolve (localfiles.py); None: the spec's folder.
+    files_root: Path | None = None
 
     @property
     def http_config(self) -> HttpConfig:
@@ -140,7 +142,17 @@ class Settings:
 
     def spec_defaults(self) -> SpecDefaults:
         """What the spec reader fills in for rows that leave it out."""
-        return SpecDefaults(endpoint=self.endpoint, model=self.model, body=dict(self.body_defaults))
+        return SpecDefaults(
+            endpoint=self.endpoint,
+            model=self.model,
+            body=dict(self.body_defaults),
+            files_root=self.resolved_files_root,
+        )
+
+    @property
+    def resolved_files_root(self) -> Path:
+        """The one folder rows' local files may come from."""
+        return self.files_root if self.files_root is not None else self.spec.parent
 
     @property
     def key_pool(self) -> tuple[ApiKey, ...]:
@@ -265,6 +277,7 @@ USER_SETTINGS = (
     "rpm",
     "tpm",
     "keys",
+    "files_root",
 )
 JOB_FILE_NAMES = {"body_defaults": "body", "providers_file": "providers"}
 
@@ -282,7 +295,7 @@ def load_job_file(path: Path) -> dict[str, Any]:
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
             f"allowed: {', '.join(sorted(allowed))}"
         )
-    for key in ("spec", "out", "prices", "providers", "ca_bundle"):
+    for key in ("spec", "out", "prices", "providers", "ca_bundle", "files_root"):
         if key in data:
             p = Path(data[key])
             data[key] = p if p.is_absolute() else (path.parent / p)

@@ -215,6 +215,8 @@ class SimApp:
             if request_id is not None and not isinstance(request_id, str):
                 raise ApiError(1214, "request_id must be a string")
             seen = endpoint.inspect(body)
+            if seen.prompt is not None and seen.prompt.files:
+                state.ledger.files.extend(seen.prompt.files)
             state.ledger.authenticated(kid)
             state.gate.check_account(kid, time.monotonic(), endpoint.billable)
         except ApiError as err:

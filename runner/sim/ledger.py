@@ -51,6 +51,8 @@ class Ledger:
         self.by_fingerprint: dict[str, int] = {}
         self.tasks = {"submitted": 0, "succeeded": 0, "failed": 0, "polls": 0}
         self.downloads = 0
+        # sha256 of every file received (inline data URIs, uploads), in arrival order.
+        self.files: list[str] = []
         self.faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         # Per key id: API requests that passed authentication, billed ones, and refusals,
         # so a test can tell one account of a pool from another.
@@ -179,6 +181,7 @@ class Ledger:
             },
             "tasks": dict(self.tasks),
             "downloads": self.downloads,
+            "files": list(self.files),
             "faults": dict(self.faults),
             "by_key": {k: dict(v) for k, v in self.by_key.items()},
             "batch": {

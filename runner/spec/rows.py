@@ -10,10 +10,12 @@ import hashlib
 from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ..localfiles import check_chat_files
 from .checks import (
     CHECKS,
     MODELLESS_ENDPOINTS,
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 MAX_CUSTOM_ID = 256
+_CHAT_KINDS = frozenset({"chat/completions", "async/chat/completions"})
 _blake2b = hashlib.blake2b  # bound once: it runs for every row
 
 
@@ -48,6 +51,8 @@ class SpecDefaults:
     endpoint: str | None = None  # canonical kind or any accepted url form
     model: str | None = None
     body: Mapping[str, Any] = field(default_factory=dict)  # merged under each body; row keys win
+    # Where a row's local file references resolve (localfiles.py); None: no local files.
+    files_root: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +162,7 @@ class Rows:
     ids do not hold, so a row that repeats a skipped row's id is still a duplicate.
     """
 
-    __slots__ = ("_endpoint", "_flat", "_model", "_nested", "_seen", "_taken")
+    __slots__ = ("_endpoint", "_files_root", "_flat", "_model", "_nested", "_seen", "_taken")
 
     def __init__(self, defaults: SpecDefaults, taken: Taken | None = None) -> None:
         self._endpoint: str | None = None
@@ -179,6 +184,7 @@ class Rows:
             raise SpecError(f"default body is not JSON: {exc}") from exc
         self._seen = IdSet()
         self._taken = taken
+        self._files_root = defaults.files_root
 
     def from_object(self, seq: int, line: int, obj: Any) -> Request | InvalidRow:
         """A parsed JSONL line: a Batch-API line if it has ``body`` or ``url``, else a bare body."""
@@ -205,6 +211,8 @@ class Rows:
         except _Bad as bad:
             return InvalidRow(seq, line, known, bad.field, bad.message)
         problem = CHECKS[endpoint](body, model)
+        if problem is None and endpoint in _CHAT_KINDS:
+            problem = check_chat_files(body, self._files_root or Path.cwd())
         if problem is not None:
             return InvalidRow(seq, line, known, problem[0], problem[1])
         return Request(seq, line, known, endpoint, model, body)
