@@ -20,13 +20,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import orjson
+
 __all__ = [
     "FileRefError",
+    "FileTooLarge",
+    "Kind",
     "LocalFile",
-    "check_chat_files",
+    "check_file",
+    "check_files",
     "data_uri",
-    "has_chat_files",
-    "inline_chat_files",
+    "has_files",
+    "inline_files",
     "is_local",
     "resolve",
     "sniff_mime",
@@ -132,9 +137,41 @@ def data_uri(file: LocalFile) -> str:
     return f"data:{file.mime};base64," + base64.b64encode(data).decode("ascii")
 
 
-def _url_parts(body: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(field path, part type, part's url object) for every url-bearing content part."""
-    found: list[tuple[str, str, dict[str, Any]]] = []
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """What one field accepts from a local file: its types and its size caps (API-NOTES)."""
+
+    name: str
+    mimes: frozenset[str]
+    caps: dict[str, int]  # mime -> most bytes; "*" for any other accepted mime
+
+
+_MB = 1024 * 1024
+_IMAGES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+CHAT_IMAGE = Kind("a chat image", _IMAGES, {})
+OCR_FILE = Kind(
+    "an OCR file",
+    frozenset({"image/png", "image/jpeg", "application/pdf"}),
+    {"application/pdf": 50 * _MB, "*": 10 * _MB},
+)
+VIDEO_IMAGE = Kind(
+    "an image-to-video image",
+    frozenset({"image/png", "image/jpeg", "image/webp"}),
+    {"*": 50 * _MB},
+)
+URL_ONLY = Kind("url only", frozenset(), {})
+
+
+class FileTooLarge(FileRefError):
+    """A file over its field's cap: its own error code, and no request is sent."""
+
+
+# A place in a body that holds a reference: (field path, container, key, kind).
+_Slot = tuple[str, Any, Any, Kind]
+
+
+def _chat_slots(body: dict[str, Any]) -> list[_Slot]:
+    found: list[_Slot] = []
     messages = body.get("messages")
     if type(messages) is not list:
         return found
@@ -143,57 +180,93 @@ def _url_parts(body: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         if type(content) is not list:
             continue
         for j, part in enumerate(content):
-            if type(part) is not dict:
-                continue
-            ptype = part.get("type")
+            ptype = part.get("type") if type(part) is dict else None
             if type(ptype) is not str:
                 continue
             ref = part.get(ptype)
             if type(ref) is dict and type(ref.get("url")) is str:
-                found.append((f"body.messages[{i}].content[{j}].{ptype}.url", ptype, ref))
+                kind = CHAT_IMAGE if ptype == "image_url" else URL_ONLY
+                if ptype == "image_url" or ptype in _URL_ONLY_PARTS:
+                    found.append((f"body.messages[{i}].content[{j}].{ptype}.url", ref, "url", kind))
     return found
 
 
-def check_chat_files(body: dict[str, Any], root: Path) -> tuple[str, str] | None:
-    """The first problem with a chat body's local references, as (field, message)."""
-    for path, ptype, ref in _url_parts(body):
-        url = ref["url"]
-        if not is_local(url):
+def _slots(endpoint: str, body: dict[str, Any]) -> list[_Slot]:
+    """Every string in the body that may name a local file, with what it accepts."""
+    if endpoint in ("chat/completions", "async/chat/completions"):
+        return _chat_slots(body)
+    if endpoint == "layout_parsing" and type(body.get("file")) is str:
+        return [("body.file", body, "file", OCR_FILE)]
+    if endpoint == "videos/generations":
+        image = body.get("image_url")
+        if type(image) is str:
+            return [("body.image_url", body, "image_url", VIDEO_IMAGE)]
+        if type(image) is list:
+            return [
+                (f"body.image_url[{k}]", image, k, VIDEO_IMAGE)
+                for k, item in enumerate(image)
+                if type(item) is str
+            ]
+    return []
+
+
+def _is_inline(value: str) -> bool:
+    """Already a data URI or a bare base64 payload (the platform takes both where it takes
+    base64): long, no slash-free path shape. Paths are short; payloads are not."""
+    return value.startswith("data:") or (len(value) > 1024 and "." not in value[-8:])
+
+
+def _local(value: str) -> bool:
+    return is_local(value) and not _is_inline(value)
+
+
+def check_file(value: str, kind: Kind, root: Path) -> LocalFile:
+    """Resolve one reference and hold it to its field's types and caps."""
+    file = resolve(value, root)
+    if file.mime not in kind.mimes:
+        allowed = ", ".join(sorted(m.split("/")[1] for m in kind.mimes))
+        raise FileRefError(f"{value!r} is {file.mime}; {kind.name} must be one of {allowed}")
+    cap = kind.caps.get(file.mime, kind.caps.get("*"))
+    if cap is not None and file.size > cap:
+        raise FileTooLarge(
+            f"{value!r} is {file.size / _MB:.1f} MB, over the {cap // _MB} MB cap "
+            f"for {kind.name} ({file.mime})"
+        )
+    return file
+
+
+def check_files(endpoint: str, body: dict[str, Any], root: Path) -> tuple[str, str, bool] | None:
+    """The first problem with a body's local references: (field, message, over a cap)."""
+    for path, holder, key, kind in _slots(endpoint, body):
+        value = holder[key]
+        if not _local(value):
             continue
-        if ptype in _URL_ONLY_PARTS:
-            return path, f"{ptype} takes a public URL only: {url!r} looks like a local path"
-        if ptype != "image_url":
-            continue
+        if kind is URL_ONLY:
+            name = path.rsplit(".", 2)[-2]
+            return path, f"{name} takes a public URL only: {value!r} looks like a local path", False
         try:
-            resolve(url, root)
+            check_file(value, kind, root)
+        except FileTooLarge as exc:
+            return path, str(exc), True
         except FileRefError as exc:
-            return path, str(exc)
+            return path, str(exc), False
     return None
 
 
-def has_chat_files(body: dict[str, Any]) -> bool:
-    return any(ptype == "image_url" and is_local(ref["url"]) for _, ptype, ref in _url_parts(body))
+def has_files(endpoint: str, body: dict[str, Any]) -> bool:
+    return any(
+        kind is not URL_ONLY and _local(holder[key])
+        for _, holder, key, kind in _slots(endpoint, body)
+    )
 
 
-def inline_chat_files(body: dict[str, Any], root: Path) -> dict[str, Any]:
-    """A copy of the body with each local image read into a data URI (the caller's body is
-    left as it was, so the queued row keeps holding only its paths)."""
-    if not has_chat_files(body):
-        return body
-    out = dict(body)
-    messages = []
-    for msg in body["messages"]:
-        content = msg.get("content") if type(msg) is dict else None
-        if type(content) is not list:
-            messages.append(msg)
-            continue
-        parts = []
-        for part in content:
-            ref = part.get("image_url") if type(part) is dict else None
-            if part.get("type") == "image_url" and type(ref) is dict and is_local(ref["url"]):
-                file = resolve(ref["url"], root)
-                part = {**part, "image_url": {**ref, "url": data_uri(file)}}
-            parts.append(part)
-        messages.append({**msg, "content": parts})
-    out["messages"] = messages
-    return out
+def inline_files(endpoint: str, body: dict[str, Any], root: Path) -> dict[str, Any]:
+    """A copy of the body with each local file read into a data URI; the caller's body is
+    left as it was, so the queued row keeps holding only its paths. The file is checked
+    again here: it may have changed since the row was read."""
+    wire: dict[str, Any] = orjson.loads(orjson.dumps(body))
+    for _, holder, key, kind in _slots(endpoint, wire):
+        value = holder[key]
+        if kind is not URL_ONLY and _local(value):
+            holder[key] = data_uri(check_file(value, kind, root))
+    return wire

@@ -109,3 +109,86 @@ async def test_references_out_of_the_root_are_invalid_and_never_sent(tmp_path: P
             assert why in row["error_message"] and field in row["error_message"], cid
     finally:
         store.close()
+
+
+PDF = (
+    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+    b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+    b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\n"
+    b"trailer<</Root 1 0 R>>\n%%EOF\n"
+)
+
+
+async def test_documents_and_video_images_arrive_intact_and_caps_hold(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.pdf").write_bytes(PDF)
+    (tmp_path / "docs" / "scan.png").write_bytes(png(5))
+    (tmp_path / "frame.png").write_bytes(png(6))
+    # Over the OCR image cap of 10 MB: a PNG header, then padding.
+    (tmp_path / "docs" / "huge.png").write_bytes(png(7) + bytes(10 * 1024 * 1024))
+    (tmp_path / "notes.txt").write_bytes(b"plain text, not a document")
+    rows: list[dict[str, Any]] = [
+        {
+            "custom_id": "d1",
+            "url": "/v4/layout_parsing",
+            "body": {"model": "glm-ocr", "file": "docs/a.pdf"},
+        },
+        {
+            "custom_id": "d2",
+            "url": "/v4/layout_parsing",
+            "body": {"model": "glm-ocr", "file": "docs/scan.png"},
+        },
+        {
+            "custom_id": "big",
+            "url": "/v4/layout_parsing",
+            "body": {"model": "glm-ocr", "file": "docs/huge.png"},
+        },
+        {
+            "custom_id": "txt",
+            "url": "/v4/layout_parsing",
+            "body": {"model": "glm-ocr", "file": "notes.txt"},
+        },
+        {
+            "custom_id": "v1",
+            "url": "/v4/videos/generations",
+            "body": {"model": "cogvideox-3", "prompt": "waves", "image_url": ["frame.png"]},
+        },
+    ]
+    spec = write_spec(tmp_path / "spec.jsonl", rows)
+    async with Simulator(SimConfig()) as sim:
+        result = await run_job(
+            settings_for(tmp_path / "out", spec, sim.base_url), handle_signals=False
+        )
+        stats = sim.stats()
+    assert result.exit_code == 1
+    assert stats["requests"].get("layout_parsing") == 2
+    store = Store(checkpoint_path(tmp_path / "out"))
+    try:
+        big, txt = store.get("big"), store.get("txt")
+        assert big is not None and txt is not None
+        assert big["error_code"] == "file_too_large" and "10 MB" in big["error_message"]
+        assert txt["error_code"] == "invalid_row" and "body.file" in txt["error_message"]
+        for cid in ("d1", "d2", "v1"):
+            row = store.get(cid)
+            assert row is not None and row["status"] == "succeeded", cid
+    finally:
+        store.close()
+    sent = {hashlib.sha256(b).hexdigest() for b in (PDF, png(5), png(6))}
+    assert sorted(stats["files"]) == sorted(sent)
+
+
+async def test_simulator_refuses_bad_base64_and_over_cap_files() -> None:
+    import base64
+
+    import httpx
+
+    auth = {"Authorization": "Bearer 4f1d2c3b5a6e.sim-secret-part"}
+    over = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(10 * 1024 * 1024 + 1)).decode()
+    async with Simulator(SimConfig()) as sim, httpx.AsyncClient(base_url=sim.base_url) as client:
+        for file in ("data:image/png;base64,@@not-base64@@", over):
+            resp = await client.post(
+                "/layout_parsing", json={"model": "glm-ocr", "file": file}, headers=auth
+            )
+            assert resp.status_code == 400
+            assert resp.json()["error"]["code"] == "1214"
+        assert sim.stats()["files"] == []

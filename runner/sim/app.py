@@ -217,6 +217,8 @@ class SimApp:
             seen = endpoint.inspect(body)
             if seen.prompt is not None and seen.prompt.files:
                 state.ledger.files.extend(seen.prompt.files)
+            if seen.files:
+                state.ledger.files.extend(seen.files)
             state.ledger.authenticated(kid)
             state.gate.check_account(kid, time.monotonic(), endpoint.billable)
         except ApiError as err:

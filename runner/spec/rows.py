@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ..localfiles import check_chat_files
+from ..localfiles import check_files
 from .checks import (
     CHECKS,
     MODELLESS_ENDPOINTS,
@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 MAX_CUSTOM_ID = 256
-_CHAT_KINDS = frozenset({"chat/completions", "async/chat/completions"})
 _blake2b = hashlib.blake2b  # bound once: it runs for every row
 
 
@@ -76,6 +75,8 @@ class InvalidRow:
     custom_id: str | None
     field: str | None
     message: str
+    # "file_too_large" for a local file over its field's cap; otherwise a malformed row.
+    code: str = "invalid_row"
 
     def __str__(self) -> str:
         if self.field is None:
@@ -211,10 +212,12 @@ class Rows:
         except _Bad as bad:
             return InvalidRow(seq, line, known, bad.field, bad.message)
         problem = CHECKS[endpoint](body, model)
-        if problem is None and endpoint in _CHAT_KINDS:
-            problem = check_chat_files(body, self._files_root or Path.cwd())
         if problem is not None:
             return InvalidRow(seq, line, known, problem[0], problem[1])
+        bad_file = check_files(endpoint, body, self._files_root or Path.cwd())
+        if bad_file is not None:
+            code = "file_too_large" if bad_file[2] else "invalid_row"
+            return InvalidRow(seq, line, known, bad_file[0], bad_file[1], code)
         return Request(seq, line, known, endpoint, model, body)
 
     def _claim_id(self, given: Any, line: int, seq: int) -> str:
