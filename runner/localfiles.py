@@ -105,9 +105,7 @@ def resolve(value: str, root: Path) -> LocalFile:
     # resolve() follows every symlink and folds "..", so one containment test covers all
     # three ways out; the check happens before anything is opened.
     try:
-        real = candidate.resolve(strict=True)
-    except FileNotFoundError:
-        raise FileRefError(f"no such file {raw!r} under the files root") from None
+        real = candidate.resolve()
     except (OSError, RuntimeError) as exc:
         raise FileRefError(f"cannot resolve {raw!r}: {exc.__class__.__name__}") from None
     if not real.is_relative_to(base):
@@ -115,6 +113,8 @@ def resolve(value: str, root: Path) -> LocalFile:
             f"{raw!r} leads outside the files root: only files under it may be sent "
             "(set --files-root to widen it)"
         )
+    if not real.exists():
+        raise FileRefError(f"no such file {raw!r} under the files root")
     try:
         with real.open("rb") as fh:
             size = os.fstat(fh.fileno()).st_size

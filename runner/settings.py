@@ -208,7 +208,7 @@ class Settings:
         kw["out"] = Path(kw["out"])
         if kw.get("max_cost") is not None:
             kw["max_cost"] = Decimal(kw["max_cost"])
-        for name in ("prices", "providers_file", "ca_bundle"):
+        for name in ("prices", "providers_file", "ca_bundle", "files_root"):
             if kw.get(name):
                 kw[name] = Path(kw[name])
         kw["retry"] = RetryConfig(**kw.get("retry", {}))

@@ -192,3 +192,21 @@ async def test_simulator_refuses_bad_base64_and_over_cap_files() -> None:
             assert resp.status_code == 400
             assert resp.json()["error"]["code"] == "1214"
         assert sim.stats()["files"] == []
+
+
+def test_validate_lists_references_out_of_the_root(tmp_path: Path) -> None:
+    from runner.spec import SpecDefaults
+    from runner.spec.validate import validate_spec
+
+    (tmp_path / "ok.png").write_bytes(png(1))
+    rows = [
+        image_row("ok", "ok.png"),
+        image_row("up", "../x.png"),
+        image_row("abs", "/etc/hostname"),
+    ]
+    spec = write_spec(tmp_path / "spec.jsonl", rows)
+    report = validate_spec(spec, SpecDefaults(files_root=tmp_path))
+    assert [(e.line, "outside the files root" in e.message) for e in report.errors] == [
+        (2, True),
+        (3, True),
+    ]
