@@ -211,7 +211,7 @@ async def _feed(
                 await lanes.feed(item)
             else:
                 if not seen_invalid:
-                    _warn(f"invalid row, recorded as failed (invalid_row); the job goes on: {item}")
+                    _warn(f"invalid row, recorded as failed ({item.code}); the job goes on: {item}")
                 seen_invalid += 1
                 invalid.append(invalid_outcome(item))
         if invalid:

@@ -124,7 +124,7 @@ def invalid_outcome(err: InvalidRow) -> Outcome:
         line=err.line,
         status="failed",
         attempts=0,
-        error_code="invalid_row",
+        error_code=err.code,
         error_message=str(err),
         started_at=now,
         finished_at=now,

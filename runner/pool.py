@@ -45,6 +45,7 @@ from .errors import (
 from .health import ServerHealth
 from .http import ConnectionDropped, Response, ResponseTimeout, Transport
 from .limits import AdaptiveLimiter
+from .localfiles import FileRefError, FileTooLarge, has_files, inline_files
 from .outcome import Outcome, outcome_for
 from .progress import Counters
 from .providers import Provider
@@ -421,7 +422,18 @@ class Lanes:
             except Stopping:
                 return None
         body = orjson.dumps(req.body)
+        # Priced on the row as written: a file's base64 is not prompt text.
         worst = self.ctx.prices.worst_case(req.model, req.body, len(body))
+        if has_files(req.endpoint, req.body):
+            # Read only now, and dropped with this frame once the row is answered.
+            try:
+                wire = inline_files(req.endpoint, req.body, self.ctx.settings.resolved_files_root)
+            except FileRefError as exc:
+                code = "file_too_large" if isinstance(exc, FileTooLarge) else "file_unreadable"
+                err = RowError(f"local file: {exc}", code=code)
+                return outcome_for(req, "failed", attempts=0, started=time.time(), error=err)
+            body = orjson.dumps(wire)
+            del wire
         if not self.ctx.budget.admit(worst, self.ctx.control):
             return None
         sent: list[float] = []

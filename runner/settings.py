@@ -134,6 +134,8 @@ class Settings:
     notify: tuple[str, ...] | list[str] | str = ()
     serve: int | None = None  # the live page's port (loopback), served beside the job
     metrics_port: int | None = None  # Prometheus metrics while the job runs
+    # Where rows' local files resolve (localfiles.py); None: the spec's folder.
+    files_root: Path | None = None
 
     @property
     def http_config(self) -> HttpConfig:
@@ -146,7 +148,17 @@ class Settings:
 
     def spec_defaults(self) -> SpecDefaults:
         """What the spec reader fills in for rows that leave it out."""
-        return SpecDefaults(endpoint=self.endpoint, model=self.model, body=dict(self.body_defaults))
+        return SpecDefaults(
+            endpoint=self.endpoint,
+            model=self.model,
+            body=dict(self.body_defaults),
+            files_root=self.resolved_files_root,
+        )
+
+    @property
+    def resolved_files_root(self) -> Path:
+        """The one folder rows' local files may come from."""
+        return self.files_root if self.files_root is not None else self.spec.parent
 
     @property
     def key_pool(self) -> tuple[ApiKey, ...]:
@@ -202,7 +214,7 @@ class Settings:
         kw["out"] = Path(kw["out"])
         if kw.get("max_cost") is not None:
             kw["max_cost"] = Decimal(kw["max_cost"])
-        for name in ("prices", "providers_file", "ca_bundle"):
+        for name in ("prices", "providers_file", "ca_bundle", "files_root"):
             if kw.get(name):
                 kw[name] = Path(kw[name])
         kw["retry"] = RetryConfig(**kw.get("retry", {}))
@@ -285,6 +297,7 @@ USER_SETTINGS = (
     "tpm",
     "keys",
     "notify",
+    "files_root",
 )
 JOB_FILE_NAMES = {"body_defaults": "body", "providers_file": "providers"}
 
@@ -302,7 +315,7 @@ def load_job_file(path: Path) -> dict[str, Any]:
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
             f"allowed: {', '.join(sorted(allowed))}"
         )
-    for key in ("spec", "out", "prices", "providers", "ca_bundle"):
+    for key in ("spec", "out", "prices", "providers", "ca_bundle", "files_root"):
         if key in data:
             p = Path(data[key])
             data[key] = p if p.is_absolute() else (path.parent / p)

@@ -57,6 +57,7 @@ from .errors import (
     TransportFatal,
 )
 from .http import ConnectionDropped, Response
+from .localfiles import FileRefError, FileTooLarge, has_files, inline_files
 from .outcome import Outcome, outcome_for
 from .pool import JobContext, Lane, fingerprint
 from .retry import build_retrying
@@ -231,6 +232,21 @@ class Tasks:
             return
         row = TaskRow(req, rid, fingerprint(req.endpoint, body), "", time.time(), 0, worst)
         err: RequestFailed
+        if has_files(req.endpoint, req.body):
+            # The fingerprint stays the row's own (its paths); the wire gets the bytes, read
+            # only now and dropped once the submission is answered.
+            try:
+                wire = inline_files(
+                    req.endpoint, {**req.body, "request_id": rid}, self.settings.resolved_files_root
+                )
+            except FileRefError as exc:
+                code = "file_too_large" if isinstance(exc, FileTooLarge) else "file_unreadable"
+                ctx.budget.settle(worst, 0)
+                error = RowError(f"local file: {exc}", code=code)
+                await results.send(self._outcome(row, "failed", error=error))
+                return
+            body = orjson.dumps(wire)
+            del wire
         try:
             while True:
                 row.key_fp = lane.account.fingerprint

@@ -342,7 +342,13 @@ PARTS = [
         ("/v4/embeddings", {"model": "embedding-2", "input": ["x"] * 100}),
         ("/v4/embeddings", {"model": "embedding-3", "input": ["x"] * 64}),
         ("/v4/images/generations", {"model": "cogview-4-250304", "prompt": "fox"}),
-        ("/v4/videos/generations", {"model": "cogvideox-3", "image_url": ["a.png", "b.png"]}),
+        (
+            "/v4/videos/generations",
+            {
+                "model": "cogvideox-3",
+                "image_url": ["https://x.example/a.png", "https://x.example/b.png"],
+            },
+        ),
         ("/v4/web_search", {"search_engine": "search-prime", "search_query": "q"}),
         ("/v4/reader", {"url": "https://example.com"}),
         ("/v4/layout_parsing", {"model": "glm-ocr", "file": "https://example.com/a.pdf"}),
@@ -585,6 +591,7 @@ def test_validate_report() -> None:
         "custom_id": None,
         "field": None,
         "message": data["errors"][0]["message"],
+        "code": "invalid_row",
     }
     assert data["errors_truncated"] is False
 

@@ -204,11 +204,19 @@ def currency_of(job: dict[str, Any]) -> str:
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", help="Model for rows whose body names none.")
 @click.option("--endpoint", help="Endpoint for short rows.")
+@click.option(
+    "--files-root",
+    type=click.Path(exists=True, file_okay=False, resolve_path=True, path_type=Path),
+    help="Folder rows' local files must lie under (default: the spec's folder).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def validate(spec: Path, model: str | None, endpoint: str | None, as_json: bool) -> None:
+def validate(
+    spec: Path, model: str | None, endpoint: str | None, files_root: Path | None, as_json: bool
+) -> None:
     """Check every row of SPEC before anything is spent (exit 2 if any is invalid)."""
+    root = files_root if files_root is not None else spec.parent
     try:
-        report = validate_spec(spec, SpecDefaults(endpoint=endpoint, model=model))
+        report = validate_spec(spec, SpecDefaults(endpoint=endpoint, model=model, files_root=root))
     except SpecError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)

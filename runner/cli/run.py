@@ -114,6 +114,11 @@ def _execute(settings: Settings, engine: dict[str, Any] | None = None) -> None:
     type=click.Path(exists=True, dir_okay=False, resolve_path=True, path_type=Path),
     help="PEM file of the CAs to trust (e.g. a company's private CA); default: the system's.",
 )
+@click.option(
+    "--files-root",
+    type=click.Path(exists=True, file_okay=False, resolve_path=True, path_type=Path),
+    help="Folder rows' local files must lie under (default: the spec's folder).",
+)
 @click.option("--no-download", is_flag=True, default=None, help="Don't download artifacts.")
 @click.option(
     "--mode",

@@ -244,6 +244,10 @@ class SimApp:
                     seen_as = orjson.dumps(fmt, option=orjson.OPT_SORT_KEYS).decode()
                     formats = state.ledger.response_formats
                     formats[seen_as] = formats.get(seen_as, 0) + 1
+            if seen.prompt is not None and seen.prompt.files:
+                state.ledger.files.extend(seen.prompt.files)
+            if seen.files:
+                state.ledger.files.extend(seen.files)
             state.ledger.authenticated(kid)
             state.gate.check_account(kid, time.monotonic(), endpoint.billable)
         except ApiError as err:

@@ -9,12 +9,14 @@ one: chat billing and the tokenizer endpoint both call :func:`read_messages`, so
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import math
 import random
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -71,10 +73,24 @@ class Prompt:
     # Texts that contain a ``[[sim:`` marker; usually empty, so markers cost nothing.
     marked: list[str]
     last_role: str
+    # sha256 of each file that came inline (a data: URI), so tests can prove it arrived intact.
+    files: list[str] = field(default_factory=list)
 
 
 def _bad(message: str) -> ValueError:
     return ValueError(message)
+
+
+def _data_uri_sha256(url: str) -> str:
+    """The sha256 of a data URI's decoded bytes; a malformed one is the client's error."""
+    head, sep, payload = url.partition(",")
+    if not sep or not head.endswith(";base64"):
+        raise _bad("image_url data URI must be data:<mime>;base64,<data>")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad("image_url data URI is not valid base64") from None
+    return hashlib.sha256(data).hexdigest()
 
 
 def _content_tokens(content: Any, prompt: Prompt) -> int:
@@ -100,6 +116,10 @@ def _content_tokens(content: Any, prompt: Prompt) -> int:
                 prompt.marked.append(text)
             total += tokens(text)
         elif kind == "image_url":
+            ref = part.get("image_url")
+            url = ref.get("url") if isinstance(ref, dict) else None
+            if isinstance(url, str) and url.startswith("data:"):
+                prompt.files.append(_data_uri_sha256(url))
             prompt.image_tokens += IMAGE_TOKENS
             total += IMAGE_TOKENS
         elif kind == "video_url":

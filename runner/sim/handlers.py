@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from runner.sim import content, structured
 from runner.sim.errors import ApiError
 from runner.sim.faults import Markers
+from runner.sim.files import MB, inline_file_sha256
 from runner.sim.ledger import Bill
 from runner.sim.state import SimState
 from runner.sim.tasks import Task
@@ -49,6 +50,8 @@ class Inspected(NamedTuple):
     model: str
     marked: list[str]
     prompt: content.Prompt | None = None
+    # sha256 of each file that arrived inline (files.py), for the ledger.
+    files: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -293,9 +296,18 @@ def inspect_video(body: dict[str, Any]) -> Inspected:
     prompt = body.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise ApiError(1214, "prompt must be a string")
-    if not prompt and not body.get("image_url"):
+    image = body.get("image_url")
+    if not prompt and not image:
         raise ApiError(1214, "prompt or image_url is required")
-    return Inspected(model, with_markers(prompt or ""))
+    images = image if isinstance(image, list) else [image] if image else []
+    files = []
+    for item in images:
+        if not isinstance(item, str):
+            raise ApiError(1214, "image_url must be a string or an array of strings")
+        digest = inline_file_sha256(item, "image_url", 50 * MB)
+        if digest is not None:
+            files.append(digest)
+    return Inspected(model, with_markers(prompt or ""), None, tuple(files))
 
 
 def answer_video(call: Call, state: SimState) -> Answer:

@@ -60,6 +60,8 @@ class Ledger:
         # The agents API: tasks created per request id, agent files uploaded per sha256.
         self.agent_tasks: dict[str, int] = {}
         self.agent_files: dict[str, int] = {}
+        # sha256 of every file received (inline data URIs, uploads), in arrival order.
+        self.files: list[str] = []
         self.faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         # Per key id: API requests that passed authentication, billed ones, and refusals,
         # so a test can tell one account of a pool from another.
@@ -197,6 +199,7 @@ class Ledger:
             "server_work": dict(self.server_work),
             "response_formats": dict(self.response_formats),
             "agents": {"tasks": dict(self.agent_tasks), "files": dict(self.agent_files)},
+            "files": list(self.files),
             "faults": dict(self.faults),
             "by_key": {k: dict(v) for k, v in self.by_key.items()},
             "batch": {

@@ -11,6 +11,7 @@ from typing import Any
 
 from runner.sim import content
 from runner.sim.errors import ApiError
+from runner.sim.files import MB, inline_file_sha256
 from runner.sim.handlers import Answer, Call, Inspected, required_text, with_markers
 from runner.sim.ledger import Bill
 from runner.sim.state import SimState
@@ -80,8 +81,10 @@ def answer_web_search(call: Call, state: SimState) -> Answer:
 
 def inspect_layout(body: dict[str, Any]) -> Inspected:
     model = required_text(body, "model")
-    required_text(body, "file")
-    return Inspected(model, [])
+    file = required_text(body, "file")
+    # The spec's caps: an image 10 MB, a PDF 50 MB.
+    digest = inline_file_sha256(file, "file", 10 * MB, pdf_cap=50 * MB)
+    return Inspected(model, [], None, () if digest is None else (digest,))
 
 
 def answer_layout(call: Call, state: SimState) -> Answer:

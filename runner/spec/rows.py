@@ -10,10 +10,12 @@ import hashlib
 from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ..localfiles import check_files
 from .checks import (
     AGENT_ENDPOINTS,
     CHECKS,
@@ -49,6 +51,8 @@ class SpecDefaults:
     endpoint: str | None = None  # canonical kind or any accepted url form
     model: str | None = None
     body: Mapping[str, Any] = field(default_factory=dict)  # merged under each body; row keys win
+    # Where a row's local file references resolve (localfiles.py); None: no local files.
+    files_root: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,8 @@ class InvalidRow:
     custom_id: str | None
     field: str | None
     message: str
+    # "file_too_large" for a local file over its field's cap; otherwise a malformed row.
+    code: str = "invalid_row"
 
     def __str__(self) -> str:
         if self.field is None:
@@ -160,7 +166,7 @@ class Rows:
     ids do not hold, so a row that repeats a skipped row's id is still a duplicate.
     """
 
-    __slots__ = ("_endpoint", "_flat", "_model", "_nested", "_seen", "_taken")
+    __slots__ = ("_endpoint", "_files_root", "_flat", "_model", "_nested", "_seen", "_taken")
 
     def __init__(self, defaults: SpecDefaults, taken: Taken | None = None) -> None:
         self._endpoint: str | None = None
@@ -182,6 +188,7 @@ class Rows:
             raise SpecError(f"default body is not JSON: {exc}") from exc
         self._seen = IdSet()
         self._taken = taken
+        self._files_root = defaults.files_root
 
     def from_object(self, seq: int, line: int, obj: Any) -> Request | InvalidRow:
         """A parsed JSONL line: a Batch-API line if it has ``body`` or ``url``, else a bare body."""
@@ -210,6 +217,10 @@ class Rows:
         problem = CHECKS[endpoint](body, model)
         if problem is not None:
             return InvalidRow(seq, line, known, problem[0], problem[1])
+        bad_file = check_files(endpoint, body, self._files_root or Path.cwd())
+        if bad_file is not None:
+            code = "file_too_large" if bad_file[2] else "invalid_row"
+            return InvalidRow(seq, line, known, bad_file[0], bad_file[1], code)
         return Request(seq, line, known, endpoint, model, body)
 
     def _claim_id(self, given: Any, line: int, seq: int) -> str:

@@ -1,0 +1,272 @@
+"""A row's local file references: where they may point, what they are, how they are sent.
+
+Where the platform takes a URL or base64, a value with no scheme (``img/a.png``) or a
+``file:`` URI names a local file under one files root (the spec's folder unless the job
+says otherwise). The check runs when the row is read and touches only metadata (a stat and
+the first bytes for the type); the bytes are read when the request is built, so a row
+waiting in a stream holds a path, never its file.
+
+A reference that escapes the root (an absolute path elsewhere, a ``..`` that climbs out, a
+symlink that leads out) is refused without being opened: a spec from someone else must not
+be able to upload the user's home folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+__all__ = [
+    "FileRefError",
+    "FileTooLarge",
+    "Kind",
+    "LocalFile",
+    "check_file",
+    "check_files",
+    "data_uri",
+    "has_files",
+    "inline_files",
+    "is_local",
+    "resolve",
+    "sniff_mime",
+]
+
+# Content parts whose url the platform only fetches: a local file cannot stand in for one.
+_URL_ONLY_PARTS = ("video_url", "file_url")
+_SNIFF_BYTES = 16
+
+
+class FileRefError(ValueError):
+    """A reference that names no readable file under the root; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """A checked reference: the resolved path, its size and its type (from its content)."""
+
+    path: Path
+    size: int
+    mime: str
+
+
+def is_local(value: str) -> bool:
+    """True for a ``file:`` URI or a value with no scheme (a relative or absolute path)."""
+    if value.startswith("file:"):
+        return True
+    scheme = urlsplit(value).scheme
+    # "C:/x" style drive letters parse as a one-letter scheme; a path all the same.
+    return not scheme or len(scheme) == 1
+
+
+def sniff_mime(head: bytes) -> str | None:
+    """The type a file's first bytes declare, or None when none of the known kinds."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "audio/wav"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head.startswith(b"%PDF-"):
+        return "application/pdf"
+    if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return "audio/mpeg"
+    if head[4:8] == b"ftyp":
+        return "video/mp4"
+    return None
+
+
+def _path_of(value: str) -> str:
+    if value.startswith("file:"):
+        parts = urlsplit(value)
+        if parts.netloc not in ("", "localhost"):
+            raise FileRefError(f"file URI {value!r} names another host")
+        return unquote(parts.path)
+    return value
+
+
+def resolve(value: str, root: Path) -> LocalFile:
+    """Check one reference under `root` without reading its body; raise FileRefError."""
+    raw = _path_of(value)
+    if not raw:
+        raise FileRefError("empty file path")
+    base = root.resolve()
+    given = Path(raw)
+    candidate = given if given.is_absolute() else base / given
+    # resolve() follows every symlink and folds "..", so one containment test covers all
+    # three ways out; the check happens before anything is opened.
+    try:
+        real = candidate.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise FileRefError(f"cannot resolve {raw!r}: {exc.__class__.__name__}") from None
+    if not real.is_relative_to(base):
+        raise FileRefError(
+            f"{raw!r} leads outside the files root: only files under it may be sent "
+            "(set --files-root to widen it)"
+        )
+    if not real.exists():
+        raise FileRefError(f"no such file {raw!r} under the files root")
+    try:
+        with real.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(_SNIFF_BYTES)
+    except IsADirectoryError:
+        raise FileRefError(f"{raw!r} is a folder, not a file") from None
+    except OSError as exc:
+        raise FileRefError(f"cannot read {raw!r}: {exc.strerror or exc}") from None
+    mime = sniff_mime(head)
+    if mime is None:
+        raise FileRefError(
+            f"{raw!r} is not a known file type (png, jpeg, webp, gif, pdf, wav, mp3)"
+        )
+    return LocalFile(real, size, mime)
+
+
+def data_uri(file: LocalFile) -> str:
+    """The file as ``data:<mime>;base64,...``, read now (at send time)."""
+    data = file.path.read_bytes()
+    return f"data:{file.mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """What one field accepts from a local file: its types and its size caps (API-NOTES)."""
+
+    name: str
+    mimes: frozenset[str]
+    caps: dict[str, int]  # mime -> most bytes; "*" for any other accepted mime
+
+
+_MB = 1024 * 1024
+_IMAGES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+CHAT_IMAGE = Kind("a chat image", _IMAGES, {})
+OCR_FILE = Kind(
+    "an OCR file",
+    frozenset({"image/png", "image/jpeg", "application/pdf"}),
+    {"application/pdf": 50 * _MB, "*": 10 * _MB},
+)
+VIDEO_IMAGE = Kind(
+    "an image-to-video image",
+    frozenset({"image/png", "image/jpeg", "image/webp"}),
+    {"*": 50 * _MB},
+)
+URL_ONLY = Kind("url only", frozenset(), {})
+
+
+class FileTooLarge(FileRefError):
+    """A file over its field's cap: its own error code, and no request is sent."""
+
+
+# A place in a body that holds a reference: (field path, container, key, kind).
+_Slot = tuple[str, Any, Any, Kind]
+
+
+def _chat_slots(body: dict[str, Any]) -> list[_Slot]:
+    found: list[_Slot] = []
+    messages = body.get("messages")
+    if type(messages) is not list:
+        return found
+    for i, msg in enumerate(messages):
+        content = msg.get("content") if type(msg) is dict else None
+        if type(content) is not list:
+            continue
+        for j, part in enumerate(content):
+            ptype = part.get("type") if type(part) is dict else None
+            if type(ptype) is not str:
+                continue
+            ref = part.get(ptype)
+            if type(ref) is dict and type(ref.get("url")) is str:
+                kind = CHAT_IMAGE if ptype == "image_url" else URL_ONLY
+                if ptype == "image_url" or ptype in _URL_ONLY_PARTS:
+                    found.append((f"body.messages[{i}].content[{j}].{ptype}.url", ref, "url", kind))
+    return found
+
+
+def _slots(endpoint: str, body: dict[str, Any]) -> list[_Slot]:
+    """Every string in the body that may name a local file, with what it accepts."""
+    if endpoint in ("chat/completions", "async/chat/completions"):
+        return _chat_slots(body)
+    if endpoint == "layout_parsing" and type(body.get("file")) is str:
+        return [("body.file", body, "file", OCR_FILE)]
+    if endpoint == "videos/generations":
+        image = body.get("image_url")
+        if type(image) is str:
+            return [("body.image_url", body, "image_url", VIDEO_IMAGE)]
+        if type(image) is list:
+            return [
+                (f"body.image_url[{k}]", image, k, VIDEO_IMAGE)
+                for k, item in enumerate(image)
+                if type(item) is str
+            ]
+    return []
+
+
+def _is_inline(value: str) -> bool:
+    """Already a data URI or a bare base64 payload (the platform takes both where it takes
+    base64): long, no slash-free path shape. Paths are short; payloads are not."""
+    return value.startswith("data:") or (len(value) > 1024 and "." not in value[-8:])
+
+
+def _local(value: str) -> bool:
+    return is_local(value) and not _is_inline(value)
+
+
+def check_file(value: str, kind: Kind, root: Path) -> LocalFile:
+    """Resolve one reference and hold it to its field's types and caps."""
+    file = resolve(value, root)
+    if file.mime not in kind.mimes:
+        allowed = ", ".join(sorted(m.split("/")[1] for m in kind.mimes))
+        raise FileRefError(f"{value!r} is {file.mime}; {kind.name} must be one of {allowed}")
+    cap = kind.caps.get(file.mime, kind.caps.get("*"))
+    if cap is not None and file.size > cap:
+        raise FileTooLarge(
+            f"{value!r} is {file.size / _MB:.1f} MB, over the {cap // _MB} MB cap "
+            f"for {kind.name} ({file.mime})"
+        )
+    return file
+
+
+def check_files(endpoint: str, body: dict[str, Any], root: Path) -> tuple[str, str, bool] | None:
+    """The first problem with a body's local references: (field, message, over a cap)."""
+    for path, holder, key, kind in _slots(endpoint, body):
+        value = holder[key]
+        if not _local(value):
+            continue
+        if kind is URL_ONLY:
+            name = path.rsplit(".", 2)[-2]
+            return path, f"{name} takes a public URL only: {value!r} looks like a local path", False
+        try:
+            check_file(value, kind, root)
+        except FileTooLarge as exc:
+            return path, str(exc), True
+        except FileRefError as exc:
+            return path, str(exc), False
+    return None
+
+
+def has_files(endpoint: str, body: dict[str, Any]) -> bool:
+    return any(
+        kind is not URL_ONLY and _local(holder[key])
+        for _, holder, key, kind in _slots(endpoint, body)
+    )
+
+
+def inline_files(endpoint: str, body: dict[str, Any], root: Path) -> dict[str, Any]:
+    """A copy of the body with each local file read into a data URI; the caller's body is
+    left as it was, so the queued row keeps holding only its paths. The file is checked
+    again here: it may have changed since the row was read."""
+    wire: dict[str, Any] = orjson.loads(orjson.dumps(body))
+    for _, holder, key, kind in _slots(endpoint, wire):
+        value = holder[key]
+        if kind is not URL_ONLY and _local(value):
+            holder[key] = data_uri(check_file(value, kind, root))
+    return wire
