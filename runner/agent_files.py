@@ -9,7 +9,8 @@ timeout) is looked up by its name, which carries the content hash, in `GET files
 anything is uploaded again. The row's body goes out with the file id in place of the path;
 the bytes are held only while the upload is sent.
 
-Paths resolve under the files root (the spec's folder): an absolute path outside it, a
+Paths resolve under the files root (localfiles.locate; the spec's folder unless
+`--files-root` says otherwise): an absolute path outside it, a
 `..` that climbs out of it, or a symlink that leads out fails the row before anything is
 sent, and so does a missing file or one of a type the platform does not take.
 """
@@ -20,7 +21,7 @@ import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -29,6 +30,7 @@ from .control import Control
 from .endpoints import raise_for_answer
 from .errors import RetryableError, RowError, TransportFatal
 from .http import ConnectionDropped, Response, make_client, transport_error
+from .localfiles import FileRefError, locate
 from .retry import build_retrying
 from .settings import Settings
 from .spec import Request
@@ -82,29 +84,10 @@ def local_file(root: Path, ref: str) -> Path:
     relative paths and `file:` URIs, never outside `root` by an absolute path, `..`, or a
     symlink; a regular file of a type and size the platform takes.
     """
-    raw = unquote(urlsplit(ref).path) if ref.startswith("file:") else ref
-    if not raw:
-        raise LocalFileError("the path is empty")
-    base = root.resolve()
-    path = Path(raw)
-    candidate = path if path.is_absolute() else base / path
     try:
-        resolved = candidate.resolve(strict=True)
-    except FileNotFoundError:
-        raise LocalFileError(f"no such file: {raw}") from None
-    except OSError as exc:
-        raise LocalFileError(f"cannot read {raw}: {exc.strerror or exc}") from None
-    if not resolved.is_relative_to(base):
-        if ".." in path.parts:
-            how = "the path climbs out of it"
-        elif path.is_absolute():
-            how = "an absolute path elsewhere"
-        else:
-            how = "a symlink leads out of it"
-        raise LocalFileError(
-            f"{raw} is outside the files root {base} ({how}); files are read only from "
-            "under the spec's folder"
-        )
+        raw, resolved = locate(ref, root)
+    except FileRefError as exc:
+        raise LocalFileError(str(exc)) from None
     if not resolved.is_file():
         raise LocalFileError(f"{raw} is not a regular file")
     if resolved.suffix.lower() not in AGENT_FILE_TYPES:
@@ -138,7 +121,7 @@ class AgentFiles:
         control: Control,
     ) -> None:
         self.settings = settings
-        self.root = settings.spec.parent
+        self.root = settings.resolved_files_root
         self.store = store
         self.store_lock = store_lock
         self.control = control

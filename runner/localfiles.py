@@ -33,6 +33,7 @@ __all__ = [
     "has_files",
     "inline_files",
     "is_local",
+    "locate",
     "resolve",
     "sniff_mime",
 ]
@@ -94,8 +95,10 @@ def _path_of(value: str) -> str:
     return value
 
 
-def resolve(value: str, root: Path) -> LocalFile:
-    """Check one reference under `root` without reading its body; raise FileRefError."""
+def locate(value: str, root: Path) -> tuple[str, Path]:
+    """The path a reference names under `root`, resolved, before anything is opened: the one
+    containment rule for every local file a row names (agent glossaries included).
+    Returns the path as written and the real path; raises FileRefError."""
     raw = _path_of(value)
     if not raw:
         raise FileRefError("empty file path")
@@ -109,12 +112,24 @@ def resolve(value: str, root: Path) -> LocalFile:
     except (OSError, RuntimeError) as exc:
         raise FileRefError(f"cannot resolve {raw!r}: {exc.__class__.__name__}") from None
     if not real.is_relative_to(base):
+        if ".." in given.parts:
+            how = "the path climbs out of it"
+        elif given.is_absolute():
+            how = "an absolute path elsewhere"
+        else:
+            how = "a symlink leads out of it"
         raise FileRefError(
-            f"{raw!r} leads outside the files root: only files under it may be sent "
+            f"{raw!r} leads outside the files root ({how}): only files under it may be sent "
             "(set --files-root to widen it)"
         )
     if not real.exists():
         raise FileRefError(f"no such file {raw!r} under the files root")
+    return raw, real
+
+
+def resolve(value: str, root: Path) -> LocalFile:
+    """Check one reference under `root` without reading its body; raise FileRefError."""
+    raw, real = locate(value, root)
     try:
         with real.open("rb") as fh:
             size = os.fstat(fh.fileno()).st_size
