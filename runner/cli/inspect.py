@@ -20,7 +20,7 @@ from ..lifecycle import results_path
 from ..providers import PROVIDERS_ENV, get_provider
 from ..spec import SpecDefaults, SpecError, validate_spec
 from ..store import Store
-from .common import PathArg, lines_of, rows, run_async
+from .common import PathArg, SpecArg, lines_of, rows, run_async
 
 __all__ = ["estimate", "export", "report", "status", "validate"]
 
@@ -184,7 +184,7 @@ def _currency(job: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("spec", type=SpecArg)
 @click.option("--model", help="Model for rows whose body names none.")
 @click.option("--endpoint", help="Endpoint for short rows.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -203,7 +203,7 @@ def validate(spec: Path, model: str | None, endpoint: str | None, as_json: bool)
 
 
 @click.command()
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("spec", type=SpecArg)
 @click.option("--model", help="Model for rows whose body names none.")
 @click.option("--endpoint", help="Endpoint for short rows.")
 @click.option("--price-as", help="Price every row as this model (what-if).")

@@ -16,7 +16,7 @@ from ..keys import load_keys_file
 from ..lifecycle import results_path
 from ..settings import USER_SETTINGS, Settings, load_job_file
 from ..store import Store
-from .common import PathArg, pairs, platform_options, run_async
+from .common import PathArg, SpecArg, pairs, platform_options, run_async
 
 __all__ = ["resume", "run"]
 
@@ -58,7 +58,7 @@ def _execute(settings: Settings, engine: dict[str, Any] | None = None) -> None:
 
 @click.command()
 @platform_options
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("spec", type=SpecArg)
 @click.option("--out", "-o", type=PathArg, help="Output folder (checkpoint and results).")
 @click.option("--model", help="Model for rows whose body names none.")
 @click.option("--endpoint", help="Endpoint for short rows, e.g. chat/completions.")
