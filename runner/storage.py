@@ -131,6 +131,9 @@ def open_random(location: str | os.PathLike[str]) -> pa.NativeFile:
     fs, path = _filesystem(url)
     try:
         return fs.open_input_file(path)
+    except FileNotFoundError as exc:
+        check_bucket(url)  # a missing bucket says so, not "no such key"
+        raise _storage_error(url, exc, "read") from exc
     except OSError as exc:
         raise _storage_error(url, exc, "read") from exc
 
