@@ -104,3 +104,19 @@ def test_missing_bucket_names_it(s3_env: dict[str, str], tmp_path: Path) -> None
         assert "testing" not in res.stderr + res.stdout
     with pytest.raises(storage.StorageError, match="no-such-bucket"):
         storage.check_bucket("s3://no-such-bucket/out/")
+
+
+def test_results_to_s3(s3_env: dict[str, str], tmp_path: Path) -> None:
+    storage.upload(_spec(tmp_path / "s.jsonl", 12), "s3://bkt/rt/spec.jsonl")
+    out = tmp_path / "out"
+    args = ("run", "s3://bkt/rt/spec.jsonl", "--out", str(out), "--provider", "sim")
+    done = _runner(*args, "--results-to", "s3://bkt/rt/out/")
+    assert done.returncode == 0, done.stderr
+    import pyarrow.parquet as pq
+
+    with storage.open_random("s3://bkt/rt/out/results.parquet") as f:
+        assert pq.read_table(f).num_rows == 12
+    refused = _runner(*args[:3], str(tmp_path / "o2"), *args[4:], "--results-to", "s3://nob/o/")
+    assert refused.returncode == 2
+    assert "'nob'" in refused.stderr
+    assert not (tmp_path / "o2" / "checkpoint.sqlite").exists()  # stopped before anything
