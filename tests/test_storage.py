@@ -120,3 +120,53 @@ def test_results_to_s3(s3_env: dict[str, str], tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "'nob'" in refused.stderr
     assert not (tmp_path / "o2" / "checkpoint.sqlite").exists()  # stopped before anything
+
+
+def test_refused_credentials_name_the_bucket(tmp_path: Path) -> None:
+    """A server that checks credentials (moto with auth on) refuses unknown keys: exit 2."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        env = {
+            **os.environ,
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "AKIAWRONGKEY",
+            "AWS_SECRET_ACCESS_KEY": "wrong-secret-value",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        out = tmp_path / "out"
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "runner",
+                "run",
+                "s3://locked/spec.jsonl",
+                "--out",
+                str(out),
+                "--provider",
+                "sim",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert res.returncode == 2
+        assert "'locked'" in res.stderr and "refused" in res.stderr
+        assert "wrong-secret-value" not in res.stderr + res.stdout
+        assert not (out / "checkpoint.sqlite").exists()
+    finally:
+        proc.kill()
+        proc.wait()
