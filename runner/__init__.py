@@ -22,7 +22,9 @@ from .job import JobResult, run_job
 from .settings import RetryConfig, Settings
 
 if TYPE_CHECKING:
-    from .generation import agenerate, generate
+    # Since moto joined the dev extra, mypy reports these as redefined (cause not found);
+    # they are not: the names exist here for type checking only (see __getattr__).
+    from .generation import agenerate, generate  # type: ignore[no-redef]
 
 __all__ = [
     "BudgetExceeded",

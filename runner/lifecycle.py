@@ -40,7 +40,16 @@ from .http import Transport, make_transport
 from .progress import Counters, render_loop
 from .report.timeline import record as record_timeline
 from .settings import Settings
-from .spec import Request, SpecError, read_spec, spec_fingerprint, validate_spec
+from .spec import (
+    Request,
+    SpecError,
+    count_lines,
+    open_spec,
+    read_spec,
+    spec_fingerprint,
+    validate_spec,
+)
+from .storage import is_url
 from .store import REOPEN_CODES, Store
 
 if TYPE_CHECKING:
@@ -98,7 +107,10 @@ def count_rows(path: Path) -> int:
     if path.suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        return int(pq.ParquetFile(path).metadata.num_rows)
+        with open_spec(path) as f:
+            return int(pq.ParquetFile(f).metadata.num_rows)
+    if is_url(path):
+        return count_lines(path)
     n = 0
     with path.open("rb") as f:
         for line in f:

@@ -12,9 +12,28 @@ import click
 from ..errors import RunnerError
 from ..providers import PROVIDERS, PROVIDERS_ENV
 
-__all__ = ["PathArg", "lines_of", "pairs", "platform_options", "rows", "run_async"]
+__all__ = ["PathArg", "SpecArg", "lines_of", "pairs", "platform_options", "rows", "run_async"]
 
 PathArg = click.Path(path_type=Path)
+
+
+class _SpecLocation(click.Path):
+    """A spec: an existing local file, or an object-storage URL (s3://, gs://, abfs://)
+    that the reader opens and checks itself."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and _is_url(value):
+            return Path(value)
+        return super().convert(value, param, ctx)
+
+
+def _is_url(value: str) -> bool:
+    from ..storage import is_url
+
+    return is_url(value)
+
+
+SpecArg = _SpecLocation(exists=True, dir_okay=False, path_type=Path)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Where to send and how hard: `runner run` and `runner generate` take the same flags.

@@ -20,7 +20,7 @@ from ..lifecycle import folder_in_use, results_path
 from ..providers import PROVIDERS_ENV, get_provider
 from ..spec import SpecDefaults, SpecError, validate_spec
 from ..store import Store
-from .common import PathArg, lines_of, rows, run_async
+from .common import PathArg, SpecArg, lines_of, rows, run_async
 
 __all__ = ["currency_of", "estimate", "export", "report", "status", "validate"]
 
@@ -201,7 +201,7 @@ def currency_of(job: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("spec", type=SpecArg)
 @click.option("--model", help="Model for rows whose body names none.")
 @click.option("--endpoint", help="Endpoint for short rows.")
 @click.option(
@@ -228,7 +228,7 @@ def validate(
 
 
 @click.command()
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("spec", type=SpecArg)
 @click.option("--model", help="Model for rows whose body names none.")
 @click.option("--endpoint", help="Endpoint for short rows.")
 @click.option("--price-as", help="Price every row as this model (what-if).")

@@ -16,7 +16,7 @@ from ..keys import load_keys_file
 from ..lifecycle import results_path
 from ..settings import USER_SETTINGS, Settings, load_job_file
 from ..store import Store
-from .common import PathArg, pairs, platform_options, run_async
+from .common import PathArg, SpecArg, pairs, platform_options, run_async
 
 __all__ = ["resume", "run"]
 
@@ -64,7 +64,9 @@ def _unattended(values: dict[str, Any], opts: dict[str, Any]) -> None:
             values[name] = opts[name]
 
 
-def _execute(settings: Settings, engine: dict[str, Any] | None = None) -> None:
+def _execute(
+    settings: Settings, engine: dict[str, Any] | None = None, results_to: str | None = None
+) -> None:
     try:
         settings = settings.with_key_from_env()
         if engine is not None and engine.get("engine") == "ray":
@@ -96,13 +98,63 @@ def _execute(settings: Settings, engine: dict[str, Any] | None = None) -> None:
         f"{s['pending']} pending; cost {cost}\n"
         f"results: {where}  (runner status {settings.out})"
     )
-    sys.exit(result.exit_code)
+    code = result.exit_code
+    if results_to is not None and results.exists():
+        code = _push_results(settings.out, results_to) or code
+    sys.exit(code)
+
+
+def _push_results(out: Path, results_to: str) -> int:
+    """Upload results.parquet and the artifacts to `results_to`; the checkpoint stays in OUT.
+
+    A failed upload leaves the local copy and says how to push it again: a second run of the
+    same finished job sends nothing and uploads again. Returns an exit code if it failed.
+    """
+    from .. import storage
+
+    files = [results_path(out)]
+    artifacts = out / "artifacts"
+    if artifacts.is_dir():
+        files += sorted(p for p in artifacts.rglob("*") if p.is_file())
+    try:
+        for path in files:
+            storage.upload(path, storage.join_url(results_to, path.relative_to(out).as_posix()))
+    except storage.StorageError as exc:
+        click.echo(
+            f"error: {exc}; the results stay in {out}: run the same command again to push them",
+            err=True,
+        )
+        return EXIT_STOPPED
+    click.echo(f"uploaded: {storage.join_url(results_to, 'results.parquet')}")
+    return 0
+
+
+def _check_destination(results_to: str | None) -> None:
+    """A destination that cannot take the results stops the job before anything is sent."""
+    if results_to is None:
+        return
+    from .. import storage
+
+    if not storage.is_url(results_to):
+        raise click.BadParameter(
+            "an object-storage URL (s3://, gs://, abfs://)", param_hint="--results-to"
+        )
+    try:
+        storage.check_bucket(results_to)
+    except storage.StorageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
 
 
 @click.command()
 @platform_options
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("spec", type=SpecArg)
 @click.option("--out", "-o", type=PathArg, help="Output folder (checkpoint and results).")
+@click.option(
+    "--results-to",
+    metavar="URL",
+    help="Upload results.parquet and the artifacts to this s3://, gs:// or abfs:// prefix.",
+)
 @click.option("--model", help="Model for rows whose body names none.")
 @click.option("--endpoint", help="Endpoint for short rows, e.g. chat/completions.")
 @click.option("--model-concurrency", multiple=True, help="MODEL=N cap for one model.")
@@ -210,7 +262,8 @@ def run(spec: Path, **opts: Any) -> None:
     ):
         # The shards' checkpoints are merged only at the end: nothing live to serve yet.
         raise click.UsageError("--notify, --serve and --metrics-port need --engine local")
-    _execute(Settings(spec=Path(spec), **values), engine)
+    _check_destination(opts.get("results_to"))
+    _execute(Settings(spec=Path(spec), **values), engine, opts.get("results_to"))
 
 
 @click.command()

@@ -13,7 +13,15 @@ depends only on the file's bytes.
 """
 
 from .checks import ASYNC_ENDPOINTS, ENDPOINTS, canonical_endpoint
-from .reader import MAX_LINE_BYTES, SpecWindow, jsonl_lines, read_spec, spec_fingerprint
+from .reader import (
+    MAX_LINE_BYTES,
+    SpecWindow,
+    count_lines,
+    jsonl_lines,
+    open_spec,
+    read_spec,
+    spec_fingerprint,
+)
 from .rows import InvalidRow, Request, SpecDefaults, SpecError, derive_custom_id
 from .validate import ValidationReport, validate_spec
 
@@ -28,8 +36,10 @@ __all__ = [
     "SpecWindow",
     "ValidationReport",
     "canonical_endpoint",
+    "count_lines",
     "derive_custom_id",
     "jsonl_lines",
+    "open_spec",
     "read_spec",
     "spec_fingerprint",
     "validate_spec",

@@ -15,9 +15,18 @@ from typing import IO, Any
 
 import orjson
 
+from ..storage import is_url
 from .rows import InvalidRow, Request, Rows, SpecDefaults, SpecError, Taken
 
-__all__ = ["MAX_LINE_BYTES", "SpecWindow", "jsonl_lines", "read_spec", "spec_fingerprint"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "SpecWindow",
+    "count_lines",
+    "jsonl_lines",
+    "open_spec",
+    "read_spec",
+    "spec_fingerprint",
+]
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _CHUNK = 1 << 20
@@ -64,13 +73,43 @@ class _Slice:
         return data
 
 
+def open_spec(path: Path) -> IO[bytes]:
+    """The spec's bytes: a local file, or an object read in ranges (storage.py) for a URL.
+
+    Either seeks, so a shard's window and Parquet's footer are ranged reads, never the
+    whole object.
+    """
+    if is_url(path):
+        from .. import storage  # pyarrow.fs only when a URL is used
+
+        try:
+            opened: IO[bytes] = storage.open_random(path)
+            return opened
+        except storage.StorageError as exc:
+            raise SpecError(str(exc)) from exc
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
+
+
 def spec_fingerprint(path: Path) -> str:
     """sha256 of the file's bytes, streamed, so a resume can tell whether the spec changed."""
     try:
-        with path.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        with open_spec(path) as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()  # type: ignore[arg-type]
     except OSError as exc:
         raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
+
+
+def count_lines(path: Path) -> int:
+    """Non-blank lines of a JSONL spec, split but not parsed."""
+    n = 0
+    with open_spec(path) as f:
+        for _, raw in jsonl_lines(f, MAX_LINE_BYTES):
+            if isinstance(raw, int) or (raw and not raw.isspace()):
+                n += 1
+    return n
 
 
 def jsonl_lines(
@@ -152,11 +191,7 @@ def _read_jsonl(
     end = len(bits) * 8  # rows from here on are not skipped
     batch: list[Request | InvalidRow] = []
     seq = 0
-    try:
-        f = path.open("rb")
-    except OSError as exc:
-        raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
-    with f:
+    with open_spec(path) as f:
         source: IO[bytes] | _Slice = f
         first_line = 0
         if window is not None:
@@ -213,7 +248,10 @@ def _read_parquet(
     seq = 0
     # A buffered stream, not pre-buffering: pages are read as batches need them, so a spec in one
     # huge row group does not land in memory whole.
-    with pq.ParquetFile(path, buffer_size=_CHUNK, pre_buffer=False) as pf:
+    with (
+        open_spec(path) as source,
+        pq.ParquetFile(source, buffer_size=_CHUNK, pre_buffer=False) as pf,
+    ):
         names = pf.schema_arrow.names
         has_body = "body" in names
         if has_body:  # other columns (notes, labels) are not decoded at all
@@ -273,7 +311,10 @@ def _check_parquet(path: Path) -> None:
     import pyarrow.parquet as pq
 
     try:
-        pq.read_metadata(path)
+        with open_spec(path) as f:
+            pq.read_metadata(f)
+    except SpecError:
+        raise
     except Exception as exc:  # pyarrow raises ArrowInvalid or OSError for the same causes
         raise SpecError(
             f"{path} is not a readable Parquet file ({exc}): if it is JSONL, name it .jsonl "
@@ -321,7 +362,7 @@ def read_spec(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     path = Path(path)
-    if not path.is_file():
+    if not is_url(path) and not path.is_file():
         raise SpecError(
             f"spec file not found: {path}" + (" (it is a directory)" if path.is_dir() else "")
         )
