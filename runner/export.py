@@ -47,11 +47,13 @@ RESULT_SCHEMA = pa.schema(
         ("task_id", pa.string()),
         ("task_status", pa.string()),
         ("artifacts", pa.string()),
+        # Every attempt of the row (a `runner retry` keeps the earlier ones): what it cost.
+        ("cost_all_attempts", pa.float64()),
     ]
 )
 
 
-_STORED = [n for n in RESULT_SCHEMA.names if n != "cost"]
+_STORED = [n for n in RESULT_SCHEMA.names if n not in ("cost", "cost_all_attempts")]
 
 # The export was the peak memory of a million-row job (218 MB; the run itself stays near
 # 100). Each chunk passes through Python objects (a tuple per row, a list per column)
@@ -62,9 +64,19 @@ _ROW_GROUP = 2048
 _DICTIONARY = ["status", "endpoint", "model", "error_code", "task_status"]
 
 
-def _table(chunk: list[tuple[Any, ...]]) -> pa.Table:
-    cols = dict(zip(_STORED, (list(c) for c in zip(*chunk, strict=True)), strict=True))
+def _table(chunk: list[tuple[Any, ...]], earlier: dict[int, tuple[int, int]]) -> pa.Table:
+    seqs, *columns = (list(c) for c in zip(*chunk, strict=True))
+    cols = dict(zip(_STORED, columns, strict=True))
     cols["cost"] = [None if v is None else v / NANO for v in cols["cost_nano"]]
+    every = list(cols["cost_nano"])
+    if earlier:
+        # `attempts` counts every request the row was sent, over all its runs.
+        for i, seq in enumerate(seqs):
+            if seq in earlier:
+                sent, cost = earlier[seq]
+                cols["attempts"][i] = (cols["attempts"][i] or 0) + sent
+                every[i] = (every[i] or 0) + cost
+    cols["cost_all_attempts"] = [None if v is None else v / NANO for v in every]
     for name in ("started_at", "finished_at"):
         cols[name] = [None if v is None else int(v * 1000) for v in cols[name]]
     return pa.table(cols, schema=RESULT_SCHEMA)
@@ -91,8 +103,9 @@ def write_results_parquet(store: Store, path: Path) -> int:
     n = 0
     with _results_file(path, tmp):
         with pq.ParquetWriter(tmp, RESULT_SCHEMA, use_dictionary=_DICTIONARY) as writer:
-            for chunk in store.iter_columns(_STORED, batch=_ROW_GROUP):
-                writer.write_table(_table(chunk))
+            earlier = store.earlier_attempts()
+            for chunk in store.iter_columns(["seq", *_STORED], batch=_ROW_GROUP):
+                writer.write_table(_table(chunk, earlier))
                 n += len(chunk)
         tmp.replace(path)
     return n

@@ -86,6 +86,9 @@ class Settings:
     model: str | None = None
     endpoint: str | None = None
     body_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # `runner retry --set/--model`: dotted paths into each body ("body.max_tokens") and their
+    # values, written over what the spec says; recorded so a stopped retry resumes with them.
+    overrides: Mapping[str, Any] = field(default_factory=dict)
     tier: str | None = None
     concurrency: int | None = None
     model_concurrency: Mapping[str, int] = field(default_factory=dict)
@@ -153,6 +156,7 @@ class Settings:
             model=self.model,
             body=dict(self.body_defaults),
             files_root=self.resolved_files_root,
+            overrides=dict(self.overrides),
         )
 
     @property

@@ -30,6 +30,7 @@ _LAZY = {
     "export": "runner.cli.inspect",
     "generate": "runner.cli.generate",
     "report": "runner.cli.inspect",
+    "retry": "runner.cli.retry",
     "serve": "runner.cli.serve",
     "sim": "runner.sim",
     "status": "runner.cli.inspect",

@@ -75,6 +75,7 @@ def status(out: Path, as_json: bool) -> None:
         raise click.UsageError(str(exc)) from exc
     try:
         summary = store.summary()
+        truncated = store.truncated_rows()
         from ..batch import batch_summary
 
         batches = batch_summary(store)
@@ -90,6 +91,8 @@ def status(out: Path, as_json: bool) -> None:
     _mark_interrupted(summary["runs"], folder_in_use(out))
     data = _status_json(summary, currency)
     data["batches"] = batches
+    data["truncated"] = truncated
+    data["overrides"] = dict(summary["settings"].get("overrides") or {})
     from ..notify import read_notes  # --notify's record of its deliveries, if any
 
     data["notifications"] = read_notes(out)
@@ -134,6 +137,18 @@ def status(out: Path, as_json: bool) -> None:
         if "invalid_row" in data["error_codes"]:
             hint = f"`runner validate {data['spec']}`, or "
         click.echo(f"  every failed row: {hint}error_message in {results_path(out)}")
+        for code in data["error_codes"]:
+            if code not in ("invalid_row", "submit_unknown"):
+                click.echo(f"  resend the {code} rows: runner retry {out} --code {code}")
+    if truncated:
+        click.echo(
+            f"truncated: {truncated} answer{'s' if truncated != 1 else ''} cut at max_tokens "
+            f"(finish_reason length); resend them with more room: runner retry {out} "
+            "--finish-reason length --set body.max_tokens=N"
+        )
+    if data["overrides"]:
+        sets = " ".join(f"--set {k}={json.dumps(v)}" for k, v in data["overrides"].items())
+        click.echo(f"the last retry sent its rows with: {sets}")
     for note in data["notifications"]:
         if not note.get("delivered"):
             click.echo(f"could not notify {note['target']} of {note['event']!r}: {note['error']}")

@@ -255,7 +255,7 @@ class SimApp:
         billed = False
         try:
             markers = read_markers(seen.marked) if seen.marked else NO_MARKERS
-            if markers.code is not None:
+            if markers.code is not None and state.config.code_markers:
                 state.ledger.fault("marker")
                 raise ApiError(markers.code)
             fault = state.gate.draw_fault()

@@ -29,6 +29,9 @@ class SimConfig:
     latency_dist: LatencyDist = "fixed"
     # Shape of the lognormal distribution; ``latency`` stays its mean.
     latency_sigma: float = 0.5
+    # Whether a ``[[sim:CODE]]`` marker fails its request with CODE; False is the platform
+    # "mended" (the same rows then succeed), as a `runner retry --code CODE` test needs.
+    code_markers: bool = True
     # In-flight requests allowed per (API key, model); None means unlimited.
     concurrency_limit: int | None = None
     # Per-model overrides of ``concurrency_limit`` (the account tier differs by model).
@@ -142,7 +145,7 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("seed must be an integer")
         return value
-    if name in ("ledger_ids", "json_schema"):
+    if name in ("ledger_ids", "json_schema", "code_markers"):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be a boolean")
         return value

@@ -53,6 +53,8 @@ class SpecDefaults:
     body: Mapping[str, Any] = field(default_factory=dict)  # merged under each body; row keys win
     # Where a row's local file references resolve (localfiles.py); None: no local files.
     files_root: Path | None = None
+    # Written over each body, row keys included (`runner retry --set`): "body.a.b" -> value.
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +168,16 @@ class Rows:
     ids do not hold, so a row that repeats a skipped row's id is still a duplicate.
     """
 
-    __slots__ = ("_endpoint", "_files_root", "_flat", "_model", "_nested", "_seen", "_taken")
+    __slots__ = (
+        "_endpoint",
+        "_files_root",
+        "_flat",
+        "_model",
+        "_nested",
+        "_overrides",
+        "_seen",
+        "_taken",
+    )
 
     def __init__(self, defaults: SpecDefaults, taken: Taken | None = None) -> None:
         self._endpoint: str | None = None
@@ -189,6 +200,9 @@ class Rows:
         self._seen = IdSet()
         self._taken = taken
         self._files_root = defaults.files_root
+        self._overrides = [
+            (path.split(".")[1:], value) for path, value in defaults.overrides.items()
+        ]
 
     def from_object(self, seq: int, line: int, obj: Any) -> Request | InvalidRow:
         """A parsed JSONL line: a Batch-API line if it has ``body`` or ``url``, else a bare body."""
@@ -275,8 +289,10 @@ class Rows:
             merged: dict[str, Any] = orjson.loads(self._nested) if self._nested else {}
             merged.update(self._flat)
             merged.update(body)
-            return merged
-        return body
+            body = merged
+        if self._overrides:
+            _override(body, self._overrides)
+        return body  # type: ignore[no-any-return]
 
     def _model_of(self, body: dict[str, Any], endpoint: str) -> str:
         if endpoint in AGENT_ENDPOINTS:
@@ -302,3 +318,15 @@ class _Bad(Exception):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+def _override(body: dict[str, Any], overrides: list[tuple[list[str], Any]]) -> None:
+    """Set each dotted path in `body`, making the objects on the way (a retry's --set)."""
+    for parts, value in overrides:
+        node = body
+        for part in parts[:-1]:
+            child = node.get(part)
+            if type(child) is not dict:
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = orjson.loads(orjson.dumps(value))  # a fresh copy per row

@@ -299,8 +299,14 @@ class Store(BatchTables, Totals, UploadTables):
         return bits
 
     def total_cost(self) -> int:
-        """The cost of every stored row, in nano-units (what a --max-cost resume has spent)."""
-        return int(self.db.execute("SELECT COALESCE(SUM(cost_nano), 0) FROM rows").fetchone()[0])
+        """The cost of every stored row and superseded attempt, in nano-units (what a
+        --max-cost resume has spent)."""
+        cost = int(self.db.execute("SELECT COALESCE(SUM(cost_nano), 0) FROM rows").fetchone()[0])
+        if "attempts" in self.db.table_names():
+            cost += int(
+                self.db.execute("SELECT COALESCE(SUM(cost_nano), 0) FROM attempts").fetchone()[0]
+            )
+        return cost
 
     def stored_total(self, fingerprint: str) -> int | None:
         """The spec's row count as recorded, if the checkpoint's job has this spec."""
@@ -329,6 +335,64 @@ class Store(BatchTables, Totals, UploadTables):
                 conn.executemany("DELETE FROM rows WHERE seq = ?", [[s] for s in seqs])
         except sqlite3.OperationalError as exc:
             raise CheckpointError(f"cannot write checkpoint {self.path}: {exc}") from exc
+
+    def finished_rows(self) -> Iterator[tuple[int, int | None, str, str, str | None, Any]]:
+        """(seq, line, custom_id, status, error_code, finish_reason) of every terminal row,
+        in spec order: what `runner retry` chooses from."""
+        yield from self.db.execute(
+            "SELECT seq, line, custom_id, status, error_code, "
+            "CASE WHEN json_valid(response) THEN "
+            "json_extract(response, '$.choices[0].finish_reason') END "
+            "FROM rows WHERE status IN ('succeeded', 'failed') ORDER BY seq"
+        )
+
+    def truncated_rows(self) -> int:
+        """Succeeded rows whose answer was cut at max_tokens (finish_reason length)."""
+        return int(
+            self.db.execute(
+                "SELECT COUNT(*) FROM rows WHERE status = 'succeeded' AND json_valid(response) "
+                "AND json_extract(response, '$.choices[0].finish_reason') = 'length'"
+            ).fetchone()[0]
+        )
+
+    def next_run_id(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM runs").fetchone()[0])
+
+    def archive(self, seqs: Sequence[int], run: int) -> int:
+        """Move rows' outcomes into `attempts` (a retry sends them again): in one transaction,
+        so a kill -9 leaves each row either still done or pending with its old attempt kept.
+        Nothing billed leaves the checkpoint: totals and the export add `attempts` back."""
+        cols = ", ".join(COLUMNS)
+        try:
+            with self.db.conn as conn:
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS attempts ({cols}, superseded_by_run INTEGER)"
+                )
+                conn.execute("CREATE INDEX IF NOT EXISTS idx_attempts_seq ON attempts (seq)")
+                for i in range(0, len(seqs), 500):
+                    part = list(seqs[i : i + 500])
+                    marks = ", ".join("?" * len(part))
+                    conn.execute(
+                        f"INSERT INTO attempts ({cols}, superseded_by_run) "
+                        f"SELECT {cols}, ? FROM rows WHERE seq IN ({marks})",
+                        [run, *part],
+                    )
+                    conn.execute(f"DELETE FROM rows WHERE seq IN ({marks})", part)
+        except sqlite3.OperationalError as exc:
+            raise CheckpointError(f"cannot write checkpoint {self.path}: {exc}") from exc
+        return len(seqs)
+
+    def earlier_attempts(self) -> dict[int, tuple[int, int]]:
+        """seq -> (requests sent, cost in nano-units) of rows' superseded attempts."""
+        if "attempts" not in self.db.table_names():
+            return {}
+        return {
+            int(seq): (int(n or 0), int(cost or 0))
+            for seq, n, cost in self.db.execute(
+                "SELECT seq, SUM(COALESCE(attempts, 1)), SUM(COALESCE(cost_nano, 0)) "
+                "FROM attempts GROUP BY seq"
+            )
+        }
 
     def get(self, custom_id: str) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM rows WHERE custom_id = ?", [custom_id]))
