@@ -97,6 +97,8 @@ def test_retry_cut_then_refused_rows(tmp_path: Path) -> None:
         assert billed["prompt_tokens"] == ours[0][0] + ours[1][0]
         assert billed["completion_tokens"] == ours[0][1] + ours[1][1]
         status = json.loads(cli("status", str(out), "--json").stdout)
+        assert status["tokens"]["prompt_tokens"] == billed["prompt_tokens"]
+        assert status["tokens"]["completion_tokens"] == billed["completion_tokens"]
         every = sum(row["cost_all_attempts"] for row in final.values())
         assert abs(Decimal(status["cost"]["total_exact"]) - Decimal(str(every))) < Decimal("1e-9")
         assert every > sum(row["cost"] for row in final.values())

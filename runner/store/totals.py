@@ -77,18 +77,22 @@ class Totals:
                 tot[k] += int(m[k] or 0)
             # Rows that failed validation before naming a model are no model's rows.
             by_model[m.pop("model") or NO_MODEL] = m
-        # Superseded attempts (`runner retry`) were billed too: the bill keeps them.
+        # Superseded attempts (`runner retry`) were billed too: cost and tokens keep them.
         if "attempts" in self.db.table_names():
-            for model, cost in self.db.execute(
-                "SELECT model, COALESCE(SUM(cost_nano), 0) FROM attempts GROUP BY model"
+            for row in self.db.query(
+                "SELECT model, "
+                + ", ".join(f"COALESCE(SUM({k}), 0) AS {k}" for k in (*tot, "images", "videos"))
+                + " FROM attempts GROUP BY model"
             ):
-                tot["cost_nano"] += int(cost)
+                m = dict(row)
                 entry = by_model.setdefault(
-                    model or NO_MODEL,
-                    dict.fromkeys(("rows", "succeeded", "failed", "unpriced", *tot), 0)
-                    | {"images": 0, "videos": 0},
+                    m.pop("model") or NO_MODEL,
+                    dict.fromkeys(("rows", "succeeded", "failed", "unpriced", *m), 0),
                 )
-                entry["cost_nano"] = int(entry.get("cost_nano") or 0) + int(cost)
+                for k, v in m.items():
+                    entry[k] = int(entry.get(k) or 0) + int(v)
+                    if k in tot:
+                        tot[k] += int(v)
         error_codes = {
             str(code): int(n)
             for code, n in self.db.execute(
