@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 import reliability_harness as h
 from simproc import SimProcess
 
+from runner.report.data import load_report
+
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 60
 CUT = range(0, 6)  # max_tokens 3: the answer is cut (finish_reason length)
@@ -43,6 +45,13 @@ def _sent(sim: SimProcess) -> dict[str, int]:
     return dict(sim.stats()["statuses"])
 
 
+def _worst(r: subprocess.CompletedProcess[str]) -> Decimal:
+    """The worst-case figure a `retry --dry-run` prints (`retry: worst case 0.012 USD`)."""
+    assert r.returncode == 0, r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if "worst case" in x]
+    return Decimal(line.split("worst case ")[1].split()[0])
+
+
 def _results(out: Path) -> dict[str, dict[str, Any]]:
     table = pq.read_table(out / "results.parquet").to_pylist()
     return {r["custom_id"]: r for r in table}
@@ -63,6 +72,30 @@ def test_retry_cut_then_refused_rows(tmp_path: Path) -> None:
         r = cli("retry", str(out), "--dry-run", "--finish-reason", "length")
         assert r.returncode == 0 and "6 rows chosen" in r.stderr, r.stderr
         assert sum(_sent(sim).values()) == before  # a dry run sends nothing
+        # Its worst case bounds the answers by max_tokens, with the overrides applied.
+        small = _worst(cli("retry", str(out), "--dry-run", "--finish-reason", "length"))
+        big = _worst(
+            cli("retry", str(out), "--dry-run", "--finish-reason", "length",
+                "--set", "body.max_tokens=2048")
+        )  # fmt: skip
+        assert 0 < small < big
+        half = _worst(
+            cli("retry", str(out), "--dry-run", "--finish-reason", "length",
+                "--set", "body.max_tokens=2048", "--mode", "batch")
+        )  # fmt: skip
+        assert abs(half - big / 2) < Decimal("1e-6")
+        assert sum(_sent(sim).values()) == before
+
+        # The report shows the truncated answers as their own group, and for each group of
+        # failures the command that resends it.
+        report = load_report(out / "checkpoint.sqlite")
+        assert report["truncated"]["rows"] == len(CUT)
+        assert "--finish-reason length" in report["truncated"]["retry"]
+        (group,) = report["errors"]
+        assert group["code"] == "1301" and group["retry"] == f"runner retry {out} --code 1301"
+        assert cli("report", str(out)).returncode == 0
+        page = (out / "report.html").read_text()
+        assert "Truncated answers" in page and f"runner retry {out} --code 1301" in page
 
         r = cli("retry", str(out), "--finish-reason", "length", "--set", "body.max_tokens=2048")
         assert r.returncode == 1, r.stderr  # the refused rows are still failed
@@ -131,3 +164,24 @@ def test_retry_resumes_with_its_overrides_after_kill(tmp_path: Path) -> None:
         # twice each (the attempt the kill interrupted, then the resume).
         sent = _sent(sim)
         assert sum(sent.values()) <= ROWS + 2 * len(CUT)
+
+
+def test_retry_in_batch_mode_sends_the_rows_as_a_batch_file(tmp_path: Path) -> None:
+    spec, out = _spec(tmp_path / "spec.jsonl"), tmp_path / "out"
+    with SimProcess() as sim:
+        cli("run", str(spec), "--out", str(out), "--base-url", sim.base_url, "--no-progress")
+        online = sim.stats()["billed"]["requests"]
+        r = cli("retry", str(out), "--finish-reason", "length", "--set", "body.max_tokens=2048",
+                "--mode", "batch", "--no-progress")  # fmt: skip
+        assert r.returncode == 1, r.stderr  # the refused rows are still failed
+        stats = sim.stats()
+        assert stats["billed"]["requests"] == online  # no row went online ...
+        batch = stats["batch"]
+        assert batch["batches"] == 1 and batch["requests"] == len(CUT), batch  # ... one file did
+        rows = _results(out)
+        for i in CUT:
+            row = rows[f"r{i}"]
+            assert json.loads(row["response"])["choices"][0]["finish_reason"] == "stop"
+            assert row["attempts"] == 2
+            # Half price for the batch attempt; the superseded online one stays on the bill.
+            assert row["cost_all_attempts"] > row["cost"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 
 from ..errors import CheckpointError, UsageError
 from ..lifecycle import checkpoint_path
@@ -60,6 +61,19 @@ __all__ = ["retry"]
     type=str,
     help="Stop before the job's whole cost, every attempt included, passes this.",
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["online", "batch"]),
+    help="batch: send the chosen rows as Batch API files, at the batch price (default: as the "
+    "job was run).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    help="ray: run the retry on Ray (default: as the job was run).",
+)
+@click.option("--shards", type=click.IntRange(min=1), help="With --engine ray: shards.")
+@click.option("--ray-address", help="With --engine ray: the cluster to join.")
 @click.option("--no-progress", is_flag=True, help="No live progress line.")
 @unattended_options
 def retry(
@@ -74,6 +88,10 @@ def retry(
     resubmit_unknown: bool,
     dry_run: bool,
     max_cost: str | None,
+    mode: str | None,
+    engine: str | None,
+    shards: int | None,
+    ray_address: str | None,
     no_progress: bool,
     **opts: Any,
 ) -> None:
@@ -112,16 +130,55 @@ def retry(
             + (f", with {chosen}" if chosen else ""),
             err=True,
         )
-        if not seqs or dry_run:
+        extra: dict[str, Any] = {}
+        _unattended(extra, opts)
+        if max_cost is not None:
+            extra["max_cost"] = Decimal(max_cost)
+        if mode is not None:
+            extra["mode"] = mode
+        settings = Settings.from_record(
+            job["settings"], progress=not no_progress, out=out, overrides=overrides, **extra
+        )
+        if dry_run:
+            if seqs:
+                click.echo(worst_case_line(settings, seqs), err=True)
+            return
+        if not seqs:
             return
         store.archive(seqs, store.next_run_id())
     finally:
         store.close()
-    extra: dict[str, Any] = {}
-    _unattended(extra, opts)
-    if max_cost is not None:
-        extra["max_cost"] = Decimal(max_cost)
-    settings = Settings.from_record(
-        job["settings"], progress=not no_progress, out=out, overrides=overrides, **extra
+    ray = (engine or job["settings"].get("engine", "local")) == "ray"
+    if not ray and (shards or ray_address):
+        raise click.UsageError("--shards and --ray-address go with --engine ray")
+    _execute(
+        settings, {"engine": "ray", "shards": shards, "ray_address": ray_address} if ray else None
     )
-    _execute(settings)
+
+
+def worst_case_line(settings: Settings, seqs: list[int]) -> str:
+    """The most the chosen rows could cost, as --max-cost reckons a request before sending
+    it (bytes bound the prompt, max_tokens the answer), with the overrides applied."""
+    from ..cost import format_total, load_prices
+    from ..spec import Request, read_spec
+
+    prices = load_prices(settings.provider_info.price_table, settings.prices)
+    batch = settings.mode == "batch"
+    if batch:
+        from ..batch import BATCH_ENDPOINTS
+    wanted = set(seqs)
+    worst = unpriced = 0
+    for chunk in read_spec(settings.spec, settings.spec_defaults()):
+        for item in chunk:
+            if item.seq not in wanted or not isinstance(item, Request):
+                continue
+            if prices.price(item.model) is None:
+                unpriced += 1
+                continue
+            cost = prices.worst_case(item.model, item.body, len(orjson.dumps(item.body)))
+            if batch and item.endpoint in BATCH_ENDPOINTS:
+                cost = int(Decimal(cost) * prices.batch_factor)
+            worst += cost
+    return f"retry: worst case {format_total(worst, prices.currency, unpriced)}" + (
+        " at the batch price" if batch else ""
+    )

@@ -10,6 +10,7 @@ second would make a page of megabytes for no visible gain).
 from __future__ import annotations
 
 import math
+import shlex
 import sqlite3
 import time
 from array import array
@@ -112,7 +113,8 @@ def _load(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
             for r in runs
         ],
         "summary": _summary(conn, int(job["total_rows"] or 0)),
-        "errors": _errors(conn),
+        "errors": _errors(conn, settings.get("out")),
+        "truncated": _truncated(conn, settings.get("out")),
         "span": span,
     }
     lat = _latencies(conn, span)
@@ -189,7 +191,7 @@ def _summary(conn: sqlite3.Connection, total: int) -> dict[str, Any]:
     }
 
 
-def _errors(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def _errors(conn: sqlite3.Connection, out: str | None) -> list[dict[str, Any]]:
     errors = []
     for code, message, n in conn.execute(
         "SELECT error_code, MIN(error_message), COUNT(*) FROM rows WHERE status = 'failed' "
@@ -203,8 +205,45 @@ def _errors(conn: sqlite3.Connection) -> list[dict[str, Any]]:
                 [code, EXAMPLE_IDS],
             )
         ]
-        errors.append({"code": code, "message": message, "rows": int(n), "examples": ids})
+        errors.append(
+            {
+                "code": code,
+                "message": message,
+                "rows": int(n),
+                "examples": ids,
+                "retry": retry_command(out, code),
+            }
+        )
     return errors
+
+
+def retry_command(out: str | None, code: str | None) -> str | None:
+    """The `runner retry` that resends one group of failed rows; None where resending
+    cannot help (an invalid row fails the same way) or may pay twice (submit_unknown)."""
+    if code in (None, "invalid_row", "submit_unknown"):
+        return None
+    return f"runner retry {shlex.quote(out or 'OUT')} --code {shlex.quote(str(code))}"
+
+
+def _truncated(conn: sqlite3.Connection, out: str | None) -> dict[str, Any]:
+    """Answers cut at max_tokens: succeeded, yet likely unusable, so a group of their own."""
+    where = (
+        "status = 'succeeded' AND json_valid(response) "
+        "AND json_extract(response, '$.choices[0].finish_reason') = 'length'"
+    )
+    n = conn.execute(f"SELECT COUNT(*) FROM rows WHERE {where}").fetchone()[0]
+    ids = [
+        r[0]
+        for r in conn.execute(
+            f"SELECT custom_id FROM rows WHERE {where} ORDER BY seq LIMIT ?", [EXAMPLE_IDS]
+        )
+    ]
+    return {
+        "rows": int(n),
+        "examples": ids,
+        "retry": f"runner retry {shlex.quote(out or 'OUT')} --finish-reason length "
+        "--set body.max_tokens=N",
+    }
 
 
 def _buckets(span: dict[str, Any], width: float | None = None) -> tuple[float, float, int]:

@@ -169,16 +169,31 @@ def _errors(data: dict[str, Any]) -> str:
     for e in errors:
         examples = ", ".join(f"<code>{_e(x)}</code>" for x in e["examples"])
         more = " …" if e["rows"] > len(e["examples"]) else ""
+        resend = f"<code>{_e(e['retry'])}</code>" if e.get("retry") else "-"
         rows.append(
             f'<tr><td class="code">{_e(e["code"] or "-")}</td><td>{_e(e["message"])}</td>'
             f"<td class=n>{e['rows']:,}</td>"
             f'<td class="barcell"><span class="bar err" style="width:{100 * e["rows"] / top:.1f}%">'
-            f"</span></td><td>{examples}{more}</td></tr>"
+            f"</span></td><td>{examples}{more}</td><td>{resend}</td></tr>"
         )
     return (
         '<section id="errors"><h2>Errors by platform code</h2><table><thead><tr>'
         "<th>code</th><th>message</th><th class=n>rows</th><th></th><th>example custom_ids</th>"
-        "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>"
+        "<th>resend them</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>"
+    )
+
+
+def _truncated(data: dict[str, Any]) -> str:
+    t = data.get("truncated") or {"rows": 0}
+    if not t["rows"]:
+        return ""
+    examples = ", ".join(f"<code>{_e(x)}</code>" for x in t["examples"])
+    more = " …" if t["rows"] > len(t["examples"]) else ""
+    return (
+        '<section id="truncated"><h2>Truncated answers</h2>'
+        f"<p>{t['rows']:,} answer{'s' if t['rows'] != 1 else ''} stopped at max_tokens "
+        f"(finish_reason length), billed as succeeded: {examples}{more}. "
+        f"Resend them with more room: <code>{_e(t['retry'])}</code></p></section>"
     )
 
 
@@ -349,6 +364,7 @@ def render_report(data: dict[str, Any], *, currency: str, refresh_s: float = 5.0
         + _charts(data)
         + _models(data, currency)
         + _errors(data)
+        + _truncated(data)
         + _batches(data)
         + _runs(data)
         + f"<footer>Written by <code>runner {'serve' if live else 'report'}</code> at "

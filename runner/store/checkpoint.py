@@ -378,6 +378,8 @@ class Store(BatchTables, Totals, UploadTables):
                         [run, *part],
                     )
                     conn.execute(f"DELETE FROM rows WHERE seq IN ({marks})", part)
+                    # A row of a merged batch file is planned afresh (`--mode batch`).
+                    conn.execute(f"DELETE FROM batch_rows WHERE seq IN ({marks})", part)
         except sqlite3.OperationalError as exc:
             raise CheckpointError(f"cannot write checkpoint {self.path}: {exc}") from exc
         return len(seqs)
