@@ -44,6 +44,9 @@ def _text_or_file(value: str | None, flag: str) -> str | None:
 @click.option("--max-reasks", type=click.IntRange(min=0), default=2, show_default=True,
               help="Ask again this often when an answer does not match the schema.")  # fmt: skip
 @click.option("--force", is_flag=True, help="Resume even if the requests changed.")
+@click.option("--retry", "retry", multiple=True, metavar="CODE",
+              help="Ask chosen rows of the job in OUT again: an error code, failed, or length "
+              "(cut at max_tokens); repeatable.")  # fmt: skip
 def generate(input: Path, **opts: Any) -> None:
     """Map --prompt over the rows of INPUT (Parquet, JSONL, CSV) into OUT/output.parquet."""
     response_format = None
@@ -86,6 +89,7 @@ def generate(input: Path, **opts: Any) -> None:
             max_reasks=opts["max_reasks"],
             progress=not opts["no_progress"],
             force=opts["force"],
+            retry=opts["retry"],
             **options,
         )
     except (UsageError, CheckpointError) as exc:

@@ -23,7 +23,8 @@ import functools
 import sqlite3
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import pyarrow.parquet as pq
 from ..cost import NANO, format_total
 from ..errors import JobStopped, UsageError
 from ..job import EXIT_STOPPED, checkpoint_path, run_job
+from ..rerun import Selection, choose
 from ..settings import Settings
 from ..spec import spec_fingerprint
 from ..store import Store
@@ -146,13 +148,40 @@ def _place_requests(out: Path, new: Path, force: bool) -> None:
     new.replace(path)
 
 
+def _choose_again(out: Path, new: Path, retry: tuple[str, ...]) -> None:
+    """Make the rows `retry` names pending again, their outcomes kept as earlier attempts."""
+    if not checkpoint_path(out).exists():
+        new.unlink()
+        raise UsageError(f"retry: {out} holds no generate job yet; call without retry first")
+    store = Store(checkpoint_path(out), create=False)
+    try:
+        chosen: set[int] = set()
+        for what in retry:
+            if what == "failed":
+                sel = Selection()
+            elif what == "length":
+                sel = Selection(finish_reason="length")
+            else:
+                sel = Selection(codes=frozenset({what}))
+            chosen.update(choose(store, sel)[0])
+        if chosen:
+            store.archive(sorted(chosen), store.next_run_id())
+    finally:
+        store.close()
+
+
 def _write_output(src: Source, answers: OutputSchema | None, out: Path) -> Path:
     """The input read again beside the checkpoint, with answers and row columns, in order."""
     schema = _result_schema(src, answers)
     path, tmp = out / OUTPUT, out / (OUTPUT + ".tmp")
     store = Store(checkpoint_path(out), create=False)
     try:
-        rows = (r for chunk in store.iter_columns(_STORED, batch=4096) for r in chunk)
+        earlier = store.earlier_attempts()  # retried rows: their superseded attempts
+        rows = (
+            _with_earlier(r, earlier)
+            for chunk in store.iter_columns(_STORED, batch=4096)
+            for r in chunk
+        )
         ahead: tuple[Any, ...] | None = next(rows, None)
         seq = 0
         with pq.ParquetWriter(tmp, schema) as writer:
@@ -168,6 +197,16 @@ def _write_output(src: Source, answers: OutputSchema | None, out: Path) -> Path:
     finally:
         store.close()
     return path
+
+
+def _with_earlier(row: tuple[Any, ...], earlier: dict[int, tuple[int, int]]) -> tuple[Any, ...]:
+    """A row's attempts and cost with those of its superseded attempts added (a retry)."""
+    before = earlier.get(row[0])
+    if before is None:
+        return row
+    seq, status, code, message, attempts, cost_nano, *rest = row
+    return (seq, status, code, message, (attempts or 0) + before[0],
+            (cost_nano or 0) + before[1], *rest)  # fmt: skip
 
 
 def _result_batch(
@@ -237,10 +276,19 @@ async def agenerate(
     max_reasks: int = DEFAULT_MAX_REASKS,
     progress: bool = True,
     force: bool = False,
+    retry: Sequence[str] | None = None,
     handle_signals: bool = False,
     **options: Any,
 ) -> pa.Table:
-    """The async form of `generate` (same arguments), for code already inside a loop."""
+    """The async form of `generate` (same arguments), for code already inside a loop.
+
+    `retry` asks chosen finished rows of the job already in `out` again: error codes as
+    `runner status` shows them (`1301`, `invalid_output`, `timeout`), `failed` for every
+    failed row, `length` for answers cut at max_tokens. The prompt, schema or body may have
+    changed since: only the chosen rows are sent with the new requests (so only they miss
+    the response cache); the other rows keep their answers. Earlier attempts stay in the
+    checkpoint and on the bill (the `cost` and `attempts` columns count every one).
+    """
     out = Path(out)
     if max_reasks < 0:
         raise UsageError(f"max_reasks must be 0 or more, got {max_reasks}")
@@ -283,7 +331,10 @@ async def agenerate(
     out.mkdir(parents=True, exist_ok=True)
     new = out / (REQUESTS + ".new")
     await anyio.to_thread.run_sync(_write_requests, src, builder, base, new)
-    await anyio.to_thread.run_sync(_place_requests, out, new, force)
+    if retry:
+        await anyio.to_thread.run_sync(_choose_again, out, new, tuple(retry))
+        settings = replace(settings, force=True)  # the requests may differ: rows match by seq
+    await anyio.to_thread.run_sync(_place_requests, out, new, force or bool(retry))
     (out / MARK).write_text(
         orjson.dumps(
             {"model": model, "provider": provider, "schema": answers.schema if answers else None},
