@@ -3,9 +3,11 @@
 The row is JSON like every other; only its wire form differs. `file` names a local file
 (localfiles.py: the same root, containment and caps as every other reference), checked
 again here and sent as a file part whose bytes the transport reads while it sends.
-Other values become text fields the way the platform's official SDK writes them: a
-boolean as ``true``/``false``, a list as repeated ``name[]`` fields, an object as
-``name[key]`` fields, a null left out.
+Other values become text fields as OpenAPI's defaults for a form lay them out (the
+spec declares this request as one): a string as itself, a boolean as ``true``/``false``,
+a number in its JSON spelling, a list of those as the same field repeated, an object (or
+a list holding one) as one JSON field; a null is left out. (The official SDK writes a
+list as ``name[]`` fields but refuses more than one item, so its layout is no guide.)
 """
 
 from __future__ import annotations
@@ -24,23 +26,21 @@ __all__ = ["AUDIO_TOKENS_PER_SECOND", "form_body", "form_fields", "form_tokens"]
 # What the platform counts for a second of audio (API-NOTES, input_audio).
 AUDIO_TOKENS_PER_SECOND = 12.5
 _EXTENSIONS = {"audio/wav": ".wav", "audio/mpeg": ".mp3"}
+_SCALARS = (str, bool, int, float)
 
 
 def form_fields(name: str, value: Any) -> Iterator[tuple[str, str]]:
     """The text fields one body value becomes."""
     if value is None:
         return
-    if type(value) is bool:
-        yield name, "true" if value else "false"
+    if type(value) is list and all(type(v) in _SCALARS for v in value):
+        for item in value:
+            yield from form_fields(name, item)
     elif type(value) is str:
         yield name, value
-    elif type(value) is list:
-        for item in value:
-            yield from form_fields(name + "[]", item)
-    elif type(value) is dict:
-        for key, item in value.items():
-            yield from form_fields(f"{name}[{key}]", item)
-    else:  # numbers, in their JSON spelling
+    elif type(value) is bool:
+        yield name, "true" if value else "false"
+    else:  # numbers in their JSON spelling; objects as JSON
         yield name, orjson.dumps(value).decode()
 
 

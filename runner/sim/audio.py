@@ -2,8 +2,8 @@
 takes it (AudioTranscriptionRequest, API-NOTES 2.10).
 
 The form becomes a JSON-able body before anything else looks at it: text fields as
-strings, ``name[]`` fields as a list (how the official SDK sends ``hotwords``), and the
-audio as its sha256, size, format and length, so the bytes are dropped at once and the
+strings, a repeated field (or ``name[]`` fields, as the official SDK names a list) as a
+list, and the audio as its sha256, size, format and length, so the bytes are dropped at once and the
 body hashes like any other request. The platform's caps hold: .wav or .mp3, at most
 25 MB and 30 seconds; `file` wins over `file_base64` when both come. The answer has the
 spec's shape (id, created, request_id, model, text) plus the `usage` the official SDK's
@@ -85,6 +85,9 @@ def form_request(parts: list[Part]) -> dict[str, Any]:
             raise ApiError(1214, f"the field '{part.name}' is not UTF-8 text") from None
         if part.name.endswith("[]"):
             body.setdefault(part.name[:-2], []).append(text)
+        elif part.name in body:
+            seen = body[part.name]
+            body[part.name] = [*seen, text] if isinstance(seen, list) else [seen, text]
         else:
             body[part.name] = text
     return body
@@ -101,9 +104,9 @@ def _flag(value: Any, name: str) -> bool:
 def _hotwords(value: Any) -> list[str]:
     if value is None:
         return []
-    if isinstance(value, str):  # a JSON array in one field, as a plain HTTP client sends it
+    if isinstance(value, str):  # one word, or a JSON array in one field
         try:
-            value = orjson.loads(value)
+            value = orjson.loads(value) if value.startswith("[") else [value]
         except orjson.JSONDecodeError:
             value = [value]
     if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
@@ -139,7 +142,10 @@ def inspect_transcription(body: dict[str, Any]) -> Inspected:
 def answer_transcription(call: Call, state: SimState) -> Answer:
     body = call.body
     seconds = body["file"]["seconds"]
-    text = content.words(call.digest, max(2, round(seconds * 2.5)))
+    # What was said depends on the audio (and the context prompt), not on how it is asked
+    # for: streamed or not, the same clip gets the same transcript.
+    heard = state.seed_bytes + bytes.fromhex(body["file"]["sha256"])
+    text = content.words(heard + (body.get("prompt") or "").encode(), max(2, round(seconds * 2.5)))
     prompt_tokens = round(seconds * TOKENS_PER_SECOND) + content.tokens(body.get("prompt") or "")
     completion = content.tokens(text)
     bill = Bill(prompt_tokens=prompt_tokens, completion_tokens=completion)
