@@ -362,3 +362,16 @@ async def test_estimate_prices_audio_by_its_length(tmp_path: Path) -> None:
     assert m.prompt_tokens == 25 + 375 + 10
     assert m.output_tokens == 8 + 120
     assert est.online_nano == (m.prompt_tokens + m.output_tokens) * 30
+
+
+def test_an_answer_without_usage_is_unpriced_and_one_without_text_fails() -> None:
+    from runner.endpoints import parse_success
+
+    spec_shape = {"id": "1", "created": 1, "request_id": "r", "model": ASR, "text": "hello"}
+    parsed = parse_success("audio/transcriptions", orjson.dumps(spec_shape), spec_shape)
+    assert parsed.failure is None and not parsed.priced  # unknown cost, never "free"
+    with_usage = {**spec_shape, "usage": {"prompt_tokens": 25, "completion_tokens": 2}}
+    parsed = parse_success("audio/transcriptions", orjson.dumps(with_usage), with_usage)
+    assert parsed.priced and parsed.usage.total_tokens == 27
+    parsed = parse_success("audio/transcriptions", b"{}", {"model": ASR})
+    assert parsed.failure is not None and parsed.failure.code == "no_text"
