@@ -57,6 +57,9 @@ class Parsed:
     text: str
     usage: Usage
     failure: RowError | None = None
+    # False when the answer does not say what it billed (a transcription without `usage`):
+    # its cost is then unknown, counted as a row with no price, never as free.
+    priced: bool = True
 
 
 def parse_retry_after(resp: Response) -> float | None:
@@ -203,10 +206,17 @@ def usage_of(endpoint: str, body: dict[str, Any]) -> Usage:
 def parse_success(endpoint: str, raw: bytes, body: dict[str, Any]) -> Parsed:
     usage = usage_of(endpoint, body)
     failure: RowError | None = None
+    text = raw.decode("utf-8", "replace")
+    if endpoint == "audio/transcriptions":
+        # AudioTranscriptionResponse: the transcript is `text`. The spec gives the answer no
+        # `usage`, though the official SDK's type for it has one: read it when it is there.
+        if type(body.get("text")) is not str:
+            failure = RowError("the answer carries no transcript (no `text`)", code="no_text")
+        return Parsed(body, text, usage, failure, priced=isinstance(body.get("usage"), dict))
     choices = body.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         reason = choices[0].get("finish_reason")
         if isinstance(reason, str) and reason in _ROW_FAIL_FINISH:
             code, msg = _ROW_FAIL_FINISH[reason]
             failure = RowError(msg, code=code, status=200)
-    return Parsed(body=body, text=raw.decode("utf-8", "replace"), usage=usage, failure=failure)
+    return Parsed(body=body, text=text, usage=usage, failure=failure)

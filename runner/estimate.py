@@ -10,6 +10,9 @@ An estimate, not a quote. Its assumptions are printed with it:
 * images and videos: `n` (default 1) per row at the per-item price; web search 1 use;
 * agents: a translation's output as long as its source, the slide agent's output the
   guess above, one video per effects-video row; the conversation export is not billed;
+* audio transcriptions: 12.5 prompt tokens per second of audio (the platform's audio rate)
+  plus the prompt text, the seconds from a WAV file's header, else the 30 s cap; output
+  `SPEECH_TOKENS_PER_SECOND` per second (a transcript of fast speech);
 * batch mode: the online price times `PriceTable.batch_factor` for the endpoints the Batch
   API runs; other rows are priced online (they would run online);
 * models without a price are listed as unpriced and count 0.
@@ -20,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,7 +31,9 @@ import orjson
 
 from .agents import SLIDES, TRANSLATION, VIDU
 from .cost import NANO, PriceTable, Usage
+from .forms import AUDIO_TOKENS_PER_SECOND
 from .http import ConnectionDropped, Transport
+from .localfiles import AUDIO, FileRefError, resolve
 from .spec import Request, SpecDefaults, read_spec
 
 __all__ = [
@@ -41,6 +47,8 @@ __all__ = [
 ]
 
 DEFAULT_OUTPUT_TOKENS = 256
+# Words of fast speech (~3 a second) in tokens: what a transcript of one second may hold.
+SPEECH_TOKENS_PER_SECOND = 4
 _CHAT = frozenset({"chat/completions", "async/chat/completions"})
 _TOKENIZER_AT_ONCE = 8
 
@@ -138,7 +146,22 @@ def local_prompt_tokens(req: Request) -> int:
     return len(text.encode()) // 3 if isinstance(text, str) else 0
 
 
-def _output_tokens(req: Request, guess: int, prompt: int) -> int:
+def audio_seconds(req: Request, root: Path) -> float:
+    """How long a transcription row's audio plays: a WAV's header says; else the cap."""
+    cap = AUDIO.seconds or 0.0
+    ref = req.body.get("file")
+    if not isinstance(ref, str):
+        return cap
+    try:
+        seconds = resolve(ref, root).seconds
+    except FileRefError:
+        return cap
+    return cap if seconds is None else min(seconds, cap)
+
+
+def _output_tokens(req: Request, guess: int, prompt: int, seconds: float = 0.0) -> int:
+    if req.endpoint == "audio/transcriptions":
+        return round(seconds * SPEECH_TOKENS_PER_SECOND)
     if req.endpoint == "agents":
         return {TRANSLATION: prompt, SLIDES: guess}.get(req.model, 0)
     if req.endpoint not in _CHAT:
@@ -181,6 +204,7 @@ async def estimate_spec(
     )
     batches = read_spec(spec, defaults)
     limiter = anyio.CapacityLimiter(_TOKENIZER_AT_ONCE)
+    root = defaults.files_root or Path.cwd()
 
     def add(req: Request, counted: int | None = None) -> None:
         model = price_as or req.model
@@ -188,7 +212,11 @@ async def estimate_spec(
         if counted is not None:
             m.tokenized += 1
         prompt = local_prompt_tokens(req) if counted is None else counted
-        out = _output_tokens(req, output_tokens, prompt)
+        seconds = 0.0
+        if req.endpoint == "audio/transcriptions":
+            seconds = audio_seconds(req, root)
+            prompt += round(seconds * AUDIO_TOKENS_PER_SECOND)
+        out = _output_tokens(req, output_tokens, prompt, seconds)
         images, videos, uses = _items(req)
         usage = Usage(prompt, out, 0, prompt + out, images, videos, uses)
         price = prices.price(model)
@@ -261,6 +289,8 @@ def assumptions(est: Estimate) -> list[str]:
         "images/videos: n per row (default 1) at the per-item price",
         "agents: a translation as long as its source, the slide agent's output the guess, "
         "one video per effects-video row",
+        f"audio: {AUDIO_TOKENS_PER_SECOND:g} prompt tokens per second (a WAV header's length, "
+        f"else the {AUDIO.seconds:g} s cap), output {SPEECH_TOKENS_PER_SECOND} per second",
         f"batch = online x {est.batch_factor} for chat, embeddings and images; other rows "
         "priced online",
         "no cached-input discount; models without a price count 0",

@@ -14,7 +14,9 @@ be able to upload the user's home folder.
 from __future__ import annotations
 
 import base64
+import binascii
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,15 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 __all__ = [
+    "AUDIO",
+    "AudioTooLong",
     "FileRefError",
     "FileTooLarge",
     "Kind",
     "LocalFile",
     "check_file",
     "check_files",
+    "check_inline_audio",
     "data_uri",
     "has_files",
     "inline_files",
@@ -36,6 +41,7 @@ __all__ = [
     "locate",
     "resolve",
     "sniff_mime",
+    "wav_seconds",
 ]
 
 # Content parts whose url the platform only fetches: a local file cannot stand in for one.
@@ -46,6 +52,10 @@ _SNIFF_BYTES = 16
 class FileRefError(ValueError):
     """A reference that names no readable file under the root; the message says why."""
 
+    # The row's error code when the file breaks one of its field's caps (None: any other
+    # problem, which the caller names: an invalid row, or a file gone unreadable).
+    cap_code: str | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class LocalFile:
@@ -54,6 +64,8 @@ class LocalFile:
     path: Path
     size: int
     mime: str
+    # How long it plays, where its header says (WAV); None otherwise.
+    seconds: float | None = None
 
 
 def is_local(value: str) -> bool:
@@ -79,11 +91,45 @@ def sniff_mime(head: bytes) -> str | None:
         return "image/gif"
     if head.startswith(b"%PDF-"):
         return "application/pdf"
-    if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+    if head.startswith(b"ID3") or _mpeg_frame(head):
         return "audio/mpeg"
     if head[4:8] == b"ftyp":
         return "video/mp4"
     return None
+
+
+def _mpeg_frame(head: bytes) -> bool:
+    """An MPEG audio frame header (an mp3 without an ID3 tag): 11 sync bits, then a version,
+    layer, bitrate and sample rate that are not the reserved values. Checking those, not the
+    sync alone, keeps arbitrary bytes that start with 0xFF 0xE0 from passing for audio."""
+    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return False
+    version, layer = (head[1] >> 3) & 3, (head[1] >> 1) & 3
+    bitrate, rate = head[2] >> 4, (head[2] >> 2) & 3
+    return version != 1 and layer != 0 and bitrate != 15 and rate != 3
+
+
+def wav_seconds(fh: Any) -> float | None:
+    """A WAV file's duration from its chunk headers (seeking past the data, never reading
+    it), or None when the header does not say. Any codec: data size over byte rate."""
+    fh.seek(12)
+    byte_rate = data = None
+    while byte_rate is None or data is None:
+        header = fh.read(8)
+        if len(header) < 8:
+            return None
+        kind, size = header[:4], struct.unpack("<I", header[4:])[0]
+        if kind == b"fmt ":
+            fmt = fh.read(16)
+            if len(fmt) < 16:
+                return None
+            byte_rate = struct.unpack("<I", fmt[8:12])[0]
+            fh.seek(size - 16 + (size & 1), os.SEEK_CUR)
+        else:
+            if kind == b"data":
+                data = size
+            fh.seek(size + (size & 1), os.SEEK_CUR)
+    return data / byte_rate if byte_rate else None
 
 
 def _path_of(value: str) -> str:
@@ -130,20 +176,23 @@ def locate(value: str, root: Path) -> tuple[str, Path]:
 def resolve(value: str, root: Path) -> LocalFile:
     """Check one reference under `root` without reading its body; raise FileRefError."""
     raw, real = locate(value, root)
+    seconds = None
     try:
         with real.open("rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             head = fh.read(_SNIFF_BYTES)
+            mime = sniff_mime(head)
+            if mime == "audio/wav":
+                seconds = wav_seconds(fh)
     except IsADirectoryError:
         raise FileRefError(f"{raw!r} is a folder, not a file") from None
     except OSError as exc:
         raise FileRefError(f"cannot read {raw!r}: {exc.strerror or exc}") from None
-    mime = sniff_mime(head)
     if mime is None:
         raise FileRefError(
             f"{raw!r} is not a known file type (png, jpeg, webp, gif, pdf, wav, mp3)"
         )
-    return LocalFile(real, size, mime)
+    return LocalFile(real, size, mime, seconds)
 
 
 def data_uri(file: LocalFile) -> str:
@@ -159,6 +208,7 @@ class Kind:
     name: str
     mimes: frozenset[str]
     caps: dict[str, int]  # mime -> most bytes; "*" for any other accepted mime
+    seconds: float | None = None  # the longest audio accepted, where the file says
 
 
 _MB = 1024 * 1024
@@ -174,11 +224,23 @@ VIDEO_IMAGE = Kind(
     frozenset({"image/png", "image/jpeg", "image/webp"}),
     {"*": 50 * _MB},
 )
+# AudioTranscriptionRequest.file: .wav or .mp3, at most 25 MB and 30 seconds.
+AUDIO = Kind(
+    "an audio file to transcribe", frozenset({"audio/wav", "audio/mpeg"}), {"*": 25 * _MB}, 30.0
+)
 URL_ONLY = Kind("url only", frozenset(), {})
 
 
 class FileTooLarge(FileRefError):
     """A file over its field's cap: its own error code, and no request is sent."""
+
+    cap_code = "file_too_large"
+
+
+class AudioTooLong(FileRefError):
+    """Audio that plays longer than its field accepts: its own code, and no request."""
+
+    cap_code = "audio_too_long"
 
 
 # A place in a body that holds a reference: (field path, container, key, kind).
@@ -212,6 +274,8 @@ def _slots(endpoint: str, body: dict[str, Any]) -> list[_Slot]:
         return _chat_slots(body)
     if endpoint == "layout_parsing" and type(body.get("file")) is str:
         return [("body.file", body, "file", OCR_FILE)]
+    if endpoint == "audio/transcriptions" and type(body.get("file")) is str:
+        return [("body.file", body, "file", AUDIO)]
     if endpoint == "videos/generations":
         image = body.get("image_url")
         if type(image) is str:
@@ -241,30 +305,64 @@ def check_file(value: str, kind: Kind, root: Path) -> LocalFile:
     if file.mime not in kind.mimes:
         allowed = ", ".join(sorted(m.split("/")[1] for m in kind.mimes))
         raise FileRefError(f"{value!r} is {file.mime}; {kind.name} must be one of {allowed}")
-    cap = kind.caps.get(file.mime, kind.caps.get("*"))
-    if cap is not None and file.size > cap:
-        raise FileTooLarge(
-            f"{value!r} is {file.size / _MB:.1f} MB, over the {cap // _MB} MB cap "
-            f"for {kind.name} ({file.mime})"
-        )
+    _hold_to_caps(value, kind, file.mime, file.size, file.seconds)
     return file
 
 
-def check_files(endpoint: str, body: dict[str, Any], root: Path) -> tuple[str, str, bool] | None:
-    """The first problem with a body's local references: (field, message, over a cap)."""
+def _hold_to_caps(
+    what: str, kind: Kind, mime: str, size: int, seconds: float | None = None
+) -> None:
+    cap = kind.caps.get(mime, kind.caps.get("*"))
+    if cap is not None and size > cap:
+        raise FileTooLarge(
+            f"{what!r} is {size / _MB:.1f} MB, over the {cap // _MB} MB cap "
+            f"for {kind.name} ({mime})"
+        )
+    if kind.seconds is not None and seconds is not None and seconds > kind.seconds:
+        raise AudioTooLong(
+            f"{what!r} plays {seconds:.1f} s, over the {kind.seconds:g} s cap for {kind.name}"
+        )
+
+
+def check_inline_audio(value: str) -> None:
+    """Hold a `file_base64` payload to the audio caps without decoding all of it: the type
+    from its first bytes, the size from its length. Raise FileRefError."""
+    payload = value.partition(",")[2] if value.startswith("data:") else value
+    try:
+        head = base64.b64decode("".join(payload[:128].split())[:24], validate=True)
+    except (binascii.Error, ValueError):
+        raise FileRefError("file_base64 is not valid base64") from None
+    # Line breaks (MIME-style base64) carry no bytes; a count is one pass in C.
+    chars = len(payload) - payload.count("\n") - payload.count("\r")
+    size = chars * 3 // 4 - payload.rstrip()[-2:].count("=")
+    mime = sniff_mime(head)
+    if mime not in AUDIO.mimes:
+        raise FileRefError(f"file_base64 holds {mime or 'an unknown type'}; audio must be wav, mp3")
+    assert mime is not None
+    _hold_to_caps("file_base64", AUDIO, mime, size)
+
+
+def check_files(
+    endpoint: str, body: dict[str, Any], root: Path
+) -> tuple[str, str, str | None] | None:
+    """The first problem with a body's local references, if any."""
     for path, holder, key, kind in _slots(endpoint, body):
         value = holder[key]
         if not _local(value):
             continue
         if kind is URL_ONLY:
             name = path.rsplit(".", 2)[-2]
-            return path, f"{name} takes a public URL only: {value!r} looks like a local path", False
+            return path, f"{name} takes a public URL only: {value!r} looks like a local path", None
         try:
             check_file(value, kind, root)
-        except FileTooLarge as exc:
-            return path, str(exc), True
         except FileRefError as exc:
-            return path, str(exc), False
+            return path, str(exc), exc.cap_code
+    inline = body.get("file_base64") if endpoint == "audio/transcriptions" else None
+    if type(inline) is str and "file" not in body:  # the platform prefers file when both
+        try:
+            check_inline_audio(inline)
+        except FileRefError as exc:
+            return "body.file_base64", str(exc), exc.cap_code
     return None
 
 

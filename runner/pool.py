@@ -42,10 +42,12 @@ from .errors import (
     TransportFatal,
     Unreachable,
 )
+from .forms import form_body
 from .health import ServerHealth
 from .http import ConnectionDropped, Response, ResponseTimeout, Transport
+from .http.base import Body
 from .limits import AdaptiveLimiter
-from .localfiles import FileRefError, FileTooLarge, has_files, inline_files
+from .localfiles import FileRefError, has_files, inline_files
 from .outcome import Outcome, outcome_for
 from .progress import Counters
 from .providers import Provider
@@ -53,7 +55,7 @@ from .ratelimit import estimate_tokens
 from .retry import build_retrying, first_wait
 from .settings import Settings
 from .slides import deck_files, exports_deck
-from .spec import ASYNC_ENDPOINTS, Request
+from .spec import ASYNC_ENDPOINTS, FORM_ENDPOINTS, Request
 
 __all__ = ["JobContext", "Lane", "Lanes", "fingerprint"]
 
@@ -250,7 +252,7 @@ class Lanes:
         self.ctx.counters.retries += 1
 
     async def call(
-        self, lane: Lane, path: str, body: bytes, sent: list[float] | None = None
+        self, lane: Lane, path: str, body: Body, sent: list[float] | None = None
     ) -> tuple[int, bytes, dict[str, Any]]:
         """One attempt: hold a slot only while on the wire; map every failure to our tree."""
         account = lane.account
@@ -349,7 +351,7 @@ class Lanes:
         )
 
     async def call_with_retry(
-        self, lane: Lane, path: str, body: bytes, sent: list[float] | None = None
+        self, lane: Lane, path: str, body: Body, sent: list[float] | None = None
     ) -> tuple[int, bytes, dict[str, Any], int]:
         """Send with retries; a key the platform refuses for good is retired and the row
         moves to another key (`lane` then names the key that answered). The first attempt
@@ -388,7 +390,7 @@ class Lanes:
         self,
         lane: Lane,
         path: str,
-        body: bytes,
+        body: Body,
         sent: list[float] | None,
         first: RetryableError,
     ) -> tuple[int, bytes, dict[str, Any], int]:
@@ -424,16 +426,20 @@ class Lanes:
         body = orjson.dumps(req.body)
         # Priced on the row as written: a file's base64 is not prompt text.
         worst = self.ctx.prices.worst_case(req.model, req.body, len(body))
-        if has_files(req.endpoint, req.body):
+        payload: Body = body
+        if req.endpoint in FORM_ENDPOINTS or has_files(req.endpoint, req.body):
             # Read only now, and dropped with this frame once the row is answered.
+            root = self.ctx.settings.resolved_files_root
             try:
-                wire = inline_files(req.endpoint, req.body, self.ctx.settings.resolved_files_root)
+                if req.endpoint in FORM_ENDPOINTS:
+                    # A form's file is read by the transport as it sends; the fingerprint
+                    # stays the row's own (its path).
+                    payload = form_body(req.body, root)
+                else:
+                    body = payload = orjson.dumps(inline_files(req.endpoint, req.body, root))
             except FileRefError as exc:
-                code = "file_too_large" if isinstance(exc, FileTooLarge) else "file_unreadable"
-                err = RowError(f"local file: {exc}", code=code)
+                err = RowError(f"local file: {exc}", code=exc.cap_code or "file_unreadable")
                 return outcome_for(req, "failed", attempts=0, started=time.time(), error=err)
-            body = orjson.dumps(wire)
-            del wire
         if not self.ctx.budget.admit(worst, self.ctx.control):
             return None
         sent: list[float] = []
@@ -441,10 +447,10 @@ class Lanes:
         actual = 0
         try:
             status, raw, answer, attempts = await self.call_with_retry(
-                lane, self.ctx.path(req.endpoint), body, sent
+                lane, self.ctx.path(req.endpoint), payload, sent
             )
             parsed = parse_success(req.endpoint, raw, answer)
-            cost = self.ctx.prices.cost(req.model, parsed.usage)
+            cost = self.ctx.prices.cost(req.model, parsed.usage) if parsed.priced else None
             actual = cost or 0
             failure, artifacts = parsed.failure, None
             if failure is None and exports_deck(req):

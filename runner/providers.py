@@ -64,6 +64,8 @@ TIERS: Mapping[str, Mapping[str, int]] = {
     # the effects-video templates are priced and limited like the other video models.
     "slides_glm_agent": {"V0": 10, "V1": 15, "V2": 20, "V3": 30},
     "vidu_template_agent": _MEDIA_TIERS,
+    # The GLM-ASR page gives the media tiers for speech recognition.
+    "glm-asr-2512": _MEDIA_TIERS,
     "glm-z1-air": {"V0": 30, "V1": 40, "V2": 50, "V3": 60},
     "glm-z1-airx": {"V0": 30, "V1": 40, "V2": 50, "V3": 60},
 }

@@ -32,6 +32,9 @@ from typing import Any
 import anyio
 import orjson
 
+from .forms import form_tokens
+from .http.base import Body, Multipart
+
 __all__ = ["DEFAULT_MAX_OUTPUT", "RateLimiter", "RateLimits", "TokenBucket", "estimate_tokens"]
 
 # Output tokens assumed for a row without max_tokens (the platform default is of this order).
@@ -39,12 +42,15 @@ DEFAULT_MAX_OUTPUT = 1024
 _WINDOW = 60.0
 
 
-def estimate_tokens(body: bytes, max_tokens: Any = None) -> int:
+def estimate_tokens(body: Body, max_tokens: Any = None) -> int:
     """Tokens a request may count against TPM: ``len(body) // 3 + max_tokens``.
 
     `max_tokens` may be passed when the caller already has the parsed body; otherwise it is
-    read from `body` (one orjson parse, only done when a TPM limit is set).
+    read from `body` (one orjson parse, only done when a TPM limit is set). A form (an audio
+    upload) counts its text and the longest audio it may carry, not its file's bytes.
     """
+    if isinstance(body, Multipart):
+        return form_tokens(body) + DEFAULT_MAX_OUTPUT
     if max_tokens is None:
         try:
             parsed = orjson.loads(body)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from media import PDF, png
 
 from jobs import settings_for, write_spec
 from runner import run_job
@@ -19,25 +18,6 @@ from runner.sim import SimConfig, Simulator
 from runner.store import Store
 
 pytestmark = pytest.mark.anyio
-
-
-def png(seed: int, size: int = 8) -> bytes:
-    """A valid PNG whose pixels depend on `seed`, so every file has its own sha256."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    raw = b"".join(
-        b"\x00" + bytes((seed + x + y) % 256 for x in range(size * 3)) for y in range(size)
-    )
-    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
 
 
 def image_row(cid: str, url: str, part: str = "image_url") -> dict[str, Any]:
@@ -109,14 +89,6 @@ async def test_references_out_of_the_root_are_invalid_and_never_sent(tmp_path: P
             assert why in row["error_message"] and field in row["error_message"], cid
     finally:
         store.close()
-
-
-PDF = (
-    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
-    b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
-    b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\n"
-    b"trailer<</Root 1 0 R>>\n%%EOF\n"
-)
 
 
 async def test_documents_and_video_images_arrive_intact_and_caps_hold(tmp_path: Path) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
+from media import wav
 from zai import ZaiClient
 from zai.core import APIAuthenticationError, APIReachLimitError
 
@@ -75,3 +79,27 @@ async def test_sdk_maps_simulated_errors_to_its_exceptions() -> None:
                 )
 
         await anyio.to_thread.run_sync(limited)
+
+
+async def test_sdk_transcription_reads_the_simulated_answer(sim: Simulator, tmp_path: Path) -> None:
+    clip = tmp_path / "hello.wav"
+    clip.write_bytes(wav(7, seconds=2))
+
+    def scenario() -> Any:
+        with clip.open("rb") as fh:
+            return sdk_client(sim).audio.transcriptions.create(
+                # One hotword: the SDK refuses two (it names each field hotwords[]).
+                file=fh,
+                model="glm-asr-2512",
+                hotwords=["amber"],
+                request_id="asr-1",
+            )
+
+    answer = await anyio.to_thread.run_sync(scenario)
+    # The SDK's type for this call is a chat completion; the transcript arrives beside it.
+    assert answer.request_id == "asr-1" and answer.model == "glm-asr-2512"
+    assert isinstance(answer.text, str) and answer.text
+    assert answer.usage.prompt_tokens == 25  # 2 s of audio at 12.5 tokens a second
+    stats = sim.stats()
+    assert stats["files"] == [hashlib.sha256(clip.read_bytes()).hexdigest()]
+    assert stats["billed"]["by_model"]["glm-asr-2512"]["requests"] == 1

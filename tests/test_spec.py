@@ -69,7 +69,7 @@ def error_at(item: Any, line_no: int, field: str | None) -> InvalidRow:
 
 
 def test_endpoint_sets() -> None:
-    assert len(ENDPOINTS) == 13  # 11 model kinds, agents and agents/conversation
+    assert len(ENDPOINTS) == 14  # 12 model kinds, agents and agents/conversation
     assert {
         "async/chat/completions",
         "async/images/generations",

@@ -269,13 +269,20 @@ def validate(
     show_default=True,
     help="Output tokens assumed for rows without max_tokens.",
 )
+@click.option(
+    "--files-root",
+    type=click.Path(exists=True, file_okay=False, resolve_path=True, path_type=Path),
+    help="Folder rows' local files must lie under (default: the spec's folder).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def estimate(spec: Path, **opts: Any) -> None:
     """Estimate what SPEC costs online and in batch mode; nothing billable is sent."""
+    # Local files resolve as `run` resolves them, so an audio row's length can be read.
+    root = opts["files_root"] or (spec.parent if isinstance(spec, Path) else None)
     try:
         info = get_provider(opts["provider"] or "zai", opts["providers_file"])
         prices = load_prices(info.price_table, opts["prices"])
-        defaults = SpecDefaults(endpoint=opts["endpoint"], model=opts["model"])
+        defaults = SpecDefaults(endpoint=opts["endpoint"], model=opts["model"], files_root=root)
         est = run_async(_estimate, spec, defaults, prices, info, opts)
     except (UsageError, SpecError) as exc:
         click.echo(f"error: {exc}", err=True)

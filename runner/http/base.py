@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import base64
 import posixpath
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from ..errors import UsageError
+from ..errors import RowError, UsageError
 
 __all__ = [
     "ACCEPT_ENCODING",
     "MAX_ANSWER_BYTES",
     "STALE_WINDOW",
+    "Body",
+    "FilePart",
+    "Multipart",
     "Response",
     "Target",
     "Transport",
@@ -44,15 +49,97 @@ class Response:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class FilePart:
+    """A form field whose value is a local file, read each time the request is sent (never
+    before: a row waiting out a backoff holds its path, not its bytes)."""
+
+    name: str
+    path: Path
+    filename: str
+    content_type: str
+
+    def read(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except OSError as exc:
+            # Checked when the row was read and again when its body was built: it went
+            # away or changed since, which no retry of this row can mend.
+            raise RowError(
+                f"local file {self.filename!r} cannot be read: {exc.strerror or exc}",
+                code="file_unreadable",
+            ) from None
+
+
+def _quoted(value: str) -> bytes:
+    # Form-data names are quoted strings with no escape character: the HTML standard (and
+    # every browser) percent-encodes the three bytes that would end or break the header.
+    text = value.replace("\r", "%0D").replace("\n", "%0A").replace('"', "%22")
+    return b'"' + text.encode() + b'"'
+
+
+@dataclass(frozen=True, slots=True)
+class Multipart:
+    """A multipart/form-data body (RFC 7578): text fields in order, then files.
+
+    `size` is about what it weighs on the wire (the files as last checked), for callers
+    that budget bytes before sending; the exact length is known only once it is encoded.
+    """
+
+    fields: tuple[tuple[str, str], ...]
+    files: tuple[FilePart, ...] = ()
+    size: int = 0
+
+    @staticmethod
+    def boundary() -> str:
+        # 128 random bits: the chance that a file holds the delimiter line is nil, so no
+        # scan of the bytes is needed (RFC 2046 asks only that it not occur).
+        return "runner-" + secrets.token_hex(16)
+
+    def content_type(self, boundary: str) -> str:
+        return f"multipart/form-data; boundary={boundary}"
+
+    def encode(self, boundary: str) -> list[bytes]:
+        """The body's pieces, files read now; their concatenation is the body."""
+        dash = b"--" + boundary.encode("ascii")
+        out: list[bytes] = []
+        for name, value in self.fields:
+            out.append(
+                dash + b"\r\nContent-Disposition: form-data; name=" + _quoted(name) + b"\r\n\r\n"
+            )
+            out.append(value.encode() + b"\r\n")
+        for part in self.files:
+            out.append(
+                dash
+                + b"\r\nContent-Disposition: form-data; name="
+                + _quoted(part.name)
+                + b"; filename="
+                + _quoted(part.filename)
+                + b"\r\nContent-Type: "
+                + part.content_type.encode("ascii")
+                + b"\r\n\r\n"
+            )
+            out.append(part.read())
+            out.append(b"\r\n")
+        out.append(dash + b"--\r\n")
+        return out
+
+
+# What a request may carry: JSON bytes, or a form whose files are read as it is sent.
+Body = bytes | Multipart
+
+
 class Transport(Protocol):
     """Send one request to the base URL's host; raise ConnectionDropped on a broken link.
 
     Redirects are never followed (an API POST must not silently change address); the
-    caller sees the 3xx answer. Bodies arrive decoded (gzip, deflate) and capped.
+    caller sees the 3xx answer. Bodies arrive decoded (gzip, deflate) and capped. A bytes
+    body is sent as JSON; a `Multipart` body as multipart/form-data, its files read only
+    while the request is built (a file that can no longer be read is the row's RowError).
     """
 
     async def request(
-        self, method: str, path: str, body: bytes | None = None, timeout: float | None = None
+        self, method: str, path: str, body: Body | None = None, timeout: float | None = None
     ) -> Response: ...
 
     async def aclose(self) -> None: ...

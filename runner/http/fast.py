@@ -25,7 +25,16 @@ from ..errors import (
     Unreachable,
     UsageError,
 )
-from .base import ACCEPT_ENCODING, MAX_ANSWER_BYTES, STALE_WINDOW, Response, Target, redact_url
+from .base import (
+    ACCEPT_ENCODING,
+    MAX_ANSWER_BYTES,
+    STALE_WINDOW,
+    Body,
+    Multipart,
+    Response,
+    Target,
+    redact_url,
+)
 from .config import HttpConfig, cert_problem
 
 __all__ = ["FastTransport"]
@@ -302,7 +311,7 @@ class FastTransport:
         return conn
 
     async def request(
-        self, method: str, path: str, body: bytes | None = None, timeout: float | None = None
+        self, method: str, path: str, body: Body | None = None, timeout: float | None = None
     ) -> Response:
         """Send one request. The timeout is a timer on the response future rather than an
         anyio cancel scope: on the hot path a scope per request cost more CPU than the I/O."""
@@ -311,10 +320,18 @@ class FastTransport:
             head = f"{method} {target} HTTP/1.1\r\n".encode() + self._fixed + b"\r\n"
             data = head
         else:
+            kind = b"application/json"
+            if isinstance(body, Multipart):
+                # Encoded here, so the file's bytes live only as long as this request.
+                boundary = body.boundary()
+                kind = body.content_type(boundary).encode("ascii")
+                body = b"".join(body.encode(boundary))
             data = (
                 f"{method} {target} HTTP/1.1\r\n".encode()
                 + self._fixed
-                + b"Content-Type: application/json\r\nContent-Length: "
+                + b"Content-Type: "
+                + kind
+                + b"\r\nContent-Length: "
                 + str(len(body)).encode()
                 + b"\r\n\r\n"
                 + body

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from ..errors import AnswerTooLarge, ConnectionDropped
-from .base import STALE_WINDOW, Response, Target
+from .base import STALE_WINDOW, Body, Multipart, Response, Target
 from .config import HttpConfig, make_client, transport_error
 
 __all__ = ["HttpxTransport"]
@@ -30,7 +31,7 @@ class HttpxTransport:
         self._client = make_client(config, headers=fixed)
 
     async def request(
-        self, method: str, path: str, body: bytes | None = None, timeout: float | None = None
+        self, method: str, path: str, body: Body | None = None, timeout: float | None = None
     ) -> Response:
         import httpx
 
@@ -52,13 +53,27 @@ class HttpxTransport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(
-        self, method: str, path: str, body: bytes | None, timeout: float | None
+        self, method: str, path: str, body: Body | None, timeout: float | None
     ) -> Response:
         import httpx
 
         limit = self._limit
+        form: dict[str, Any] = {"content": body}
+        if isinstance(body, Multipart):
+            # The client's JSON Content-Type would win over the one httpx derives, so the
+            # form's own (with its boundary, which httpx then uses) is given here.
+            boundary = body.boundary()
+            headers = {"Content-Type": body.content_type(boundary)}
+            if body.files:  # httpx encodes the form itself
+                values: dict[str, list[str]] = {}
+                for name, value in body.fields:
+                    values.setdefault(name, []).append(value)
+                files = [(f.name, (f.filename, f.read(), f.content_type)) for f in body.files]
+                form = {"data": values, "files": files, "headers": headers}
+            else:  # without a file httpx would send the fields url-encoded
+                form = {"content": b"".join(body.encode(boundary)), "headers": headers}
         async with self._client.stream(
-            method, self._t.url(path), content=body, timeout=httpx.Timeout(timeout)
+            method, self._t.url(path), timeout=httpx.Timeout(timeout), **form
         ) as r:
             chunks: list[bytes] = []
             size = 0

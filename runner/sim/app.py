@@ -19,12 +19,14 @@ from typing import Any
 import orjson
 
 from runner.sim import agents as a
+from runner.sim import audio as au
 from runner.sim import batches as b
 from runner.sim import handlers as h
 from runner.sim import tools_api as t
 from runner.sim.content import file_bytes
 from runner.sim.errors import ApiError, render_error
 from runner.sim.faults import NO_MARKERS, read_markers
+from runner.sim.forms import read_form
 from runner.sim.handlers import Call, Endpoint, poll
 from runner.sim.ledger import Bill
 from runner.sim.state import SimState
@@ -41,6 +43,8 @@ _PREFIXES = ("/api/paas/v4/", "/api/v1/", "/paas/v4/", "/v4/", "/v1/")
 _SSE = b"text/event-stream"
 _POLL = "async-result/"
 _MAX_BODY = 32 * 1024 * 1024
+# A form carries its audio (25 MB) as bytes, or as base64 in file_base64 (a third more).
+_MAX_FORM = 40 * 1024 * 1024
 _JSON = b"application/json"
 # The status a queued request ends with when its client left (nginx's "client closed").
 _CLIENT_GONE = 499
@@ -62,6 +66,13 @@ ENDPOINTS: dict[str, Endpoint] = {
         Endpoint("layout_parsing", t.inspect_layout, t.answer_layout, True),
         Endpoint("reader", t.inspect_reader, t.answer_reader, True),
         Endpoint("agents", a.inspect_agent, a.answer_agent, True),
+        Endpoint(
+            "audio/transcriptions",
+            au.inspect_transcription,
+            au.answer_transcription,
+            True,
+            form=au.form_request,
+        ),
         Endpoint(
             "agents/async-result",
             a.inspect_agent_result,
@@ -105,6 +116,13 @@ def _api_name(path: str) -> str | None:
             # The official SDK posts '/v1/agents' under the model API's base URL.
             return name[3:] if name.startswith("v1/agents") else name
     return None
+
+
+def _content_type(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return str(value.decode("latin-1"))
+    return ""
 
 
 def _auth_and_host(scope: Scope) -> tuple[str, str | None]:
@@ -231,7 +249,12 @@ class SimApp:
             if poll_id is not None:
                 return await self._poll(send, kid, poll_id, root)
             assert endpoint is not None
-            body = _parse(await _read_body(receive))
+            if endpoint.form is not None and _content_type(scope).startswith("multipart/"):
+                raw = await _read_body(receive, _MAX_FORM)
+                body = endpoint.form(read_form(_content_type(scope), raw))
+                del raw
+            else:
+                body = _parse(await _read_body(receive))
             request_id = body.pop("request_id", None)
             if request_id is not None and not isinstance(request_id, str):
                 raise ApiError(1214, "request_id must be a string")

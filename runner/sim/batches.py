@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from runner.sim.errors import ApiError
+from runner.sim.forms import read_form
 from runner.sim.ledger import Bill
 
 if TYPE_CHECKING:
@@ -139,38 +140,7 @@ class BatchStore:
 
 def parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
     """form-data field name -> (filename or None, bytes). Enough for ``POST files``."""
-    boundary = None
-    for part in content_type.split(";"):
-        param, _, value = part.strip().partition("=")
-        if param.lower() == "boundary":
-            boundary = value.strip('"')
-    if not content_type.lower().startswith("multipart/form-data") or not boundary:
-        raise ApiError(1210, "expected a multipart/form-data body with a boundary")
-    fields: dict[str, tuple[str | None, bytes]] = {}
-    delimiter = b"--" + boundary.encode("latin-1")
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break  # the closing delimiter
-        head, sep, data = chunk.partition(b"\r\n\r\n")
-        if not sep:
-            raise ApiError(1210, "malformed multipart part")
-        if data.endswith(b"\r\n"):
-            data = data[:-2]
-        name: str | None = None
-        filename: str | None = None
-        for line in head.decode("latin-1").split("\r\n"):
-            key, _, value = line.partition(":")
-            if key.strip().lower() != "content-disposition":
-                continue
-            for item in value.split(";"):
-                k, _, v = item.strip().partition("=")
-                if k == "name":
-                    name = v.strip('"')
-                elif k == "filename":
-                    filename = v.strip('"')
-        if name:
-            fields[name] = (filename, data)
-    return fields
+    return {part.name: (part.filename, part.data) for part in read_form(content_type, body)}
 
 
 # --- routes -----------------------------------------------------------------------------

@@ -14,9 +14,22 @@ import hashlib
 
 from runner.sim.errors import ApiError
 
-__all__ = ["MB", "inline_file_sha256"]
+__all__ = ["MB", "decode_inline", "inline_file_sha256"]
 
 MB = 1024 * 1024
+
+
+def decode_inline(value: str, field: str) -> bytes:
+    """The bytes of a ``data:<mime>;base64,`` URI or a bare base64 payload; ApiError 1214."""
+    payload = value
+    if value.startswith("data:"):
+        head, sep, payload = value.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise ApiError(1214, f"{field} data URI must be data:<mime>;base64,<data>")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(1214, f"{field} is neither a URL nor valid base64") from None
 
 
 def inline_file_sha256(value: str, field: str, cap: int, pdf_cap: int | None = None) -> str | None:
@@ -24,15 +37,7 @@ def inline_file_sha256(value: str, field: str, cap: int, pdf_cap: int | None = N
     file over `cap` (`pdf_cap` for a PDF where the field caps PDFs apart)."""
     if value.startswith(("http://", "https://")):
         return None
-    payload = value
-    if value.startswith("data:"):
-        head, sep, payload = value.partition(",")
-        if not sep or not head.endswith(";base64"):
-            raise ApiError(1214, f"{field} data URI must be data:<mime>;base64,<data>")
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(1214, f"{field} is neither a URL nor valid base64") from None
+    data = decode_inline(value, field)
     limit = pdf_cap if pdf_cap is not None and data.startswith(b"%PDF-") else cap
     if len(data) > limit:
         raise ApiError(1214, f"{field} is over the {limit // MB} MB limit")

@@ -81,6 +81,8 @@ class Endpoint(NamedTuple):
     billable: bool
     # Counted in the ledger's per-request-id and per-body maps (a poll is not a submission).
     tracked: bool = True
+    # Takes a multipart/form-data body (speech to text) into this JSON-able body.
+    form: Callable[[list[Any]], dict[str, Any]] | None = None
 
 
 def required_text(body: dict[str, Any], name: str) -> str:

@@ -12,7 +12,7 @@ Rows come in two forms, mixed freely: the provider Batch-API line (``custom_id``
 depends only on the file's bytes.
 """
 
-from .checks import ASYNC_ENDPOINTS, ENDPOINTS, canonical_endpoint
+from .checks import ASYNC_ENDPOINTS, ENDPOINTS, FORM_ENDPOINTS, canonical_endpoint
 from .reader import (
     MAX_LINE_BYTES,
     SpecWindow,
@@ -28,6 +28,7 @@ from .validate import ValidationReport, validate_spec
 __all__ = [
     "ASYNC_ENDPOINTS",
     "ENDPOINTS",
+    "FORM_ENDPOINTS",
     "MAX_LINE_BYTES",
     "InvalidRow",
     "Request",

@@ -21,6 +21,7 @@ __all__ = [
     "ASYNC_ENDPOINTS",
     "CHECKS",
     "ENDPOINTS",
+    "FORM_ENDPOINTS",
     "MODELLESS_ENDPOINTS",
     "Check",
     "canonical_endpoint",
@@ -44,8 +45,11 @@ ENDPOINTS: frozenset[str] = frozenset(
         "moderations",
         "agents",
         "agents/conversation",
+        "audio/transcriptions",
     }
 )
+# Kinds sent as multipart/form-data rather than JSON (the body's `file` is a local file).
+FORM_ENDPOINTS: frozenset[str] = frozenset({"audio/transcriptions"})
 # Kinds that return a task id to poll rather than a result (API-NOTES §1).
 ASYNC_ENDPOINTS: frozenset[str] = frozenset(
     {"async/chat/completions", "async/images/generations", "videos/generations"}
@@ -252,6 +256,38 @@ def _check_reader(body: dict[str, Any], model: str) -> tuple[str, str] | None:
     return _required_str(body, "url")
 
 
+_MAX_HOTWORDS = 100  # AudioTranscriptionRequest.hotwords maxItems
+
+
+def _check_transcription(body: dict[str, Any], model: str) -> tuple[str, str] | None:
+    """AudioTranscriptionRequest: a local `file` (sent as a form upload) or `file_base64`."""
+    file, inline = body.get("file"), body.get("file_base64")
+    if file is None and inline is None:
+        return "body.file", "missing file: name a local .wav or .mp3 file, or give file_base64"
+    for key, value in (("file", file), ("file_base64", inline)):
+        if value is not None and (type(value) is not str or not value):
+            return f"body.{key}", f"{key} must be a non-empty string, got {json_kind(value)}"
+    if type(file) is str and (
+        file.startswith(("http://", "https://", "data:")) or len(file) > 4096
+    ):
+        return "body.file", (
+            "file is uploaded from a local path (the platform fetches no URL): name a .wav "
+            "or .mp3 under the files root, or put base64 audio in file_base64"
+        )
+    prompt = body.get("prompt")
+    if prompt is not None and type(prompt) is not str:
+        return "body.prompt", f"prompt must be a string, got {json_kind(prompt)}"
+    hotwords = body.get("hotwords")
+    if hotwords is not None:
+        if type(hotwords) is not list or any(type(w) is not str for w in hotwords):
+            return "body.hotwords", "hotwords must be a list of strings"
+        if len(hotwords) > _MAX_HOTWORDS:
+            return "body.hotwords", f"at most {_MAX_HOTWORDS} hotwords, got {len(hotwords)}"
+    if body.get("stream") is True:
+        return "body.stream", "the runner does not stream batch rows: set stream to false"
+    return None
+
+
 def _check_moderations(body: dict[str, Any], model: str) -> tuple[str, str] | None:
     if body.get("input") is None:
         return "body.input", "missing input: add the text or content to moderate"
@@ -355,4 +391,5 @@ CHECKS: dict[str, Check] = {
     "moderations": _check_moderations,
     "agents": _check_agents,
     "agents/conversation": _check_conversation,
+    "audio/transcriptions": _check_transcription,
 }

@@ -78,7 +78,8 @@ class InvalidRow:
     custom_id: str | None
     field: str | None
     message: str
-    # "file_too_large" for a local file over its field's cap; otherwise a malformed row.
+    # "file_too_large" or "audio_too_long" for a local file over one of its field's caps;
+    # otherwise a malformed row.
     code: str = "invalid_row"
 
     def __str__(self) -> str:
@@ -233,7 +234,7 @@ class Rows:
             return InvalidRow(seq, line, known, problem[0], problem[1])
         bad_file = check_files(endpoint, body, self._files_root or Path.cwd())
         if bad_file is not None:
-            code = "file_too_large" if bad_file[2] else "invalid_row"
+            code = bad_file[2] or "invalid_row"
             return InvalidRow(seq, line, known, bad_file[0], bad_file[1], code)
         return Request(seq, line, known, endpoint, model, body)
 
