@@ -132,6 +132,9 @@ def test_retry_cut_then_refused_rows(tmp_path: Path) -> None:
         status = json.loads(cli("status", str(out), "--json").stdout)
         assert status["tokens"]["prompt_tokens"] == billed["prompt_tokens"]
         assert status["tokens"]["completion_tokens"] == billed["completion_tokens"]
+        report = load_report(out / "checkpoint.sqlite")["summary"]
+        assert sum(m["prompt_tokens"] for m in report["by_model"]) == billed["prompt_tokens"]
+        assert Decimal(report["cost_nano"]) / 10**9 == Decimal(status["cost"]["total_exact"])
         every = sum(row["cost_all_attempts"] for row in final.values())
         assert abs(Decimal(status["cost"]["total_exact"]) - Decimal(str(every))) < Decimal("1e-9")
         assert every > sum(row["cost"] for row in final.values())

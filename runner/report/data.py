@@ -112,7 +112,7 @@ def _load(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
             {k: r[k] for k in ("id", "started_at", "ended_at", "outcome", "sent", "retries")}
             for r in runs
         ],
-        "summary": _summary(conn, int(job["total_rows"] or 0)),
+        "summary": _summary(conn, int(job["total_rows"] or 0), "attempts" in tables),
         "errors": _errors(conn, settings.get("out")),
         "truncated": _truncated(conn, settings.get("out")),
         "span": span,
@@ -160,7 +160,7 @@ def _span(
     return {"start": t0, "end": t1, "running_s": running, "bucket_s": width}
 
 
-def _summary(conn: sqlite3.Connection, total: int) -> dict[str, Any]:
+def _summary(conn: sqlite3.Connection, total: int, retried: bool) -> dict[str, Any]:
     counts: dict[str, int] = defaultdict(int)
     for status, n in conn.execute("SELECT status, COUNT(*) FROM rows GROUP BY status"):
         counts[status] = int(n)
@@ -178,6 +178,8 @@ def _summary(conn: sqlite3.Connection, total: int) -> dict[str, Any]:
             [NO_MODEL],
         )
     ]
+    if retried:
+        _add_attempts(conn, by_model)
     terminal = counts["succeeded"] + counts["failed"]
     return {
         "total": total,
@@ -189,6 +191,28 @@ def _summary(conn: sqlite3.Connection, total: int) -> dict[str, Any]:
         "unpriced": sum(int(m["unpriced"] or 0) for m in by_model),
         "by_model": by_model,
     }
+
+
+def _add_attempts(conn: sqlite3.Connection, by_model: list[dict[str, Any]]) -> None:
+    """Outcomes a retry superseded were billed all the same: their cost and tokens join
+    their model's (a model only earlier attempts used gets a line of its own)."""
+    lines = {m["model"]: m for m in by_model}
+    for model, n, cost, prompt, completion in conn.execute(
+        "SELECT COALESCE(model, ?), COUNT(*), COALESCE(SUM(cost_nano), 0), "
+        "COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) "
+        "FROM attempts GROUP BY model",
+        [NO_MODEL],
+    ):
+        m = lines.get(model)
+        if m is None:
+            m = lines[model] = {"model": model, "rows": 0, "succeeded": 0, "failed": 0,
+                                "cost_nano": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                "unpriced": 0, "sent": 0}  # fmt: skip
+            by_model.append(m)
+        m["superseded"] = int(n)
+        m["cost_nano"] += int(cost)
+        m["prompt_tokens"] += int(prompt)
+        m["completion_tokens"] += int(completion)
 
 
 def _errors(conn: sqlite3.Connection, out: str | None) -> list[dict[str, Any]]:
