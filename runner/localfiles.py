@@ -37,6 +37,7 @@ __all__ = [
     "data_uri",
     "has_files",
     "inline_files",
+    "inline_size",
     "is_local",
     "locate",
     "resolve",
@@ -371,6 +372,22 @@ def has_files(endpoint: str, body: dict[str, Any]) -> bool:
         kind is not URL_ONLY and _local(holder[key])
         for _, holder, key, kind in _slots(endpoint, body)
     )
+
+
+def inline_size(endpoint: str, body: dict[str, Any], root: Path) -> int:
+    """About the bytes a body's local files add once inlined as base64 (a stat each, no
+    read): what a request borrows from the body budget before it reads them."""
+    total = 0
+    for _, holder, key, kind in _slots(endpoint, body):
+        value = holder[key]
+        if kind is URL_ONLY or not _local(value):
+            continue
+        try:
+            size = locate(value, root)[1].stat().st_size
+        except (FileRefError, OSError):
+            continue  # inline_files says why when it reads it
+        total += 4 * -(-size // 3) + 64
+    return total
 
 
 def inline_files(endpoint: str, body: dict[str, Any], root: Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from .accounts import Account, Accounts
 from .agent_files import AgentFiles
 from .agents import ASYNC_AGENTS, agents_prefix, request_path
 from .artifacts import Downloader
+from .bodybudget import BodyBudget, held_size
 from .control import Budget, Control, Stopping
 from .cost import PriceTable
 from .endpoints import ENDPOINT_NOT_FOUND, parse_success, raise_for_answer
@@ -47,7 +48,7 @@ from .health import ServerHealth
 from .http import ConnectionDropped, Response, ResponseTimeout, Transport
 from .http.base import Body
 from .limits import AdaptiveLimiter
-from .localfiles import FileRefError, has_files, inline_files
+from .localfiles import FileRefError, has_files, inline_files, inline_size
 from .outcome import Outcome, outcome_for
 from .progress import Counters
 from .providers import Provider
@@ -104,12 +105,15 @@ class JobContext:
     move_lane: Callable[[Lane, FatalAPIError], None] = field(init=False)
     # Agent paths relative to the base URL (agents.py), resolved once.
     _agents_prefix: str = field(init=False, default="")
+    # The bytes of file-carrying bodies held at once (bodybudget.py).
+    bodies: BodyBudget = field(init=False)
 
     def __post_init__(self) -> None:
         # Resolved once: a user's providers file must not be re-read per request.
         self.provider = self.settings.provider_info
         self.health = ServerHealth(self.settings.base_url or self.provider.base_url)
         self._agents_prefix = agents_prefix(self.settings.base_url)
+        self.bodies = BodyBudget(self.settings.body_budget_mb * 1024 * 1024)
         if self.accounts is None:
             self.accounts = Accounts(self.settings, [self.transport])
 
@@ -423,6 +427,15 @@ class Lanes:
                 return None
             except Stopping:
                 return None
+        if req.endpoint in FORM_ENDPOINTS or has_files(req.endpoint, req.body):
+            # Its files are read only now: the bytes held at once stay within the budget.
+            root = self.ctx.settings.resolved_files_root
+            weight = held_size(inline_size(req.endpoint, req.body, root))
+            async with self.ctx.bodies.hold(weight):
+                return await self._send_row(req, lane)
+        return await self._send_row(req, lane)
+
+    async def _send_row(self, req: Request, lane: Lane) -> Outcome | None:
         body = orjson.dumps(req.body)
         # Priced on the row as written: a file's base64 is not prompt text.
         worst = self.ctx.prices.worst_case(req.model, req.body, len(body))

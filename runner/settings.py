@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .bodybudget import DEFAULT_BODY_BUDGET_MB
 from .errors import UsageError
 from .http import HttpConfig
 from .keys import KeySpec, key_fingerprint, key_label, parse_key_specs, split_keys
@@ -139,6 +140,8 @@ class Settings:
     metrics_port: int | None = None  # Prometheus metrics while the job runs
     # Where rows' local files resolve (localfiles.py); None: the spec's folder.
     files_root: Path | None = None
+    # MiB of file-carrying request bodies held at once (bodybudget.py).
+    body_budget_mb: int = DEFAULT_BODY_BUDGET_MB
 
     @property
     def http_config(self) -> HttpConfig:
@@ -302,6 +305,7 @@ USER_SETTINGS = (
     "keys",
     "notify",
     "files_root",
+    "body_budget_mb",
 )
 JOB_FILE_NAMES = {"body_defaults": "body", "providers_file": "providers"}
 

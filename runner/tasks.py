@@ -45,6 +45,7 @@ from tenacity import RetryCallState
 
 from .agents import agent_status
 from .artifacts import Downloader, DownloadError, Provenance, items_of, listing, media_usage
+from .bodybudget import held_size
 from .control import Stopping
 from .cost import Usage
 from .endpoints import error_fields, parse_success
@@ -57,7 +58,7 @@ from .errors import (
     TransportFatal,
 )
 from .http import ConnectionDropped, Response
-from .localfiles import FileRefError, FileTooLarge, has_files, inline_files
+from .localfiles import FileRefError, FileTooLarge, has_files, inline_files, inline_size
 from .outcome import Outcome, outcome_for
 from .pool import JobContext, Lane, fingerprint
 from .retry import build_retrying
@@ -221,6 +222,18 @@ class Tasks:
         self, req: Request, lane: Lane, results: MemoryObjectSendStream[Outcome]
     ) -> None:
         """Submit one row exactly once; once accepted, hand it to a poller."""
+        if has_files(req.endpoint, req.body):
+            # Its files are read only now: the bytes held at once stay within the budget.
+            root = self.settings.resolved_files_root
+            weight = held_size(inline_size(req.endpoint, req.body, root))
+            async with self.ctx.bodies.hold(weight):
+                await self._submit(req, lane, results)
+        else:
+            await self._submit(req, lane, results)
+
+    async def _submit(
+        self, req: Request, lane: Lane, results: MemoryObjectSendStream[Outcome]
+    ) -> None:
         ctx, tg = self.ctx, self._tg
         assert tg is not None, "Tasks.start() gives the pollers' task group first"
         rid = req.body.get("request_id")

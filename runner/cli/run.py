@@ -171,6 +171,13 @@ def _check_destination(results_to: str | None) -> None:
     type=click.Path(exists=True, file_okay=False, resolve_path=True, path_type=Path),
     help="Folder rows' local files must lie under (default: the spec's folder).",
 )
+@click.option(
+    "--body-budget",
+    "body_budget_mb",
+    type=click.IntRange(min=1),
+    help="MiB of request bodies with local files held at once (default 128): bounds memory "
+    "whatever the concurrency and file sizes.",
+)
 @click.option("--no-download", is_flag=True, default=None, help="Don't download artifacts.")
 @click.option(
     "--mode",
