@@ -25,6 +25,7 @@ the answer arrives the pool calls `RateLimits.refund` with the estimate less the
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,6 +41,12 @@ __all__ = ["DEFAULT_MAX_OUTPUT", "RateLimiter", "RateLimits", "TokenBucket", "es
 # Output tokens assumed for a row without max_tokens (the platform default is of this order).
 DEFAULT_MAX_OUTPUT = 1024
 _WINDOW = 60.0
+
+
+# What one inlined image or document is taken to count against TPM: about what a vision
+# model bills for a large image (the platform does not say before it answers).
+FILE_TOKENS = 1600
+_INLINE = re.compile(rb"data:[\w.+/-]+;base64,[A-Za-z0-9+/=]*")
 
 
 def estimate_tokens(body: Body, max_tokens: Any = None) -> int:
@@ -59,7 +66,13 @@ def estimate_tokens(body: Body, max_tokens: Any = None) -> int:
         max_tokens = parsed.get("max_tokens") if isinstance(parsed, dict) else None
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
         max_tokens = DEFAULT_MAX_OUTPUT
-    return len(body) // 3 + int(max_tokens)
+    size, files = len(body), 0
+    if b";base64," in body:
+        # An inlined file is not prompt text: its base64 would count megabytes as tokens.
+        for m in _INLINE.finditer(body):
+            size -= m.end() - m.start()
+            files += 1
+    return size // 3 + files * FILE_TOKENS + int(max_tokens)
 
 
 class TokenBucket:

@@ -16,7 +16,7 @@ from runner.errors import FatalAPIError, RateLimited, RetryableError, RowError, 
 from runner.http import Response
 from runner.job import checkpoint_path
 from runner.providers import get_provider, load_providers
-from runner.ratelimit import RateLimiter, RateLimits, TokenBucket, estimate_tokens
+from runner.ratelimit import FILE_TOKENS, RateLimiter, RateLimits, TokenBucket, estimate_tokens
 from runner.sim import SimConfig, Simulator
 from runner.store import Store
 
@@ -270,6 +270,11 @@ def test_token_estimate() -> None:
     assert estimate_tokens(body) == len(body) // 3 + 50
     assert estimate_tokens(body, 7) == len(body) // 3 + 7
     assert estimate_tokens(b'{"messages": []}') == 16 // 3 + 1024
+    # An inlined image counts as an image, not as megabytes of base64 text.
+    uri = "data:image/png;base64," + "QUJD" * 500_000
+    part = {"type": "image_url", "image_url": {"url": uri}}
+    image = orjson.dumps({"messages": [{"role": "user", "content": [part]}], "max_tokens": 5})
+    assert estimate_tokens(image) == (len(image) - len(uri)) // 3 + FILE_TOKENS + 5
     assert RateLimits.from_settings(Settings(spec=Path("x"), out=Path("y"))) is None
     s = Settings(spec=Path("x"), out=Path("y"), provider="siliconflow", rpm=100, tpm=1000)
     limits = RateLimits.from_settings(s)
