@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -35,11 +36,13 @@ __all__ = [
     "check_files",
     "check_inline_audio",
     "data_uri",
+    "forget",
     "has_files",
     "inline_files",
     "inline_size",
     "is_local",
     "locate",
+    "remember",
     "resolve",
     "sniff_mime",
     "wav_seconds",
@@ -48,6 +51,38 @@ __all__ = [
 # Content parts whose url the platform only fetches: a local file cannot stand in for one.
 _URL_ONLY_PARTS = ("video_url", "file_url")
 _SNIFF_BYTES = 16
+
+
+# Bytes handed over in Python (`generate` image columns), by sha256: a row names them as
+# ``blob:sha256:<hex>`` so neither its spec line nor the checkpoint ever holds them.
+_BLOBS: dict[str, tuple[bytes, str]] = {}
+_BLOB = "blob:sha256:"
+
+
+def remember(data: bytes) -> str:
+    """A reference to `data` that this process can inline at send time; raises
+    FileRefError when its first bytes are no known type."""
+    mime = sniff_mime(data[:_SNIFF_BYTES])
+    if mime is None:
+        raise FileRefError("the bytes are not a known file type (png, jpeg, webp, gif, pdf)")
+    digest = hashlib.sha256(data).hexdigest()
+    _BLOBS[digest] = (data, mime)
+    return _BLOB + digest
+
+
+def forget(refs: Any) -> None:
+    for ref in refs:
+        _BLOBS.pop(ref.removeprefix(_BLOB), None)
+
+
+def _blob(value: str) -> tuple[bytes, str]:
+    try:
+        return _BLOBS[value.removeprefix(_BLOB)]
+    except KeyError:
+        raise FileRefError(
+            f"{value[:24]}...: these bytes were given in Python to another process; call "
+            "generate again with the same input to send them"
+        ) from None
 
 
 class FileRefError(ValueError):
@@ -297,7 +332,7 @@ def _is_inline(value: str) -> bool:
 
 
 def _local(value: str) -> bool:
-    return is_local(value) and not _is_inline(value)
+    return (is_local(value) and not _is_inline(value)) or value.startswith(_BLOB)
 
 
 def check_file(value: str, kind: Kind, root: Path) -> LocalFile:
@@ -355,7 +390,13 @@ def check_files(
             name = path.rsplit(".", 2)[-2]
             return path, f"{name} takes a public URL only: {value!r} looks like a local path", None
         try:
-            check_file(value, kind, root)
+            if value.startswith(_BLOB):
+                data, mime = _blob(value)
+                if mime not in kind.mimes:
+                    raise FileRefError(f"the bytes are {mime}, which {kind.name} cannot be")
+                _hold_to_caps(path, kind, mime, len(data))
+            else:
+                check_file(value, kind, root)
         except FileRefError as exc:
             return path, str(exc), exc.cap_code
     inline = body.get("file_base64") if endpoint == "audio/transcriptions" else None
@@ -383,7 +424,10 @@ def inline_size(endpoint: str, body: dict[str, Any], root: Path) -> int:
         if kind is URL_ONLY or not _local(value):
             continue
         try:
-            size = locate(value, root)[1].stat().st_size
+            if value.startswith(_BLOB):
+                size = len(_blob(value)[0])
+            else:
+                size = locate(value, root)[1].stat().st_size
         except (FileRefError, OSError):
             continue  # inline_files says why when it reads it
         total += 4 * -(-size // 3) + 64
@@ -397,6 +441,12 @@ def inline_files(endpoint: str, body: dict[str, Any], root: Path) -> dict[str, A
     wire: dict[str, Any] = orjson.loads(orjson.dumps(body))
     for _, holder, key, kind in _slots(endpoint, wire):
         value = holder[key]
-        if kind is not URL_ONLY and _local(value):
+        if kind is URL_ONLY or not _local(value):
+            continue
+        if value.startswith(_BLOB):
+            data, mime = _blob(value)
+            _hold_to_caps("bytes", kind, mime, len(data))
+            holder[key] = f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+        else:
             holder[key] = data_uri(check_file(value, kind, root))
     return wire

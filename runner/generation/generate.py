@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import sqlite3
 import threading
 import warnings
@@ -37,6 +38,7 @@ import pyarrow.parquet as pq
 from ..cost import NANO, format_total
 from ..errors import JobStopped, UsageError
 from ..job import EXIT_STOPPED, checkpoint_path, run_job
+from ..localfiles import FileRefError, forget, remember
 from ..rerun import Selection, choose
 from ..settings import Settings
 from ..spec import spec_fingerprint
@@ -87,9 +89,45 @@ def _answer_schema(answers: OutputSchema | None) -> pa.Schema:
     return answers.arrow if answers is not None else pa.schema([("output", pa.string())])
 
 
-def _result_schema(src: Source, answers: OutputSchema | None) -> pa.Schema:
+def _digest_type(t: pa.DataType) -> pa.DataType | None:
+    """An image column of bytes is written as their sha256 (the bytes never go to disk)."""
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return pa.string()
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        inner = _digest_type(t.value_type)
+        return pa.list_(inner) if inner is not None else None
+    return None
+
+
+def _digest(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_digest(v) for v in value]
+    return None if value is None else hashlib.sha256(value).hexdigest()
+
+
+def _input_schema(src: Source, images: Sequence[str]) -> pa.Schema:
+    fields = []
+    for f in src.schema:
+        digest = _digest_type(f.type) if f.name in images else None
+        fields.append(f if digest is None else pa.field(f.name, digest))
+    return pa.schema(fields)
+
+
+def _input_columns(batch: pa.RecordBatch, schema: pa.Schema) -> list[pa.Array]:
+    cols = []
+    for i, col in enumerate(batch.columns):
+        f = schema.field(i)
+        if col.type != f.type:  # an image column of bytes: its sha256s instead
+            col = pa.array([_digest(v) for v in col.to_pylist()], type=f.type)
+        cols.append(col)
+    return cols
+
+
+def _result_schema(
+    src: Source, answers: OutputSchema | None, images: Sequence[str] = ()
+) -> pa.Schema:
     """Input columns, answer columns, row columns; a name used twice is refused up front."""
-    fields = [*src.schema, *_answer_schema(answers), *META_COLUMNS]
+    fields = [*_input_schema(src, images), *_answer_schema(answers), *META_COLUMNS]
     seen: dict[str, str] = {}
     for i, f in enumerate(fields):
         where = (
@@ -108,15 +146,58 @@ def _result_schema(src: Source, answers: OutputSchema | None) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _write_requests(src: Source, builder: PromptBuilder, base: dict[str, Any], path: Path) -> None:
-    """One chat request per input row, in order; a row that can't be built carries why."""
+def _with_images(
+    messages: list[dict[str, Any]], row: dict[str, Any], columns: Sequence[str], refs: set[str]
+) -> list[dict[str, Any]]:
+    """The row's images (paths, or bytes remembered by sha256) as image parts ahead of the
+    last user message's text; a null cell adds none."""
+    parts: list[dict[str, Any]] = []
+    for name in columns:
+        value = row.get(name)
+        for item in value if isinstance(value, list) else [value]:
+            if item is None:
+                continue
+            if isinstance(item, bytes | bytearray | memoryview):
+                try:
+                    ref = remember(bytes(item))
+                except FileRefError as exc:
+                    raise RowProblem(str(exc), name) from None
+                refs.add(ref)
+            elif isinstance(item, str | Path):
+                ref = str(item)
+            else:
+                raise RowProblem(f"an image is a path or bytes, got {type(item).__name__}", name)
+            parts.append({"type": "image_url", "image_url": {"url": ref}})
+    if not parts:
+        return messages
+    last = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+    content = messages[last]["content"]
+    text = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+    messages[last] = {**messages[last], "content": [*parts, *text]}
+    return messages
+
+
+def _write_requests(
+    src: Source,
+    builder: PromptBuilder,
+    base: dict[str, Any],
+    path: Path,
+    images: Sequence[str] = (),
+    refs: set[str] | None = None,
+) -> None:
+    """One chat request per input row, in order; a row that can't be built carries why.
+    Image bytes stay in this process (`refs`): the file holds their sha256, never them."""
     tmp = path.with_name(path.name + ".tmp")
     seq = 0
+    refs = set() if refs is None else refs
     with tmp.open("wb") as f:
         for batch in src.batches():
             for row in batch.to_pylist():
                 try:
-                    body = {**base, "messages": builder.messages(row)}
+                    messages = builder.messages(row)
+                    if images:
+                        messages = _with_images(messages, row, images, refs)
+                    body = {**base, "messages": messages}
                 except RowProblem as p:
                     field = f", column {p.field!r}" if p.field else ""
                     problem = f"row {seq}{field}: {p.message}"
@@ -170,9 +251,11 @@ def _choose_again(out: Path, new: Path, retry: tuple[str, ...]) -> None:
         store.close()
 
 
-def _write_output(src: Source, answers: OutputSchema | None, out: Path) -> Path:
+def _write_output(
+    src: Source, answers: OutputSchema | None, out: Path, images: Sequence[str] = ()
+) -> Path:
     """The input read again beside the checkpoint, with answers and row columns, in order."""
-    schema = _result_schema(src, answers)
+    schema = _result_schema(src, answers, images)
     path, tmp = out / OUTPUT, out / (OUTPUT + ".tmp")
     store = Store(checkpoint_path(out), create=False)
     try:
@@ -254,7 +337,8 @@ def _result_batch(
     else:
         answer_cols = answers.columns(values)
     meta_cols = [pa.array(meta[f.name], type=f.type) for f in META_COLUMNS]
-    return pa.Table.from_arrays([*batch.columns, *answer_cols, *meta_cols], schema=schema)
+    inputs = _input_columns(batch, schema)
+    return pa.Table.from_arrays([*inputs, *answer_cols, *meta_cols], schema=schema)
 
 
 async def agenerate(
@@ -277,6 +361,7 @@ async def agenerate(
     progress: bool = True,
     force: bool = False,
     retry: Sequence[str] | None = None,
+    images: Sequence[str] = (),
     handle_signals: bool = False,
     **options: Any,
 ) -> pa.Table:
@@ -288,8 +373,15 @@ async def agenerate(
     changed since: only the chosen rows are sent with the new requests (so only they miss
     the response cache); the other rows keep their answers. Earlier attempts stay in the
     checkpoint and on the bill (the `cost` and `attempts` columns count every one).
+
+    `images` names columns of images (a path, bytes, or a list of them per cell) sent as
+    image parts ahead of the prompt's text, for a vision model. Paths resolve under
+    `files_root` (default: the current folder) by the same rules as a spec's; bytes are
+    never written to disk: requests.jsonl and the checkpoint hold their sha256, and they are
+    inlined when their row is sent (so is the response cache's key).
     """
     out = Path(out)
+    images = [images] if isinstance(images, str) else list(images)
     if max_reasks < 0:
         raise UsageError(f"max_reasks must be 0 or more, got {max_reasks}")
     try:
@@ -299,6 +391,11 @@ async def agenerate(
     src = await anyio.to_thread.run_sync(open_source, source)
     answers = OutputSchema(response_format) if response_format is not None else None
     _result_schema(src, answers)
+    for name in images:
+        if name not in src.schema.names:
+            raise UsageError(f"images: no column {name!r} in the input ({src.schema.names})")
+    # Image paths are relative to where the caller is, as any path in a script.
+    options.setdefault("files_root", Path.cwd())
     builder = PromptBuilder(
         prompt,
         src.schema.names,
@@ -330,7 +427,8 @@ async def agenerate(
         base["response_format"] = answers.response_format(settings.provider_info.json_schema)
     out.mkdir(parents=True, exist_ok=True)
     new = out / (REQUESTS + ".new")
-    await anyio.to_thread.run_sync(_write_requests, src, builder, base, new)
+    refs: set[str] = set()
+    await anyio.to_thread.run_sync(_write_requests, src, builder, base, new, images, refs)
     if retry:
         await anyio.to_thread.run_sync(_choose_again, out, new, tuple(retry))
         settings = replace(settings, force=True)  # the requests may differ: rows match by seq
@@ -360,13 +458,14 @@ async def agenerate(
             lanes=functools.partial(CheckedLanes, asking=asking),
         )
     finally:
+        forget(refs)
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(asking.flush)
             if store is not None:
                 store.close()
     if result.exit_code == EXIT_STOPPED:
         raise JobStopped(f"{result.message}\n(call generate again with the same out to resume)")
-    path = await anyio.to_thread.run_sync(_write_output, src, answers, out)
+    path = await anyio.to_thread.run_sync(_write_output, src, answers, out, images)
     return pq.read_table(path)
 
 

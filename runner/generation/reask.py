@@ -19,10 +19,12 @@ from typing import Any
 import anyio
 import orjson
 
+from ..bodybudget import held_size
 from ..control import Stopping
 from ..cost import Usage
 from ..endpoints import Parsed, parse_success
 from ..errors import FatalAPIError, RequestFailed, RetryableError, RowError
+from ..localfiles import FileRefError, has_files, inline_files, inline_size
 from ..outcome import Outcome, outcome_for
 from ..pool import Lane, Lanes
 from ..spec import Request
@@ -156,6 +158,12 @@ class CheckedLanes(Lanes):
                     request_fp=key,
                 )  # fmt: skip
         try:
+            if has_files(req.endpoint, req.body):
+                # Its images are read only now: the bytes held at once stay in the budget.
+                root = self.ctx.settings.resolved_files_root
+                weight = held_size(inline_size(req.endpoint, req.body, root))
+                async with self.ctx.bodies.hold(weight):
+                    return await self._ask(req, lane, key, asking)
             return await self._ask(req, lane, key, asking)
         except Exception as exc:  # a bug of ours fails the row, never the job (as pool.py)
             err = RowError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
@@ -180,7 +188,17 @@ class CheckedLanes(Lanes):
         while True:
             data = orjson.dumps(body)
             ctx = self.ctx
+            # Priced on the row as written: an image's base64 is not prompt text.
             worst = ctx.prices.worst_case(req.model, body, len(data))
+            if has_files(req.endpoint, body):
+                try:
+                    root = ctx.settings.resolved_files_root
+                    data = orjson.dumps(inline_files(req.endpoint, body, root))
+                except FileRefError as exc:
+                    err = RowError(f"local file: {exc}", code=exc.cap_code or "file_unreadable")
+                    return self._done(
+                        req, "failed", asks, sent, status, err, last, usage, cost, key
+                    )
             if asks == 0 and not ctx.budget.admit(worst, ctx.control):
                 return None
             if asks > 0 and not ctx.budget.reserve(worst):
