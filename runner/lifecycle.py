@@ -39,7 +39,7 @@ from .errors import (
 from .http import Transport, make_transport
 from .progress import Counters, render_loop
 from .report.timeline import record as record_timeline
-from .settings import Settings
+from .settings import Settings, spec_location
 from .spec import (
     Request,
     SpecError,
@@ -215,7 +215,7 @@ def _begin_job(
     """Check the spec against the checkpoint and record the job; its id and prices."""
     job_id = _check_job(store, settings, fingerprint)
     store.init_job(
-        str(settings.spec), fingerprint, total, {**settings.to_record(), "job_id": job_id}
+        spec_location(settings.spec), fingerprint, total, {**settings.to_record(), "job_id": job_id}
     )
     return job_id, load_prices(settings.provider_info.price_table, settings.prices)
 
@@ -427,7 +427,8 @@ def finish_run(
         outcome, code = "stopped", EXIT_STOPPED
     elif summary["succeeded"] == 0 and _all_invalid(summary):
         rows = "the only row is" if summary["failed"] == 1 else f"all {summary['failed']} rows are"
-        message = f"nothing was sent: {rows} invalid; `runner validate {settings.spec}` says why"
+        spec = spec_location(settings.spec)
+        message = f"nothing was sent: {rows} invalid; `runner validate {spec}` says why"
         outcome, code = "finished_with_failures", EXIT_USAGE
     elif summary["failed"]:
         message = f"finished: {summary['succeeded']} succeeded, {summary['failed']} failed"

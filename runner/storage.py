@@ -34,6 +34,7 @@ __all__ = [
     "is_url",
     "join_url",
     "normalize",
+    "object_tag",
     "open_random",
     "open_stream",
     "upload",
@@ -136,6 +137,23 @@ def open_random(location: str | os.PathLike[str]) -> pa.NativeFile:
         raise _storage_error(url, exc, "read") from exc
     except OSError as exc:
         raise _storage_error(url, exc, "read") from exc
+
+
+def object_tag(location: str | os.PathLike[str]) -> str | None:
+    """The object's version as the store states it (size and ETag, one HEAD request), or
+    None where the store gives no ETag.
+
+    A spec's fingerprint is this instead of a hash of its bytes, so neither a first run nor
+    a resume reads a million-row object once more only to hash it. An S3 ETag changes
+    whenever the object's bytes do (it is their MD5, or one per multipart upload).
+    """
+    with open_random(location) as f:
+        meta = f.metadata()
+        size = f.size()
+    etag = meta.get("ETag") or meta.get("etag")
+    if not etag:
+        return None
+    return f"{size}:{etag.decode('ascii', 'replace').strip(chr(34))}"
 
 
 def check_bucket(location: str | os.PathLike[str]) -> None:

@@ -94,7 +94,20 @@ def open_spec(path: Path) -> IO[bytes]:
 
 
 def spec_fingerprint(path: Path) -> str:
-    """sha256 of the file's bytes, streamed, so a resume can tell whether the spec changed."""
+    """sha256 of the file's bytes, streamed, so a resume can tell whether the spec changed.
+
+    An object in a bucket is known by its size and ETag instead (storage.object_tag): one
+    HEAD request rather than reading the whole object before the first row is sent.
+    """
+    if is_url(path):
+        from .. import storage
+
+        try:
+            tag = storage.object_tag(path)
+        except storage.StorageError as exc:
+            raise SpecError(str(exc)) from exc
+        if tag is not None:
+            return hashlib.sha256(f"object:{tag}".encode()).hexdigest()
     try:
         with open_spec(path) as f:
             return hashlib.file_digest(f, "sha256").hexdigest()  # type: ignore[arg-type]
