@@ -18,7 +18,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .agent_files import AgentFiles
-from .lifecycle import JobResult, JobStart, close_run, open_run
+from .lifecycle import JobResult, JobStart, close_run, marks_path, open_run
 from .outcome import Outcome, invalid_outcome
 from .pool import JobContext, Lanes
 from .progress import Counters
@@ -199,6 +199,7 @@ async def _feed(
         skip=done if claims else None,
         taken=claims,
         window=settings.window,
+        marks=marks_path(settings.out),
     )
     invalid: list[Outcome] = []
     seen_invalid = 0

@@ -272,6 +272,14 @@ def test_parquet_spec_on_s3_is_read_by_row_group(s3_env: dict[str, str], tmp_pat
         assert _bodies_sent(sim.stats(), _jsonl_of(rows, tmp_path / "same.jsonl")) == [1] * n
     table = pq.read_table(out / "results.parquet")
     assert table.column("custom_id").to_pylist() == [f"p{i}" for i in range(n)]
+    # A resume reads no row group whose rows are all done, and gets the same pending rows.
+    from runner.spec import read_spec
+
+    skip = bytearray(b"\xff" * 17 + b"\x0f" + b"\x00" * 3 + b"\x01")  # 0-139 done, 168
+    pending = [r for b in read_spec(Path("s3://bkt/pq/spec.parquet"), skip=skip) for r in b]
+    assert [(r.seq, r.line, r.custom_id) for r in pending] == [
+        (i, i + 1, f"p{i}") for i in range(140, n) if i != 168
+    ]
 
 
 def _jsonl_of(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -339,3 +347,46 @@ def test_failed_upload_keeps_the_results_and_export_pushes_them(
     assert "uploaded: s3://gone/r/report.html" in page.stdout
     with storage.open_random("s3://gone/r/report.html") as f:
         assert f.read() == (out / "report.html").read_bytes()
+
+
+def test_a_resume_seeks_past_done_rows_to_the_same_rows(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Marks left by the count let a resume start at the last mark before its first pending
+    row; what it yields is exactly what reading from byte 0 yields (blank lines, CRLF, an
+    over-long line and a BOM included), and a replaced object's marks are ignored."""
+    from runner.spec import count_lines, read_spec
+    from runner.spec.reader import _resume_mark
+
+    lines = [b"\xef\xbb\xbf" + orjson.dumps(h.chat_line("m0", "first"))]
+    for i in range(1, 400):
+        line = orjson.dumps(h.chat_line(f"m{i}", f"row {i} " + "x" * (i % 37)))
+        lines.append(line + b"\r" if i % 5 == 0 else line)
+        if i % 11 == 0:
+            lines.append(b"   ")  # a blank line is no row
+    lines[123] = b'{"custom_id": "long", "body": "' + b"y" * 300 + b'"}'
+    local = tmp_path / "m.jsonl"
+    local.write_bytes(b"\n".join(lines) + b"\n")
+    url = "s3://bkt/marks/m.jsonl"
+    storage.upload(local, url)
+    marks = tmp_path / "spec.marks"
+    n = count_lines(Path(url), marks, every=2048)
+    assert n == count_lines(local)
+    for done_upto in (0, 1, 57, 200, 333, n):
+        skip = bytearray((n + 7) // 8)
+        for seq in [*range(done_upto), done_upto + 3, n - 1]:
+            if seq < n:
+                skip[seq >> 3] |= 1 << (seq & 7)
+
+        def rows(marks_file: Path | None) -> list[tuple[Any, ...]]:
+            got = []
+            for batch in read_spec(Path(url), skip=skip, marks=marks_file, max_line_bytes=200):
+                got += [(r.seq, r.line, getattr(r, "custom_id", None), str(r)) for r in batch]
+            return got
+
+        assert rows(marks) == rows(None)
+        start = _resume_mark(Path(url), marks, skip)
+        if done_upto >= 57:
+            assert start is not None and 0 < start[0] <= done_upto and start[1] > 2048
+    storage.upload(_spec(tmp_path / "other.jsonl", 5), url)
+    assert _resume_mark(Path(url), marks, b"\xff") is None  # another version of the object
