@@ -349,13 +349,22 @@ def test_failed_upload_keeps_the_results_and_export_pushes_them(
         assert f.read() == (out / "report.html").read_bytes()
 
 
+def _rows(url: str, skip: bytearray, marks: Path | None) -> list[tuple[Any, ...]]:
+    from runner.spec import read_spec
+
+    got = []
+    for batch in read_spec(Path(url), skip=skip, marks=marks, max_line_bytes=200):
+        got += [(r.seq, r.line, getattr(r, "custom_id", None), str(r)) for r in batch]
+    return got
+
+
 def test_a_resume_seeks_past_done_rows_to_the_same_rows(
     s3_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Marks left by the count let a resume start at the last mark before its first pending
     row; what it yields is exactly what reading from byte 0 yields (blank lines, CRLF, an
     over-long line and a BOM included), and a replaced object's marks are ignored."""
-    from runner.spec import count_lines, read_spec
+    from runner.spec import count_lines
     from runner.spec.reader import _resume_mark
 
     lines = [b"\xef\xbb\xbf" + orjson.dumps(h.chat_line("m0", "first"))]
@@ -378,13 +387,7 @@ def test_a_resume_seeks_past_done_rows_to_the_same_rows(
             if seq < n:
                 skip[seq >> 3] |= 1 << (seq & 7)
 
-        def rows(marks_file: Path | None) -> list[tuple[Any, ...]]:
-            got = []
-            for batch in read_spec(Path(url), skip=skip, marks=marks_file, max_line_bytes=200):
-                got += [(r.seq, r.line, getattr(r, "custom_id", None), str(r)) for r in batch]
-            return got
-
-        assert rows(marks) == rows(None)
+        assert _rows(url, skip, marks) == _rows(url, skip, None)
         start = _resume_mark(Path(url), marks, skip)
         if done_upto >= 57:
             assert start is not None and 0 < start[0] <= done_upto and start[1] > 2048
