@@ -393,3 +393,13 @@ def test_a_resume_seeks_past_done_rows_to_the_same_rows(
             assert start is not None and 0 < start[0] <= done_upto and start[1] > 2048
     storage.upload(_spec(tmp_path / "other.jsonl", 5), url)
     assert _resume_mark(Path(url), marks, b"\xff") is None  # another version of the object
+
+
+def test_a_job_file_names_a_spec_url_and_results_to(s3_env: dict[str, str], tmp_path: Path) -> None:
+    storage.upload(_spec(tmp_path / "s.jsonl", 7), "s3://bkt/jf/spec.jsonl")
+    job = tmp_path / "job.toml"
+    job.write_text('spec = "s3://bkt/jf/spec.jsonl"\nout = "o"\nresults_to = "s3://bkt/jf/out"\n')
+    done = _runner("run", str(job), "--provider", "sim")
+    assert done.returncode == 0, done.stderr
+    assert "uploaded: s3://bkt/jf/out/results.parquet" in done.stdout
+    assert _read_url("s3://bkt/jf/out/results.parquet").num_rows == 7
