@@ -37,6 +37,7 @@ __all__ = [
     "object_tag",
     "open_random",
     "open_stream",
+    "tag_of",
     "upload",
 ]
 
@@ -148,12 +149,15 @@ def object_tag(location: str | os.PathLike[str]) -> str | None:
     whenever the object's bytes do (it is their MD5, or one per multipart upload).
     """
     with open_random(location) as f:
-        meta = f.metadata()
-        size = f.size()
-    etag = meta.get("ETag") or meta.get("etag")
+        return tag_of(f)
+
+
+def tag_of(opened: pa.NativeFile) -> str | None:
+    """`object_tag` of an object already open (what open_random returned)."""
+    etag = opened.metadata().get("ETag") or opened.metadata().get("etag")
     if not etag:
         return None
-    return f"{size}:{etag.decode('ascii', 'replace').strip(chr(34))}"
+    return f"{opened.size()}:{etag.decode('ascii', 'replace').strip(chr(34))}"
 
 
 def check_bucket(location: str | os.PathLike[str]) -> None:

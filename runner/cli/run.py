@@ -260,9 +260,9 @@ def resume(out: Path, no_progress: bool, force: bool, **opts: Any) -> None:
     settings = Settings.from_record(
         job["settings"], progress=not no_progress, force=force, out=out, **extra
     )
-    # A job run on Ray resumes on Ray (its shards' checkpoints are what it resumes from).
     if settings.results_to is not None:  # where the job's results went, checked again
         check_destination(settings.results_to, "the job's results_to")
+    # A job run on Ray resumes on Ray (its shards' checkpoints are what it resumes from).
     engine = None
     if job["settings"].get("engine") == "ray":
         engine = {"engine": "ray", "shards": None, "ray_address": None}

@@ -3,8 +3,9 @@
 A source can be read more than once (once to build the requests, once to assemble the
 result), and a file is never held whole: Parquet, JSONL and CSV are read a batch at a time
 by pyarrow's streaming readers, from a local path or an object-storage URL (s3://, gs://,
-abfs://; ranged reads through storage.py). In memory: a `pyarrow.Table`, a list of dicts, and, when
-installed, a pandas or Polars DataFrame or an HF `datasets.Dataset` (imported only if given).
+abfs://; ranged reads through storage.py). In memory: a `pyarrow.Table`, a list of dicts,
+and, when installed, a pandas or Polars DataFrame or an HF `datasets.Dataset` (imported only
+if given).
 """
 
 from __future__ import annotations

@@ -127,7 +127,12 @@ def count_lines(path: Path, marks: Path | None = None, *, every: int = _MARK_BYT
     """
     n = 0
     found: list[tuple[int, int, int]] = []
+    tag = None
     with open_spec(path) as f:
+        if marks is not None and is_url(path):
+            from .. import storage
+
+            tag = storage.tag_of(f)  # type: ignore[arg-type]  # the version counted
         offset = len(_BOM) if f.read(len(_BOM)) == _BOM else 0
         f.seek(0)
         due = every
@@ -141,19 +146,14 @@ def count_lines(path: Path, marks: Path | None = None, *, every: int = _MARK_BYT
             else:
                 n += bool(raw) and not raw.isspace()
                 offset += len(raw) + 1
-    if marks is not None and is_url(path):
-        _save_marks(path, marks, found)
+    if marks is not None and tag is not None:
+        _save_marks(tag, marks, found)
     return n
 
 
-def _save_marks(path: Path, marks: Path, found: list[tuple[int, int, int]]) -> None:
+def _save_marks(tag: str, marks: Path, found: list[tuple[int, int, int]]) -> None:
     """The marks, after the object's size and ETag: marks of another version are ignored.
     Written whole or not at all; without them a resume reads from the start, as before."""
-    from .. import storage
-
-    tag = storage.object_tag(path)
-    if tag is None:
-        return
     lines = [tag, *(f"{seq} {offset} {line}" for seq, offset, line in found)]
     tmp = marks.with_name(marks.name + ".tmp")
     try:
