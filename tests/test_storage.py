@@ -6,8 +6,10 @@ import contextlib
 import os
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -403,3 +405,65 @@ def test_a_job_file_names_a_spec_url_and_results_to(s3_env: dict[str, str], tmp_
     assert done.returncode == 0, done.stderr
     assert "uploaded: s3://bkt/jf/out/results.parquet" in done.stdout
     assert _read_url("s3://bkt/jf/out/results.parquet").num_rows == 7
+
+
+class _DroppingProxy:
+    """A TCP proxy on loopback that resets its first `drops` connections, then forwards to
+    `port`: a store that is unreachable for a while, then answers."""
+
+    def __init__(self, port: int, drops: int) -> None:
+        self.port, self.drops, self.accepted = port, drops, 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.accepted <= self.drops:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # a reset, as from a store restarting or a proxy in trouble
+                continue
+            up = socket.create_connection(("127.0.0.1", self.port))
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_an_upload_outlasts_a_store_that_resets_connections(
+    s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 connections reset in a row: more than the S3 client's own retries absorb (one try
+    of ours gives up after about 12), so the upload lands only through storage.upload's
+    retries. 12 MiB: a multipart upload."""
+    port = int(s3_env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    proxy = _DroppingProxy(port, drops=40)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.address)
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(12 << 20))
+    try:
+        assert storage.upload(local, "s3://bkt/retry/big.bin") == "s3://bkt/retry/big.bin"
+    finally:
+        proxy.close()
+    assert proxy.accepted > 40
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env["AWS_ENDPOINT_URL"])
+    with storage.open_random("s3://bkt/retry/big.bin") as f:
+        assert f.read() == local.read_bytes()
