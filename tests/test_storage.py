@@ -100,6 +100,10 @@ def test_upload_and_ranged_read(s3_env: dict[str, str], tmp_path: Path) -> None:
     f = storage.open_random("s3://bkt/t/s.jsonl")
     f.seek(10)
     assert f.read(5) == local.read_bytes()[10:15]
+    # Uploaded as the bytes are: a name ending .gz is not compressed on the way.
+    storage.upload(local, "s3://bkt/t/s.jsonl.gz")
+    with storage.open_random("s3://bkt/t/s.jsonl.gz") as g:
+        assert g.read() == local.read_bytes()
 
 
 def test_run_spec_from_s3(s3_env: dict[str, str], tmp_path: Path) -> None:
