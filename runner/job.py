@@ -27,6 +27,7 @@ from .lifecycle import (
     checkpoint_path,
     count_rows,
     folder_lock,
+    marks_path,
 )
 from .online import run_online
 from .pool import Lanes
@@ -69,7 +70,7 @@ async def run_job(
             if settings.window is not None:  # a shard: the part of the spec it runs
                 total = settings.window.rows
             elif total is None:
-                total = await anyio.to_thread.run_sync(_count_rows, spec)
+                total = await anyio.to_thread.run_sync(_count_rows, spec, marks_path(settings.out))
             async with attend(settings) as attendant:
                 start = JobStart(
                     settings, store, fingerprint, total, handle_signals, grace, attendant
@@ -107,9 +108,9 @@ async def run_job(
             store.close()
 
 
-def _count_rows(spec: Path) -> int:
+def _count_rows(spec: Path, marks: Path) -> int:
     try:
-        return count_rows(spec)
+        return count_rows(spec, marks)
     except OSError as exc:
         raise UsageError(f"cannot read spec {spec}: {exc}") from exc
 

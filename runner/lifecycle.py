@@ -39,7 +39,7 @@ from .errors import (
 from .http import Transport, make_transport
 from .progress import Counters, render_loop
 from .report.timeline import record as record_timeline
-from .settings import Settings
+from .settings import Settings, spec_location
 from .spec import (
     Request,
     SpecError,
@@ -72,6 +72,7 @@ __all__ = [
     "count_rows",
     "finish_run",
     "folder_lock",
+    "marks_path",
     "open_run",
     "results_path",
 ]
@@ -80,6 +81,7 @@ EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 CHECKPOINT = "checkpoint.sqlite"
 RESULTS = "results.parquet"
+MARKS = "spec.marks"
 
 
 @dataclass
@@ -99,10 +101,16 @@ def results_path(out: Path) -> Path:
     return out / RESULTS
 
 
-def count_rows(path: Path) -> int:
+def marks_path(out: Path) -> Path:
+    """Where a spec in a bucket is marked for a resume to seek (spec.reader.count_lines)."""
+    return out / MARKS
+
+
+def count_rows(path: Path, marks: Path | None = None) -> int:
     """Rows in the spec, for progress and `pending`, without parsing them.
 
     A JSONL row is a line that is not blank; Parquet says its row count in the footer.
+    A JSONL object in a bucket leaves resume marks in `marks` as it is counted.
     """
     if path.suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
@@ -110,7 +118,7 @@ def count_rows(path: Path) -> int:
         with open_spec(path) as f:
             return int(pq.ParquetFile(f).metadata.num_rows)
     if is_url(path):
-        return count_lines(path)
+        return count_lines(path, marks)
     n = 0
     with path.open("rb") as f:
         for line in f:
@@ -215,7 +223,7 @@ def _begin_job(
     """Check the spec against the checkpoint and record the job; its id and prices."""
     job_id = _check_job(store, settings, fingerprint)
     store.init_job(
-        str(settings.spec), fingerprint, total, {**settings.to_record(), "job_id": job_id}
+        spec_location(settings.spec), fingerprint, total, {**settings.to_record(), "job_id": job_id}
     )
     return job_id, load_prices(settings.provider_info.price_table, settings.prices)
 
@@ -427,7 +435,8 @@ def finish_run(
         outcome, code = "stopped", EXIT_STOPPED
     elif summary["succeeded"] == 0 and _all_invalid(summary):
         rows = "the only row is" if summary["failed"] == 1 else f"all {summary['failed']} rows are"
-        message = f"nothing was sent: {rows} invalid; `runner validate {settings.spec}` says why"
+        spec = spec_location(settings.spec)
+        message = f"nothing was sent: {rows} invalid; `runner validate {spec}` says why"
         outcome, code = "finished_with_failures", EXIT_USAGE
     elif summary["failed"]:
         message = f"finished: {summary['succeeded']} succeeded, {summary['failed']} failed"

@@ -18,11 +18,11 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .agent_files import AgentFiles
-from .lifecycle import JobResult, JobStart, close_run, open_run
+from .lifecycle import JobResult, JobStart, close_run, marks_path, open_run
 from .outcome import Outcome, invalid_outcome
 from .pool import JobContext, Lanes
 from .progress import Counters
-from .settings import Settings
+from .settings import Settings, spec_location
 from .spec import Request, SpecDefaults, read_spec
 from .store import Claims, Store
 from .tasks import Tasks, prepare_resume
@@ -199,6 +199,7 @@ async def _feed(
         skip=done if claims else None,
         taken=claims,
         window=settings.window,
+        marks=marks_path(settings.out),
     )
     invalid: list[Outcome] = []
     seen_invalid = 0
@@ -222,7 +223,7 @@ async def _feed(
         rows = "row is" if seen_invalid == 1 else "rows are"
         _warn(
             f"{seen_invalid} {rows} invalid and recorded as failed; "
-            f"`runner validate {settings.spec}` lists them"
+            f"`runner validate {spec_location(settings.spec)}` lists them"
         )
 
 

@@ -22,8 +22,17 @@ from .http import HttpConfig
 from .keys import KeySpec, key_fingerprint, key_label, parse_key_specs, split_keys
 from .providers import Provider, get_provider, tier_limit
 from .spec import SpecDefaults, SpecWindow
+from .storage import is_url, normalize
 
-__all__ = ["RUN_ONLY", "ApiKey", "RetryConfig", "Secret", "Settings", "load_job_file"]
+__all__ = [
+    "RUN_ONLY",
+    "ApiKey",
+    "RetryConfig",
+    "Secret",
+    "Settings",
+    "load_job_file",
+    "spec_location",
+]
 
 
 class Secret:
@@ -142,6 +151,10 @@ class Settings:
     files_root: Path | None = None
     # MiB of file-carrying request bodies held at once (bodybudget.py).
     body_budget_mb: int = DEFAULT_BODY_BUDGET_MB
+    # An object-storage prefix (s3://, gs://, abfs://) that results.parquet, the artifacts
+    # and the report are uploaded to when the job ends (storage.py); recorded, so a resume
+    # pushes to the same place. A URL, not a secret: credentials come from the environment.
+    results_to: str | None = None
 
     @property
     def http_config(self) -> HttpConfig:
@@ -206,6 +219,8 @@ class Settings:
                 value = [k.to_record() for k in value]
             elif isinstance(value, RetryConfig | SpecWindow):
                 value = {g.name: getattr(value, g.name) for g in fields(value)}
+            elif f.name == "spec":
+                value = spec_location(value)
             elif isinstance(value, Path | Decimal):
                 value = str(value)
             elif isinstance(value, Mapping):
@@ -267,6 +282,12 @@ class Settings:
         return replace(self, api_key=pool[0].secret, api_keys=tuple(pool))
 
 
+def spec_location(spec: Path) -> str:
+    """The spec as the checkpoint records and messages name it: a URL in its canonical
+    spelling (a Path folds "s3://b/k" into "s3:/b/k"), a local path as it is."""
+    return normalize(spec) if is_url(spec) else str(spec)
+
+
 def _loopback(base_url: str) -> bool:
     host = urlsplit(base_url).hostname or ""
     return host in ("127.0.0.1", "localhost", "::1")
@@ -306,6 +327,7 @@ USER_SETTINGS = (
     "notify",
     "files_root",
     "body_budget_mb",
+    "results_to",
 )
 JOB_FILE_NAMES = {"body_defaults": "body", "providers_file": "providers"}
 
@@ -325,6 +347,9 @@ def load_job_file(path: Path) -> dict[str, Any]:
         )
     for key in ("spec", "out", "prices", "providers", "ca_bundle", "files_root"):
         if key in data:
+            if key == "spec" and is_url(str(data[key])):
+                data[key] = Path(data[key])  # a URL is never relative to the job file
+                continue
             p = Path(data[key])
             data[key] = p if p.is_absolute() else (path.parent / p)
     for name, key in JOB_FILE_NAMES.items():

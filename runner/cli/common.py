@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,7 +13,17 @@ import click
 from ..errors import RunnerError
 from ..providers import PROVIDERS, PROVIDERS_ENV
 
-__all__ = ["PathArg", "SpecArg", "lines_of", "pairs", "platform_options", "rows", "run_async"]
+__all__ = [
+    "PathArg",
+    "SpecArg",
+    "check_destination",
+    "lines_of",
+    "pairs",
+    "platform_options",
+    "push_outputs",
+    "rows",
+    "run_async",
+]
 
 PathArg = click.Path(path_type=Path)
 
@@ -34,6 +45,54 @@ def _is_url(value: str) -> bool:
 
 
 SpecArg = _SpecLocation(exists=True, dir_okay=False, path_type=Path)
+
+
+def check_destination(url: str, flag: str) -> str:
+    """A results destination, in its canonical spelling, once its bucket is known to take
+    the results: a missing bucket or refused credentials exit 2 now, before anything is
+    sent or written."""
+    from .. import storage
+    from ..lifecycle import EXIT_USAGE
+
+    if not storage.is_url(url):
+        raise click.BadParameter("an object-storage URL (s3://, gs://, abfs://)", param_hint=flag)
+    try:
+        storage.check_bucket(url)
+    except storage.StorageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    return storage.normalize(url)
+
+
+def push_outputs(out: Path, url: str, files: list[tuple[Path, str]]) -> bool:
+    """Upload (local file, name under `url`) pairs and each of OUT's artifacts; say what
+    was uploaded, or, if an upload failed, that the local copies stay and how to push them
+    again. Returns whether everything was uploaded."""
+    from .. import storage
+    from ..artifacts import ARTIFACTS_DIR
+
+    artifacts = out / ARTIFACTS_DIR
+    if artifacts.is_dir():
+        files = files + [
+            (p, p.relative_to(out).as_posix()) for p in sorted(artifacts.rglob("*")) if p.is_file()
+        ]
+    try:
+        for path, name in files:
+            storage.upload(path, storage.join_url(url, name))
+    except storage.StorageError as exc:
+        click.echo(
+            f"error: {exc}. Nothing is lost: the results stay in {out}; push them again with "
+            f"`runner export {out} --to {url}`",
+            err=True,
+        )
+        return False
+    for _, name in files[:1]:
+        click.echo(f"uploaded: {storage.join_url(url, name)}")
+    if len(files) > 1:
+        click.echo(f"uploaded: {len(files) - 1} more file(s) under {url}")
+    return True
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Where to send and how hard: `runner run` and `runner generate` take the same flags.

@@ -15,12 +15,20 @@ from ..cost import NANO, format_cost, format_total, load_prices
 from ..errors import CheckpointError, UsageError
 from ..estimate import DEFAULT_OUTPUT_TOKENS, estimate_spec, render, transport_tokenizer
 from ..http import make_transport
-from ..job import EXIT_USAGE, checkpoint_path
+from ..job import EXIT_STOPPED, EXIT_USAGE, checkpoint_path
 from ..lifecycle import folder_in_use, results_path
 from ..providers import PROVIDERS_ENV, get_provider
 from ..spec import SpecDefaults, SpecError, validate_spec
 from ..store import Store
-from .common import PathArg, SpecArg, lines_of, rows, run_async
+from .common import (
+    PathArg,
+    SpecArg,
+    check_destination,
+    lines_of,
+    push_outputs,
+    rows,
+    run_async,
+)
 
 __all__ = ["currency_of", "estimate", "export", "report", "status", "validate"]
 
@@ -164,30 +172,60 @@ def status(out: Path, as_json: bool) -> None:
     show_default=True,
     help="Parquet results, or the provider's Batch-API output JSONL.",
 )
-@click.option("-o", "--output", type=PathArg, required=True, help="File to write.")
-def export(out: Path, fmt: str, output: Path) -> None:
-    """Write the results of OUT as Parquet or Batch-API JSONL."""
+@click.option("-o", "--output", type=PathArg, help="File to write.")
+@click.option(
+    "--to",
+    "to",
+    metavar="URL",
+    help="Upload the results (results.parquet or results.jsonl), the artifacts and "
+    "report.html to this s3://, gs:// or abfs:// prefix.",
+)
+def export(out: Path, fmt: str, output: Path | None, to: str | None) -> None:
+    """Write the results of OUT as Parquet or Batch-API JSONL, to a file or a bucket."""
+    if output is None and to is None:
+        raise click.UsageError("say where: -o FILE, --to URL, or both")
+    if to is not None:
+        to = check_destination(to, "--to")  # a bucket that cannot take them: exit 2 now
     try:
         store = Store(checkpoint_path(out), create=False)
     except CheckpointError as exc:
         raise click.UsageError(str(exc)) from exc
+    name = f"results.{fmt}"
+    # Without -o the upload's file is written beside the checkpoint and removed after: a
+    # runner working on OUT may be rewriting results.parquet itself.
+    target = output if output is not None else out / f".export-{os.getpid()}.{fmt}"
     try:
         from ..export import write_results_jsonl, write_results_parquet
 
-        n = (write_results_parquet if fmt == "parquet" else write_results_jsonl)(store, output)
+        n = (write_results_parquet if fmt == "parquet" else write_results_jsonl)(store, target)
     except (CheckpointError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     finally:
         store.close()
-    click.echo(f"wrote {rows(n)} to {output}")
+    if output is not None:
+        click.echo(f"wrote {rows(n)} to {output}")
+    if to is None:
+        return
+    try:
+        files = [(target, name)]
+        if (out / "report.html").is_file():
+            files.append((out / "report.html", "report.html"))
+        pushed = push_outputs(out, to, files)
+    finally:
+        if output is None:
+            target.unlink(missing_ok=True)
+    if not pushed:
+        sys.exit(EXIT_STOPPED)
 
 
 @click.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", type=PathArg, help="HTML file to write (default OUT/report.html).")
 def report(out: Path, output: Path | None) -> None:
-    """Write one self-contained HTML page of the job in OUT: figures, charts, errors."""
+    """Write one self-contained HTML page of the job in OUT: figures, charts, errors.
+
+    A job run with --results-to also gets the page uploaded there, as report.html."""
     from ..report.data import load_report
     from ..report.page import write_report
 
@@ -201,6 +239,20 @@ def report(out: Path, output: Path | None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     click.echo(f"wrote {target} ({size / 1024:,.0f} KiB)")
+    results_to = data["job"].get("results_to")
+    if results_to:
+        from .. import storage
+
+        try:
+            url = storage.upload(target, storage.join_url(results_to, "report.html"))
+        except storage.StorageError as exc:
+            click.echo(
+                f"error: {exc}. The page stays in {target}; run `runner report {out}` again "
+                "to push it",
+                err=True,
+            )
+            sys.exit(EXIT_STOPPED)
+        click.echo(f"uploaded: {url}")
 
 
 def currency_of(job: dict[str, Any]) -> str:

@@ -13,10 +13,18 @@ from ..cost import format_total
 from ..errors import CheckpointError, RunnerError, UsageError, redact
 from ..job import EXIT_STOPPED, EXIT_USAGE, checkpoint_path, run_job
 from ..keys import load_keys_file
-from ..lifecycle import results_path
+from ..lifecycle import RESULTS, results_path
 from ..settings import USER_SETTINGS, Settings, load_job_file
 from ..store import Store
-from .common import PathArg, SpecArg, pairs, platform_options, run_async
+from .common import (
+    PathArg,
+    SpecArg,
+    check_destination,
+    pairs,
+    platform_options,
+    push_outputs,
+    run_async,
+)
 
 __all__ = ["resume", "run"]
 
@@ -64,9 +72,7 @@ def _unattended(values: dict[str, Any], opts: dict[str, Any]) -> None:
             values[name] = opts[name]
 
 
-def _execute(
-    settings: Settings, engine: dict[str, Any] | None = None, results_to: str | None = None
-) -> None:
+def _execute(settings: Settings, engine: dict[str, Any] | None = None) -> None:
     try:
         settings = settings.with_key_from_env()
         if engine is not None and engine.get("engine") == "ray":
@@ -99,51 +105,12 @@ def _execute(
         f"results: {where}  (runner status {settings.out})"
     )
     code = result.exit_code
-    if results_to is not None and results.exists():
-        code = _push_results(settings.out, results_to) or code
+    # The checkpoint stays in OUT; results.parquet and the artifacts go to the bucket. A
+    # failed upload keeps the local copy and says how to push it again: exit 3.
+    if settings.results_to is not None and results.exists():
+        pushed = push_outputs(settings.out, settings.results_to, [(results, RESULTS)])
+        code = code if pushed else EXIT_STOPPED
     sys.exit(code)
-
-
-def _push_results(out: Path, results_to: str) -> int:
-    """Upload results.parquet and the artifacts to `results_to`; the checkpoint stays in OUT.
-
-    A failed upload leaves the local copy and says how to push it again: a second run of the
-    same finished job sends nothing and uploads again. Returns an exit code if it failed.
-    """
-    from .. import storage
-
-    files = [results_path(out)]
-    artifacts = out / "artifacts"
-    if artifacts.is_dir():
-        files += sorted(p for p in artifacts.rglob("*") if p.is_file())
-    try:
-        for path in files:
-            storage.upload(path, storage.join_url(results_to, path.relative_to(out).as_posix()))
-    except storage.StorageError as exc:
-        click.echo(
-            f"error: {exc}; the results stay in {out}: run the same command again to push them",
-            err=True,
-        )
-        return EXIT_STOPPED
-    click.echo(f"uploaded: {storage.join_url(results_to, 'results.parquet')}")
-    return 0
-
-
-def _check_destination(results_to: str | None) -> None:
-    """A destination that cannot take the results stops the job before anything is sent."""
-    if results_to is None:
-        return
-    from .. import storage
-
-    if not storage.is_url(results_to):
-        raise click.BadParameter(
-            "an object-storage URL (s3://, gs://, abfs://)", param_hint="--results-to"
-        )
-    try:
-        storage.check_bucket(results_to)
-    except storage.StorageError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
 
 
 @click.command()
@@ -153,7 +120,8 @@ def _check_destination(results_to: str | None) -> None:
 @click.option(
     "--results-to",
     metavar="URL",
-    help="Upload results.parquet and the artifacts to this s3://, gs:// or abfs:// prefix.",
+    help="Upload results.parquet and the artifacts to this s3://, gs:// or abfs:// prefix "
+    "when the job ends (the checkpoint stays in --out); recorded, so a resume uploads there too.",
 )
 @click.option("--model", help="Model for rows whose body names none.")
 @click.option("--endpoint", help="Endpoint for short rows, e.g. chat/completions.")
@@ -269,8 +237,9 @@ def run(spec: Path, **opts: Any) -> None:
     ):
         # The shards' checkpoints are merged only at the end: nothing live to serve yet.
         raise click.UsageError("--notify, --serve and --metrics-port need --engine local")
-    _check_destination(opts.get("results_to"))
-    _execute(Settings(spec=Path(spec), **values), engine, opts.get("results_to"))
+    if values.get("results_to") is not None:
+        values["results_to"] = check_destination(values["results_to"], "--results-to")
+    _execute(Settings(spec=Path(spec), **values), engine)
 
 
 @click.command()
@@ -298,6 +267,8 @@ def resume(out: Path, no_progress: bool, force: bool, **opts: Any) -> None:
     settings = Settings.from_record(
         job["settings"], progress=not no_progress, force=force, out=out, **extra
     )
+    if settings.results_to is not None:  # where the job's results went, checked again
+        check_destination(settings.results_to, "the job's results_to")
     # A job run on Ray resumes on Ray (its shards' checkpoints are what it resumes from).
     engine = None
     if job["settings"].get("engine") == "ray":

@@ -2,8 +2,10 @@
 
 A source can be read more than once (once to build the requests, once to assemble the
 result), and a file is never held whole: Parquet, JSONL and CSV are read a batch at a time
-by pyarrow's streaming readers. In memory: a `pyarrow.Table`, a list of dicts, and, when
-installed, a pandas or Polars DataFrame or an HF `datasets.Dataset` (imported only if given).
+by pyarrow's streaming readers, from a local path or an object-storage URL (s3://, gs://,
+abfs://; ranged reads through storage.py). In memory: a `pyarrow.Table`, a list of dicts,
+and, when installed, a pandas or Polars DataFrame or an HF `datasets.Dataset` (imported only
+if given).
 """
 
 from __future__ import annotations
@@ -37,46 +39,80 @@ class Source:
             raise UsageError(f"cannot read {self.label}: {exc}") from exc
 
 
-def _parquet(path: Path) -> Source:
+def _parquet(path: Path | str) -> Source:
+    """A local file, or an object in a bucket: its footer, then a row group at a time, each
+    a ranged read (storage.open_random); the object is never downloaded whole."""
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(path)
+        with _opened(path, random=True) as f:
+            schema = pq.read_schema(f)
     except (pa.ArrowException, OSError) as exc:
         raise UsageError(f"{path} is not a readable Parquet file: {exc}") from exc
 
     def read(size: int) -> Iterator[pa.RecordBatch]:
-        with pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False) as pf:
+        with (
+            _opened(path, random=True) as f,
+            pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False) as pf,
+        ):
             yield from pf.iter_batches(batch_size=size)
 
     return Source(schema, str(path), read)
 
 
-def _streamed(path: Path, opener: Callable[[Path], Any]) -> Source:
-    """JSONL and CSV: types come from the first block (1 MB), as pyarrow's readers infer."""
+def _opened(path: Path | str, *, random: bool) -> Any:
+    """The bytes of a local file or of an object (storage.py, imported only for a URL)."""
+    if isinstance(path, str):
+        from .. import storage
+
+        try:
+            return storage.open_random(path) if random else storage.open_stream(path)
+        except storage.StorageError as exc:
+            raise UsageError(str(exc)) from exc
+    return pa.OSFile(str(path))
+
+
+def _streamed(path: Path | str, opener: Callable[[Any], Any]) -> Source:
+    """JSONL and CSV: types come from the first block (1 MB), as pyarrow's readers infer.
+    An object in a bucket is read as a stream of ranged reads, never downloaded whole."""
     try:
-        schema = opener(path).schema
+        with _opened(path, random=False) as f:
+            schema = opener(f).schema
     except (pa.ArrowException, OSError) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from exc
 
     def read(size: int) -> Iterator[pa.RecordBatch]:
-        for batch in opener(path):
-            for start in range(0, batch.num_rows, size):
-                yield batch.slice(start, size)
+        with _opened(path, random=False) as f:
+            for batch in opener(f):
+                for start in range(0, batch.num_rows, size):
+                    yield batch.slice(start, size)
 
     return Source(schema, str(path), read)
 
 
-def _open_jsonl(path: Path) -> Any:
+def _open_jsonl(f: Any) -> Any:
     import pyarrow.json as pj
 
-    return pj.open_json(path, read_options=pj.ReadOptions(block_size=1 << 20))
+    return pj.open_json(f, read_options=pj.ReadOptions(block_size=1 << 20))
 
 
-def _open_csv(path: Path) -> Any:
+def _open_csv(f: Any) -> Any:
     import pyarrow.csv as pc
 
-    return pc.open_csv(path, read_options=pc.ReadOptions(block_size=1 << 20))
+    return pc.open_csv(f, read_options=pc.ReadOptions(block_size=1 << 20))
+
+
+def _file(location: Path | str) -> Source:
+    """A Source for a local path or a URL, by its extension."""
+    name = location.name if isinstance(location, Path) else location.rsplit("/", 1)[-1]
+    suffix = Path(name).suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return _parquet(location)
+    if suffix in (".jsonl", ".ndjson"):
+        return _streamed(location, _open_jsonl)
+    if suffix == ".csv":
+        return _streamed(location, _open_csv)
+    raise UsageError(f"cannot tell the format of {name}: use .parquet, .jsonl or .csv")
 
 
 def _table(table: pa.Table, label: str) -> Source:
@@ -89,17 +125,14 @@ def _table(table: pa.Table, label: str) -> Source:
 def open_source(source: Any) -> Source:
     """A `Source` for anything `generate` takes; a clear UsageError for anything else."""
     if isinstance(source, str | Path):
+        from ..storage import is_url, normalize
+
+        if is_url(source):  # s3://, gs://, abfs://
+            return _file(normalize(source))
         path = Path(source)
         if not path.is_file():
             raise UsageError(f"input file not found: {path}")
-        suffix = path.suffix.lower()
-        if suffix in (".parquet", ".pq"):
-            return _parquet(path)
-        if suffix in (".jsonl", ".ndjson"):
-            return _streamed(path, _open_jsonl)
-        if suffix == ".csv":
-            return _streamed(path, _open_csv)
-        raise UsageError(f"cannot tell the format of {path.name}: use .parquet, .jsonl or .csv")
+        return _file(path)
     if isinstance(source, pa.Table):
         return _table(source, "the input table")
     if isinstance(source, pa.RecordBatch):

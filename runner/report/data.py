@@ -104,6 +104,7 @@ def _load(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
             "mode": settings.get("mode", "online"),
             "tier": settings.get("tier"),
             "concurrency": settings.get("concurrency"),
+            "results_to": settings.get("results_to"),
             "created_at": job["created_at"],
         },
         "generated_at": now,

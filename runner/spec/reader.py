@@ -30,6 +30,9 @@ __all__ = [
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _CHUNK = 1 << 20
+# A resume mark every this many bytes of an object in a bucket (count_lines): a resume
+# reads at most this much of what is done before its first pending row.
+_MARK_BYTES = 8 << 20
 _BOM = b"\xef\xbb\xbf"
 _FORMATS = dict.fromkeys(("jsonl", "json", "ndjson"), "jsonl") | dict.fromkeys(
     ("parquet", "pq"), "parquet"
@@ -94,7 +97,20 @@ def open_spec(path: Path) -> IO[bytes]:
 
 
 def spec_fingerprint(path: Path) -> str:
-    """sha256 of the file's bytes, streamed, so a resume can tell whether the spec changed."""
+    """sha256 of the file's bytes, streamed, so a resume can tell whether the spec changed.
+
+    An object in a bucket is known by its size and ETag instead (storage.object_tag): one
+    HEAD request rather than reading the whole object before the first row is sent.
+    """
+    if is_url(path):
+        from .. import storage
+
+        try:
+            tag = storage.object_tag(path)
+        except storage.StorageError as exc:
+            raise SpecError(str(exc)) from exc
+        if tag is not None:
+            return hashlib.sha256(f"object:{tag}".encode()).hexdigest()
     try:
         with open_spec(path) as f:
             return hashlib.file_digest(f, "sha256").hexdigest()  # type: ignore[arg-type]
@@ -102,14 +118,81 @@ def spec_fingerprint(path: Path) -> str:
         raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
 
 
-def count_lines(path: Path) -> int:
-    """Non-blank lines of a JSONL spec, split but not parsed."""
+def count_lines(path: Path, marks: Path | None = None, *, every: int = _MARK_BYTES) -> int:
+    """Non-blank lines of a JSONL spec, split but not parsed.
+
+    With `marks`, an object in a bucket also leaves where its lines start every
+    `every` bytes in that file (seq, byte offset, lines before), so a resume starts reading
+    at the last mark before its first pending row instead of at byte 0 (`read_spec`).
+    """
     n = 0
+    found: list[tuple[int, int, int]] = []
+    tag = None
     with open_spec(path) as f:
-        for _, raw in jsonl_lines(f, MAX_LINE_BYTES):
-            if isinstance(raw, int) or (raw and not raw.isspace()):
+        if marks is not None and is_url(path):
+            from .. import storage
+
+            tag = storage.tag_of(f)  # type: ignore[arg-type]  # the version counted
+        offset = len(_BOM) if f.read(len(_BOM)) == _BOM else 0
+        f.seek(0)
+        due = every
+        for lineno, raw in jsonl_lines(f, MAX_LINE_BYTES):
+            if offset >= due:
+                found.append((n, offset, lineno - 1))
+                due = offset + every
+            if isinstance(raw, int):
                 n += 1
+                offset += raw + 1
+            else:
+                n += bool(raw) and not raw.isspace()
+                offset += len(raw) + 1
+    if marks is not None and tag is not None:
+        _save_marks(tag, marks, found)
     return n
+
+
+def _save_marks(tag: str, marks: Path, found: list[tuple[int, int, int]]) -> None:
+    """The marks, after the object's size and ETag: marks of another version are ignored.
+    Written whole or not at all; without them a resume reads from the start, as before."""
+    lines = [tag, *(f"{seq} {offset} {line}" for seq, offset, line in found)]
+    tmp = marks.with_name(marks.name + ".tmp")
+    try:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tmp.replace(marks)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def _done_prefix(skip: bytes | bytearray) -> int:
+    """How many rows from the first that `skip` holds without a gap."""
+    head = len(skip) - len(bytes(skip).lstrip(b"\xff"))  # bytes whose 8 rows are all done
+    done = head * 8
+    if head < len(skip):
+        byte = skip[head]
+        while byte & 1:
+            done, byte = done + 1, byte >> 1
+    return done
+
+
+def _resume_mark(path: Path, marks: Path, skip: bytes | bytearray) -> tuple[int, int, int] | None:
+    """The last mark at or before the first row `skip` does not hold: where a resume of an
+    object in a bucket starts reading. None: read from the start."""
+    from .. import storage
+
+    try:
+        lines = marks.read_text(encoding="utf-8").split()
+    except OSError:
+        return None
+    done = _done_prefix(skip)
+    best = None
+    if not lines or lines[0] != storage.object_tag(path):
+        return None
+    for k in range(1, len(lines) - 2, 3):
+        seq, offset, line = int(lines[k]), int(lines[k + 1]), int(lines[k + 2])
+        if seq > done:
+            break
+        best = (seq, offset, line)
+    return best
 
 
 def jsonl_lines(
@@ -185,6 +268,7 @@ def _read_jsonl(
     cap: int,
     skip: bytes | bytearray | None,
     window: SpecWindow | None = None,
+    start: tuple[int, int, int] | None = None,
 ) -> Iterator[list[Request | InvalidRow]]:
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
     bits = skip or b""
@@ -197,6 +281,9 @@ def _read_jsonl(
         if window is not None:
             f.seek(window.start)
             source, first_line = _Slice(f, window.end - window.start), window.first_line - 1
+        elif start is not None:  # a resume, from a mark before its first pending row
+            seq, offset, first_line = start
+            f.seek(offset)
         for line, raw in jsonl_lines(source, cap):
             line += first_line
             item: Request | InvalidRow
@@ -259,6 +346,20 @@ def _read_parquet(
         body_names = [n for n in names if n not in _META_COLUMNS]
         groups = None if window is None else list(range(window.start, window.end))
         first_line = 1 if window is None else window.first_seq + 1
+        if window is None and skip:
+            # A resume: row groups whose rows are all done are not read at all (ranged
+            # reads of an object in a bucket; nothing to decode for a local file).
+            done, meta = _done_prefix(skip), pf.metadata
+            start = 0
+            for g in range(meta.num_row_groups):
+                rows_in = meta.row_group(g).num_rows
+                if start + rows_in > done:
+                    break
+                start += rows_in
+            else:
+                g = meta.num_row_groups
+            if g:
+                groups, seq = list(range(g, meta.num_row_groups)), start
         for record_batch in _record_batches(pf, path, names, batch_size, groups):
             n = record_batch.num_rows
             cols = {name: record_batch.column(name).to_pylist() for name in names}
@@ -347,6 +448,7 @@ def read_spec(
     skip: bytes | bytearray | None = None,
     taken: Taken | None = None,
     window: SpecWindow | None = None,
+    marks: Path | None = None,
 ) -> Iterator[list[Request | InvalidRow]]:
     """Stream the spec as lists of up to ``batch_size`` items, one per data row, in file order.
 
@@ -358,6 +460,10 @@ def read_spec(
     reaches its first pending row of a million in a fraction of a second. They claimed their
     custom_ids when they were read first, so ``taken`` (the checkpoint) says whether an id
     belongs to one of them: a later row that repeats it is still a duplicate.
+
+    ``marks`` (written by ``count_lines`` for an object in a bucket) lets a resume seek past
+    the done rows before its first pending one instead of reading them; Parquet skips whole
+    row groups of done rows by its footer alone.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -369,6 +475,9 @@ def read_spec(
     kind = _spec_format(path, fmt)
     rows = Rows(defaults, taken)
     if kind == "jsonl":
-        return _read_jsonl(path, rows, batch_size, max_line_bytes, skip, window)
+        start = None
+        if marks is not None and skip and window is None and is_url(path):
+            start = _resume_mark(path, marks, skip)
+        return _read_jsonl(path, rows, batch_size, max_line_bytes, skip, window, start)
     _check_parquet(path)
     return _read_parquet(path, rows, batch_size, skip, window)
