@@ -7,7 +7,8 @@ alternating, ``--runs`` times each; for each run the child's peak RSS (``VmHWM``
 20 ms) and wall time. Then the bucket job is SIGKILLed at three quarters and resumed twice from
 copies of the killed folder: once as it is (the count's marks let the reader seek), once with
 the marks removed (the reader splits every done line from byte 0); for each, the time from the
-resume's start to its first request the simulator sees. Prints medians and ratios.
+resume's start to its first request the simulator sees. The spec's ranged GETs (at most
+1 MiB each) are counted from the S3 server's request log. Prints medians and ratios.
 
     python bench/objstore_bench.py [--rows 200000] [--runs 3] [--concurrency 500]
 """
@@ -50,6 +51,12 @@ def _helper(code: str, env: dict[str, str]) -> str:
     if done.returncode != 0:
         raise SystemExit(f"helper failed: {done.stderr[-2000:]}")
     return done.stdout
+
+
+def _gets(log: Path) -> int:
+    """GET requests for the spec object so far, from the S3 server's request log."""
+    with log.open("rb") as f:
+        return sum(1 for line in f if b"GET /" + BUCKET.encode() + b"/spec.jsonl" in line)
 
 
 def _requests(sim: Sim) -> int:
@@ -143,12 +150,14 @@ def main() -> None:
                     ]  # fmt: skip
                     if where == "s3":
                         argv += ["--results-to", f"s3://{BUCKET}/out-{k}/"]
+                    gets = _gets(moto.err_path)
                     fig = run_once(argv, env, logs / f"objstore-{where}-{k}", limit)
+                    fig["gets"] = _gets(moto.err_path) - gets
                     figures[where].append(fig)
                     print(
                         f"run {k} {where}: {fig['wall_s']:.1f} s, peak RSS {fig['rss_mb']:.0f} MB"
                     )
-            resume = _kill_and_resume(args, url, env, sim, logs)
+            resume = _kill_and_resume(args, url, env, sim, logs, moto.err_path)
     finally:
         moto.signal(signal.SIGKILL)
         moto.wait(10)
@@ -156,7 +165,7 @@ def main() -> None:
 
 
 def _kill_and_resume(
-    args: argparse.Namespace, url: str, env: dict[str, str], sim: Sim, logs: Path
+    args: argparse.Namespace, url: str, env: dict[str, str], sim: Sim, logs: Path, s3_log: Path
 ) -> dict[str, Any]:
     out = WORK / "jobs" / "objstore-kill"
     shutil.rmtree(out, ignore_errors=True)
@@ -177,6 +186,7 @@ def _kill_and_resume(
         if int(marks[k]) <= pending:
             start = int(marks[k + 1])
     times: dict[str, list[float]] = {"marks": [], "from byte 0": []}
+    gets: dict[str, list[int]] = {"marks": [], "from byte 0": []}
     for k in range(args.resumes):
         for variant in times:
             copy = WORK / "jobs" / f"objstore-resume-{k}-{variant.replace(' ', '')}"
@@ -185,8 +195,12 @@ def _kill_and_resume(
             if variant != "marks":
                 (copy / "spec.marks").unlink()
             again = [sys.executable, "-m", "runner", "resume", str(copy), "--no-progress"]
+            before = _gets(s3_log)
             times[variant].append(first_request_after(again, env, sim, logs / f"res-{k}"))
-    return {"done": done, "pending": pending, "skipped_bytes": start, "times": times}
+            gets[variant].append(_gets(s3_log) - before)
+    return {
+        "done": done, "pending": pending, "skipped_bytes": start, "times": times, "gets": gets,
+    }  # fmt: skip
 
 
 def _first_pending(out: Path) -> int:
@@ -216,12 +230,16 @@ def _report(
         f"{args.rows:,} rows ({size_mb:.0f} MB), C={args.concurrency}, L={args.latency} s, "
         f"{args.runs} runs each (medians)"
     )
-    print("| spec | wall s | CPU s | peak RSS MB | every run's peak RSS MB |")
-    print("|---|---|---|---|---|")
+    print("| spec | wall s | CPU s | peak RSS MB | every run's peak RSS MB | spec GETs |")
+    print("|---|---|---|---|---|---|")
     for where, label in (("local", "local file"), ("s3", "s3:// (moto), --results-to s3://")):
         runs = ", ".join(f"{f['rss_mb']:.0f}" for f in figures[where])
         m = med[where]
-        print(f"| {label} | {m['wall_s']:.1f} | {m['cpu_s']:.1f} | {m['rss_mb']:.0f} | {runs} |")
+        gets = f"{m['gets']:.0f}" if where == "s3" else "-"
+        print(
+            f"| {label} | {m['wall_s']:.1f} | {m['cpu_s']:.1f} | {m['rss_mb']:.0f} | {runs} "
+            f"| {gets} |"
+        )
     print(
         f"ratio s3 / local: peak RSS {med['s3']['rss_mb'] / med['local']['rss_mb']:.2f}, "
         f"wall {med['s3']['wall_s'] / med['local']['wall_s']:.2f}"
@@ -232,11 +250,15 @@ def _report(
         f"kill -9 at {resume['done']:,} rows done; first pending row {resume['pending']:,}; "
         f"the marks skip {resume['skipped_bytes'] / 1e6:.1f} MB of {size_mb:.0f} MB"
     )
-    print("| resume of the bucket job | to first request, s (median) | every resume |")
-    print("|---|---|---|")
+    print(
+        "| resume of the bucket job | to first request, s (median) | every resume "
+        "| spec GETs before it (median) |"
+    )
+    print("|---|---|---|---|")
     for variant, values in t.items():
         every = ", ".join(f"{v:.2f}" for v in values)
-        print(f"| {variant} | {statistics.median(values):.2f} | {every} |")
+        gets = statistics.median(resume["gets"][variant])
+        print(f"| {variant} | {statistics.median(values):.2f} | {every} | {gets:.0f} |")
 
 
 if __name__ == "__main__":

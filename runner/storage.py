@@ -58,12 +58,26 @@ def is_url(location: str | os.PathLike[str]) -> bool:
 
 
 def normalize(location: str | os.PathLike[str]) -> str:
-    """The URL in its canonical spelling (scheme://bucket/key)."""
+    """The URL in its canonical spelling (scheme://bucket/key).
+
+    A URL that carries credentials (pyarrow takes "s3://KEY:SECRET@bucket/..." and
+    "?secret_key=...") is refused: the job records its URLs and messages print them, and
+    credentials are neither recorded nor printed. The refusal shows only the bucket.
+    """
     text = os.fspath(location)
     m = _URL.match(text)
     if m is None:
         raise ValueError(f"not an object-storage URL: {text}")
-    return f"{m.group(1).lower()}://{text[m.end() :]}"
+    scheme, rest = m.group(1).lower(), text[m.end() :]
+    authority = rest.split("/", 1)[0]
+    if "@" in authority or "?" in rest:
+        bucket = authority.rsplit("@", 1)[-1].split("?", 1)[0]
+        raise StorageError(
+            f"{scheme}://{bucket}/...: the URL carries credentials or options; give the bare "
+            "URL and set the credentials in the environment (AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS, AZURE_*)"
+        )
+    return f"{scheme}://{rest}"
 
 
 def bucket_of(url: str | os.PathLike[str]) -> str:

@@ -471,3 +471,24 @@ def test_an_upload_outlasts_a_store_that_resets_connections(
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env["AWS_ENDPOINT_URL"])
     with storage.open_random("s3://bkt/retry/big.bin") as f:
         assert f.read() == local.read_bytes()
+
+
+def test_credentials_in_a_url_are_refused_and_never_printed(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """pyarrow would take keys from the URL; the runner records and prints its URLs, so a
+    URL with credentials is refused at once (exit 2), naming only the bucket."""
+    spec = _spec(tmp_path / "s.jsonl", 2)
+    cases = [
+        ("run", "s3://AKIAEXAMPLE:hush-secret-1@bkt/spec.jsonl"),
+        ("run", str(spec), "--results-to", "s3://bkt/out?secret_key=hush-secret-2"),
+        ("run", str(spec), "--results-to", "s3://AKIAEXAMPLE:hush-secret-3@bkt/out/"),
+        ("validate", "s3://bkt/spec.jsonl?access_key=A&secret_key=hush-secret-4"),
+    ]
+    for k, (cmd, *args) in enumerate(cases):
+        out = ["--out", str(tmp_path / f"o{k}"), "--provider", "sim"] if cmd == "run" else []
+        res = _runner(cmd, *args[:1], *out, *args[1:])
+        assert res.returncode == 2, (args, res.stderr)
+        assert "hush-secret" not in res.stdout + res.stderr
+        assert "s3://bkt/" in res.stderr and "environment" in res.stderr
+        assert not (tmp_path / f"o{k}" / "checkpoint.sqlite").exists()

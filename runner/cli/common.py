@@ -34,7 +34,12 @@ class _SpecLocation(click.Path):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and _is_url(value):
-            return Path(value)
+            from ..storage import StorageError, normalize
+
+            try:
+                return Path(normalize(value))  # a URL with credentials stops here
+            except StorageError as exc:
+                self.fail(str(exc), param, ctx)
         return super().convert(value, param, ctx)
 
 
