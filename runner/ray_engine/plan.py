@@ -7,19 +7,16 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from ..errors import UsageError
-from ..spec import SpecWindow
+from ..spec import SpecWindow, open_spec
 
-__all__ = ["load_plan", "plan_shards", "save_plan", "shard_dir"]
+__all__ = ["load_plan", "plan_shards", "save_plan"]
 
 PLAN = "plan.json"
-
-
-def shard_dir(out: Path, k: int) -> Path:
-    return out / "shards" / f"{k:04d}"
 
 
 def plan_shards(spec: Path, shards: int) -> list[SpecWindow]:
@@ -35,7 +32,7 @@ def _plan_jsonl(spec: Path, shards: int) -> list[SpecWindow]:
     starts: list[tuple[int, int]] = []
     ids = _Ids()
     offset = 0
-    with spec.open("rb") as f:
+    with open_spec(spec) as f:
         for line, raw in enumerate(f, 1):
             if raw.strip():
                 starts.append((offset, line))
@@ -88,7 +85,11 @@ def _windows(offsets: list[int], lines: list[int], end: int, shards: int) -> lis
 def _plan_parquet(spec: Path, shards: int) -> list[SpecWindow]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(spec)
+    with open_spec(spec) as f:
+        return _plan_row_groups(pq.ParquetFile(f), shards)
+
+
+def _plan_row_groups(pf: Any, shards: int) -> list[SpecWindow]:
     meta = pf.metadata
     if "custom_id" in pf.schema_arrow.names:
         ids = _Ids()
