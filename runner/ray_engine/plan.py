@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -33,13 +34,26 @@ def _plan_jsonl(spec: Path, shards: int) -> list[SpecWindow]:
     ids = _Ids()
     offset = 0
     with open_spec(spec) as f:
-        for line, raw in enumerate(f, 1):
+        for line, raw in enumerate(_lines(f), 1):
             if raw.strip():
                 starts.append((offset, line))
                 if b'"custom_id"' in raw:
                     ids.add(_custom_id(raw), line)
             offset += len(raw)
     return _windows([s for s, _ in starts], [ln for _, ln in starts], offset, shards)
+
+
+def _lines(f: IO[bytes]) -> Iterator[bytes]:
+    """The file's physical lines with their newlines (an object in storage reads in
+    chunks, not by line)."""
+    rest = b""
+    while chunk := f.read(1 << 20):
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        for part in parts:
+            yield part + b"\n"
+    if rest:
+        yield rest
 
 
 class _Ids:
