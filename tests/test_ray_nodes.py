@@ -11,6 +11,7 @@ RUNNER_REQUIRE_RAY=1 (CI sets it), which turns the skip into a failure.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -55,10 +56,8 @@ class Cluster:
     def kill_second(self) -> None:
         """The second node's machine is gone: its raylet and workers die at once."""
         for pid in _descendants(self.second.pid) | {self.second.pid}:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.second.wait(timeout=30)
 
 
@@ -207,9 +206,7 @@ def _run(spec: Path, out: Path, sim: SimProcess) -> Any:
     return run_sharded(settings.with_key_from_env(), 4)
 
 
-def test_four_shards_on_two_nodes_without_a_shared_disk(
-    cluster: Cluster, tmp_path: Path
-) -> None:
+def test_four_shards_on_two_nodes_without_a_shared_disk(cluster: Cluster, tmp_path: Path) -> None:
     rows = [chat_row(i) for i in range(400)]
     rows[50:50] = [_video(i) for i in range(2)]
     rows[300:300] = [_video(i) for i in range(2, 4)]
@@ -229,12 +226,7 @@ def test_four_shards_on_two_nodes_without_a_shared_disk(
     assert table["custom_id"] == [r["custom_id"] for r in rows]  # one each, spec order
     assert set(table["status"]) == {"succeeded"}
     # The videos' files came back into DIR, whole, whichever node downloaded them.
-    files = [
-        item
-        for listing in table["artifacts"]
-        if listing
-        for item in orjson.loads(listing)
-    ]
+    files = [item for listing in table["artifacts"] if listing for item in orjson.loads(listing)]
     assert len(files) == 8  # a video and its cover for each
     for item in files:
         data = (out / item["path"]).read_bytes()

@@ -5,8 +5,8 @@ runs the same shards whatever `--shards` says the second time."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
