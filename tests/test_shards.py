@@ -278,3 +278,44 @@ async def test_shipped_rows_merge_into_the_job_and_a_shard_started_elsewhere_ski
         assert all(h[list(COLUMNS).index("response")] is None for h in held)
     finally:
         job.close()
+
+
+def test_a_shard_checks_its_window_against_the_plan_reading_only_that(tmp_path: Path) -> None:
+    from runner.errors import UsageError
+    from runner.lifecycle import check_spec
+
+    rows = [chat_row(i) for i in range(30)]
+    spec = write_spec(tmp_path / "spec.jsonl", rows)
+    windows = plan_shards(spec, 3)
+    assert all(w.digest for w in windows)
+    # Another node's copy whose last rows differ: only the last shard can tell, and does.
+    rows[25] = chat_row(99)
+    copy = write_spec(tmp_path / "copy.jsonl", rows)
+    for k, w in enumerate(windows):
+        settings = replace(settings_for(tmp_path / f"o{k}", copy, "http://x/v4"), window=w)
+        if k < 2:
+            assert check_spec(settings) == w.digest
+        else:
+            with pytest.raises(UsageError, match="line 21 differ"):
+                check_spec(settings)
+    # Parquet: a window's digest covers its row groups' bytes.
+    pspec, pcopy = tmp_path / "spec.parquet", tmp_path / "copy.parquet"
+    for path, last in ((pspec, "q 19"), (pcopy, "changed")):
+        table = pa.table(
+            {
+                "custom_id": [f"row-{i}" for i in range(20)],
+                "model": ["glm-4.5-air"] * 20,
+                "messages": [
+                    [{"role": "user", "content": last if i == 19 else f"q {i}"}] for i in range(20)
+                ],
+            }
+        )
+        pq.write_table(table, path, row_group_size=10)
+    first, second = plan_shards(pspec, 2)
+    for w, same in ((first, True), (second, False)):
+        settings = replace(settings_for(tmp_path / "p", pcopy, "http://x/v4"), window=w)
+        if same:
+            assert check_spec(settings) == w.digest
+        else:
+            with pytest.raises(UsageError, match="not the one this job was planned on"):
+                check_spec(settings)

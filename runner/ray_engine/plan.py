@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
 from ..errors import UsageError
-from ..spec import SpecWindow, open_spec
+from ..spec import SpecWindow, open_spec, window_digest
 
 __all__ = ["load_plan", "plan_shards", "save_plan"]
 
@@ -21,10 +21,13 @@ PLAN = "plan.json"
 
 
 def plan_shards(spec: Path, shards: int) -> list[SpecWindow]:
-    """At most `shards` windows of about equal rows; none is empty."""
+    """At most `shards` windows of about equal rows; none is empty. Each carries the
+    digest of its bytes, which its shard checks against the spec its node reads."""
     if spec.suffix.lower() in (".parquet", ".pq"):
-        return _plan_parquet(spec, shards)
-    return _plan_jsonl(spec, shards)
+        windows = _plan_parquet(spec, shards)
+    else:
+        windows = _plan_jsonl(spec, shards)
+    return [replace(w, digest=window_digest(spec, w)) for w in windows]
 
 
 def _plan_jsonl(spec: Path, shards: int) -> list[SpecWindow]:
