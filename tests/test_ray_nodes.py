@@ -206,6 +206,22 @@ def _run(spec: Path, out: Path, sim: SimProcess) -> Any:
     return run_sharded(settings.with_key_from_env(), 4)
 
 
+def test_a_spec_one_node_cannot_read_stops_the_job_before_anything_is_sent(
+    cluster: Cluster,
+) -> None:
+    from runner.errors import UsageError
+
+    spec = write_spec(cluster.hidden / "spec.jsonl", (chat_row(i) for i in range(40)))
+    with SimProcess() as sim:
+        with pytest.raises(UsageError) as caught:
+            _run(spec, cluster.hidden / "nospec", sim)
+        assert sim.stats()["requests"] == {}
+    message = str(caught.value)
+    assert f"cannot read the spec {spec}" in message
+    assert "same path on every node, or in object storage" in message
+    assert "Nothing was sent" in message
+
+
 def test_four_shards_on_two_nodes_without_a_shared_disk(cluster: Cluster, tmp_path: Path) -> None:
     rows = [chat_row(i) for i in range(400)]
     rows[50:50] = [_video(i) for i in range(2)]
@@ -234,6 +250,29 @@ def test_four_shards_on_two_nodes_without_a_shared_disk(cluster: Cluster, tmp_pa
         assert (out / (item["path"] + ".json")).is_file()
     for node in cluster.nodes:
         assert list(node.iterdir()) == []  # no node kept anything of the job
+
+
+def test_with_results_to_the_nodes_upload_the_artifacts_themselves(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    from runner.ray_engine import run_sharded
+
+    rows = [chat_row(i) for i in range(40)] + [_video(i) for i in range(4)]
+    spec = _spec_in_s3(tmp_path, "results-to", rows)
+    out = cluster.hidden / "uploaded"
+    with SimProcess("--task-seconds", "0.2") as sim:
+        settings = settings_for(out, spec, sim.base_url, concurrency=8).with_key_from_env()
+        result = run_sharded(settings, 4, results_to="s3://bkt/rt/")
+    assert result.exit_code == EXIT_OK, result.message
+    table = pq.read_table(out / "results.parquet").to_pydict()
+    files = [item for listing in table["artifacts"] if listing for item in orjson.loads(listing)]
+    assert len(files) == 8
+    for item in files:
+        with storage.open_random(f"s3://bkt/rt/{item['path']}") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == item["sha256"]
+        with storage.open_random(f"s3://bkt/rt/{item['path']}.json") as f:
+            assert orjson.loads(f.read())["custom_id"].startswith("video-")
+    assert not (out / "artifacts").exists() or not any((out / "artifacts").iterdir())
 
 
 def test_a_lost_node_costs_only_what_the_driver_did_not_hold(

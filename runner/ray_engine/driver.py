@@ -44,7 +44,7 @@ from ..store import Store
 from .inbox import Inbox
 from .merge import apply, held_rows, merge_legacy
 from .plan import load_plan, plan_shards, save_plan
-from .shard import shard_main
+from .shard import check_node, shard_main
 from .slots import SlotBank
 
 __all__ = ["run_sharded"]
@@ -139,6 +139,8 @@ def _run_job(
         save_plan(out, fingerprint, windows)
     store = Store(checkpoint_path(out))
     try:
+        shards_run = _Job(ray, settings, store, windows)
+        shards_run.check_nodes()
         merge_legacy(store, out, windows)
         job = store.job()
         job_id = str(job["settings"].get("job_id")) if job else os.urandom(6).hex()
@@ -146,8 +148,7 @@ def _run_job(
         record["shards"] = len(windows)
         store.init_job(str(settings.spec), fingerprint, total, record)
         run_id = store.start_run()
-        shards_run = _Job(ray, settings, store, windows, (job_id, run_id))
-        outcomes = shards_run.run(results_to)
+        outcomes = shards_run.run((job_id, run_id), results_to)
         write_results_parquet(store, results_path(out))
         return _finish(settings, store, run_id, total, outcomes)
     finally:
@@ -164,20 +165,41 @@ class _Job:
         settings: Settings,
         store: Store,
         windows: list[SpecWindow],
-        job: tuple[str, int],
     ) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self.ray, self.settings, self.store, self.windows, self.job = (
-            ray, settings, store, windows, job
-        )  # fmt: skip
+        self.ray, self.settings, self.store, self.windows = ray, settings, store, windows
         # Pinned to the driver's node: a lost worker node must not take the tier or the
         # outcomes on their way with it.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.bank = ray.remote(SlotBank).options(num_cpus=0, scheduling_strategy=here).remote()
         self.inbox = ray.remote(Inbox).options(num_cpus=0, scheduling_strategy=here).remote()
 
-    def run(self, results_to: str | None) -> list[dict[str, Any]]:
+    def check_nodes(self) -> None:
+        """On a cluster of several nodes, ask each whether it can run a shard before any
+        runs: a spec or a key one node lacks stops the job with nothing sent."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray = self.ray
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+        if len(nodes) < 2:
+            return  # the driver's own node: it has read the spec and the key already
+        probe = ray.remote(check_node)
+        record = self.settings.to_record()
+        refs = [
+            probe.options(
+                num_cpus=0,
+                max_retries=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+            ).remote(record)
+            for n in nodes
+        ]
+        problems = sorted({p for p in ray.get(refs) if p is not None})
+        if problems:
+            raise UsageError("; ".join(problems) + ". Nothing was sent.")
+
+    def run(self, job: tuple[str, int], results_to: str | None) -> list[dict[str, Any]]:
+        """Run shard k of each window for run `job` = (job id, run id); what each did."""
         ray, settings = self.ray, self.settings
         # Every shard must run at once (their lanes share one tier); a shard's CPU is mostly
         # parsing answers, so it asks for the share of a CPU that fits them all on the nodes.
@@ -191,7 +213,7 @@ class _Job:
             task.remote(
                 {**settings.to_record(), "window": _window_record(w)},
                 k,
-                self.job,
+                job,
                 self.bank,
                 self.inbox,
                 results_to,

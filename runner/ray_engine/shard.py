@@ -26,7 +26,7 @@ from ..storage import is_url
 from .shipper import Shipper, prepare
 from .slots import LeasedLanes
 
-__all__ = ["SHARD_DIR_ENV", "local_root", "shard_main"]
+__all__ = ["SHARD_DIR_ENV", "check_node", "local_root", "shard_main"]
 
 SHARD_DIR_ENV = "RUNNER_SHARD_DIR"
 
@@ -35,6 +35,28 @@ def local_root() -> Path:
     """Where this node keeps its shards' checkpoints (node-local space; not the job's DIR)."""
     configured = os.environ.get(SHARD_DIR_ENV)
     return Path(configured) if configured else Path(tempfile.gettempdir()) / "runner-shards"
+
+
+def check_node(record: dict[str, Any]) -> str | None:
+    """What keeps this node from running a shard of the job (None if nothing): the spec
+    unreadable by the path the driver gave, or no API key in its workers' environment."""
+    import ray
+
+    node = f"on node {ray.util.get_node_ip_address()}"  # type: ignore[no-untyped-call]
+    settings = Settings.from_record(record, out=local_root(), progress=False)
+    if not is_url(settings.spec) and not settings.spec.is_file():
+        return (
+            f"{node} cannot read the spec {settings.spec}: a job on Ray needs the spec at "
+            "the same path on every node, or in object storage (s3://, gs://, abfs://)"
+        )
+    try:
+        settings.with_key_from_env()
+    except UsageError as exc:
+        return (
+            f"{node}: {exc} (each node's Ray workers read the key from their own "
+            "environment: set it where that node's `ray start` runs)"
+        )
+    return None
 
 
 def shard_main(
@@ -50,17 +72,12 @@ def shard_main(
 
     from ..job import run_job
 
-    node = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
     job_dir = local_root() / job[0]
     out = job_dir / f"r{job[1]}" / f"{shard:04d}"
+    problem = check_node(record)
+    if problem is not None:
+        raise UsageError(f"shard {shard} {problem}")
     settings = Settings.from_record(record, out=out, progress=False).with_key_from_env()
-    spec = settings.spec
-    if not is_url(spec) and not spec.is_file():
-        raise UsageError(
-            f"shard {shard} on node {node} cannot read the spec {spec}: a job on Ray needs "
-            "the spec at the same path on every node, or in object storage (s3://, gs://, "
-            "abfs://)"
-        )
     _drop_earlier_runs(job_dir, keep=out.parent)
     fresh = not checkpoint_path(out).exists()
     # The rows the driver holds; a checkpoint left here by this shard's last attempt holds
