@@ -117,9 +117,14 @@ class Shipper:
         thread.start()
         try:
             yield
-        finally:
+        except BaseException:
             stop.set()
             thread.join()
+            with contextlib.suppress(Exception):  # what it committed is kept if it can be
+                self.ship()
+            raise
+        stop.set()
+        thread.join()
         if failure:
             raise failure[0]
         self.ship()
