@@ -195,11 +195,15 @@ async def test_the_inbox_answers_a_hello_after_the_batches_before_it() -> None:
     await inbox.put(Batch(0, rows=[(0, "row-0")]))
     hello = asyncio.ensure_future(inbox.hello(1, True))
     await asyncio.sleep(0)
-    mail = await inbox.take(0)
+    mail = await inbox.take(0, 0)
     assert [b.rows for b in mail.batches] == [[(0, "row-0")]]
     [(shard, serial, wants)] = mail.hellos
     assert (shard, wants) == (1, True)
-    assert (await inbox.take(0)).hellos == []  # taken once
+    # The driver was stopped before it merged: the next take hands the same again.
+    again_mail = await inbox.take(0, 0)
+    assert [b.rows for b in again_mail.batches] == [[(0, "row-0")]]
+    assert again_mail.hellos == mail.hellos
+    assert (await inbox.take(mail.last, 0)).batches == []  # merged: forgotten
     # The shard's worker died waiting and its retry asks again: the first answer is stale.
     again = asyncio.ensure_future(inbox.hello(1, False))
     await asyncio.sleep(0)
@@ -207,29 +211,34 @@ async def test_the_inbox_answers_a_hello_after_the_batches_before_it() -> None:
     with pytest.raises(asyncio.CancelledError):
         await hello
     assert not again.done()
-    [(_, newer, wants)] = (await inbox.take(0)).hellos
+    [(_, newer, wants)] = (await inbox.take(mail.last, 0)).hellos
     assert not wants
     await inbox.answer(1, newer, [])
     assert await again == []
+    assert (await inbox.take(mail.last, 0)).hellos == []
 
 
 @pytest.mark.anyio
-async def test_a_full_inbox_holds_the_shards_back_until_the_driver_takes() -> None:
+async def test_a_full_inbox_holds_the_shards_back_until_the_driver_merges() -> None:
     import asyncio
 
     from runner.ray_engine.inbox import Batch, Inbox
 
     inbox = Inbox(cap=200)
-    big = Batch(0, rows=[(0, "x" * 150)])
-    await inbox.put(big)  # one batch always fits
+    await inbox.put(Batch(0, rows=[(0, "x" * 150)]))  # one batch always fits
     second = asyncio.ensure_future(inbox.put(Batch(1, rows=[(0, "y" * 150)])))
     await asyncio.sleep(0.05)
     assert not second.done()
-    assert [b.shard for b in (await inbox.take(0)).batches] == [0]
+    mail = await inbox.take(0, 0)
+    assert [b.shard for b in mail.batches] == [0]
+    await asyncio.sleep(0.05)
+    assert not second.done()  # taken is not merged: the batch still holds its room
+    # Merged: its room goes to the waiting batch, which this very take brings.
+    mail = await inbox.take(mail.last, 0)
     await asyncio.wait_for(second, 1)
-    assert [b.shard for b in (await inbox.take(0)).batches] == [1]
+    assert [b.shard for b in mail.batches] == [1]
     started = time.monotonic()
-    assert (await inbox.take(0.1)).batches == []  # waits for mail, at most that long
+    assert (await inbox.take(mail.last, 0.1)).batches == []  # waits for mail, that long at most
     assert time.monotonic() - started >= 0.09
 
 

@@ -7,14 +7,18 @@ and merges them into DIR/checkpoint.sqlite (merge.py), which only the driver eve
 The inbox is a Ray actor pinned to the driver's node, so it lives and dies with the driver:
 a batch it holds is either merged or, if the driver dies first, sent again by the resume.
 
+A batch stays in the inbox until the driver's next take says it is merged, so a driver
+interrupted between taking and merging (Ctrl-C, SIGTERM) takes it again; merging a batch
+twice only writes the same rows again.
+
 A shard starting (for the first time, or again on another node after its worker or node
 was lost) says hello first and waits: the driver answers with the rows it already holds
 of the shard's window (`Mail.hellos`), so the shard skips them and sends none of them
 twice. A hello is answered only after the batches taken with it are merged, so the answer
 holds every batch the inbox accepted before the hello.
 
-The inbox holds at most `cap` bytes of batches: a shard's `put` waits while it is full, so
-a driver slower than its shards slows them instead of filling its memory.
+The inbox holds at most `cap` bytes of batches not yet merged: a shard's `put` waits while
+it is full, so a driver slower than its shards slows them instead of filling its memory.
 
 `Inbox` is plain Python with async methods (an async actor in driver.py, tested without Ray).
 """
@@ -60,21 +64,24 @@ class Batch:
 
 @dataclass
 class Mail:
-    """What the driver takes: batches to merge, then the shards waiting for their rows as
-    (shard, hello, whether it wants them: a shard whose node kept its checkpoint does not)."""
+    """What the driver takes: the batches it has not merged yet (`last` is the number of
+    the last one, which its next take names as merged), then the shards waiting for their
+    rows as (shard, hello, whether it wants them: a shard whose node kept its checkpoint
+    does not)."""
 
     batches: list[Batch]
+    last: int
     hellos: list[tuple[int, int, bool]]
 
 
 class Inbox:
     def __init__(self, cap: int = CAP) -> None:
         self._cap = cap
-        self._batches: list[Batch] = []
+        self._batches: list[tuple[int, Batch, int]] = []  # (number, batch, size), in order
         self._bytes = 0
+        self._numbered = 0
         # shard -> (its waiting hello's number, the answer to come, whether it wants rows)
         self._hellos: dict[int, tuple[int, asyncio.Future[list[tuple[Any, ...]]], bool]] = {}
-        self._asked: set[int] = set()  # hellos the driver took and has not answered yet
         self._serial = 0
         self._arrived: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
@@ -92,7 +99,8 @@ class Inbox:
         while self._batches and self._bytes + size > self._cap:
             room.clear()
             await room.wait()
-        self._batches.append(batch)
+        self._numbered += 1
+        self._batches.append((self._numbered, batch, size))
         self._bytes += size
         arrived.set()
 
@@ -108,30 +116,26 @@ class Inbox:
         arrived.set()
         return await future
 
-    async def take(self, wait: float) -> Mail:
-        """Everything waiting, as soon as there is any or after `wait` seconds."""
+    async def take(self, merged: int, wait: float) -> Mail:
+        """Forget the batches up to number `merged` (the driver has them in its checkpoint),
+        then return what waits, as soon as there is any or after `wait` seconds. Until the
+        driver says it merged a batch, every take returns it again: a driver interrupted
+        between a take and its merge (a signal) loses nothing."""
         arrived, room = self._events()
-        if not self._batches and not self._new_hellos():
+        while self._batches and self._batches[0][0] <= merged:
+            self._bytes -= self._batches.pop(0)[2]
+            room.set()
+        if not self._batches and not self._hellos:
             arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(arrived.wait(), wait)
-        batches, self._batches, self._bytes = self._batches, [], 0
-        room.set()
-        hellos = self._new_hellos()
-        self._asked.update(serial for _, serial, _ in hellos)
-        return Mail(batches, hellos)
-
-    def _new_hellos(self) -> list[tuple[int, int, bool]]:
-        return [
-            (k, serial, wants)
-            for k, (serial, _, wants) in self._hellos.items()
-            if serial not in self._asked
-        ]
+        hellos = [(k, serial, wants) for k, (serial, _, wants) in self._hellos.items()]
+        last = self._batches[-1][0] if self._batches else merged
+        return Mail([b for _, b, _ in self._batches], last, hellos)
 
     async def answer(self, shard: int, serial: int, rows: list[tuple[Any, ...]]) -> None:
         """The driver's answer to hello `serial`; one that was asked again since is left
         waiting for the answer to its newer hello."""
-        self._asked.discard(serial)
         entry = self._hellos.get(shard)
         if entry is None or entry[0] != serial:
             return
