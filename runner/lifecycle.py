@@ -43,11 +43,13 @@ from .settings import Settings, spec_location
 from .spec import (
     Request,
     SpecError,
+    SpecWindow,
     count_lines,
     open_spec,
     read_spec,
     spec_fingerprint,
     validate_spec,
+    window_digest,
 )
 from .storage import is_url
 from .store import REOPEN_CODES, Store
@@ -132,6 +134,9 @@ def check_spec(settings: Settings) -> str:
     --strict, without an invalid row (a shard leaves that check to its driver)."""
     spec = settings.spec
     try:
+        window = settings.window
+        if window is not None and window.digest is not None:
+            return _check_window(spec, window)
         fingerprint = spec_fingerprint(spec)
         if settings.strict and settings.window is None:
             report = validate_spec(spec, settings.spec_defaults())
@@ -147,6 +152,19 @@ def check_spec(settings: Settings) -> str:
     except OSError as exc:
         raise UsageError(f"cannot read spec {spec}: {exc}") from exc
     return fingerprint
+
+
+def _check_window(spec: Path, window: SpecWindow) -> str:
+    """A shard reads its window of the spec alone: it must hold the bytes the job was
+    planned on (a node may have a copy of its own, or an older one)."""
+    digest = window_digest(spec, window)
+    if digest != window.digest:
+        raise UsageError(
+            f"the spec {spec} read here is not the one this job was planned on (the rows "
+            f"from line {window.first_line} differ): every node must see the same spec at "
+            "the same path, or read it from object storage"
+        )
+    return digest
 
 
 def _refuse_unpriced(settings: Settings) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -26,7 +27,13 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
+def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The node's own space for its shards' checkpoints (RUNNER_SHARD_DIR), not the job's."""
+    return tmp_path_factory.mktemp("node")
+
+
+@pytest.fixture(scope="module")
+def local_ray(node_dir: Path) -> Iterator[None]:
     """One local Ray instance for the module; every process it started is gone after."""
     if ray is None:
         reason = "Ray is not installed: pip install -e '.[ray]'"
@@ -34,18 +41,20 @@ def local_ray() -> Iterator[None]:
             pytest.fail(f"RUNNER_REQUIRE_RAY=1 but {reason}")
         pytest.skip(reason)
     # Workers inherit the driver's environment: the key reaches them there, never via Ray.
-    old = os.environ.get("ZAI_API_KEY")
-    os.environ["ZAI_API_KEY"] = KEY
+    env = {"ZAI_API_KEY": KEY, "RUNNER_SHARD_DIR": str(node_dir)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     session = Path(ray._private.worker._global_node.get_session_dir_path()).name
     try:
         yield
     finally:
         ray.shutdown()
-        if old is None:
-            os.environ.pop("ZAI_API_KEY", None)
-        else:
-            os.environ["ZAI_API_KEY"] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         left = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
         assert not [line for line in left.splitlines() if session in line], left
 
@@ -65,7 +74,7 @@ def _sent(sim: SimProcess) -> int:
 
 
 def test_two_shards_one_job_one_answer_and_a_rerun_sends_nothing(
-    tmp_path: Path, local_ray: None
+    tmp_path: Path, local_ray: None, node_dir: Path
 ) -> None:
     with SimProcess("--concurrency", "8", "--latency", "0.02") as sim:
         result = _run(tmp_path, sim, 200, 2, concurrency=8)
@@ -74,11 +83,10 @@ def test_two_shards_one_job_one_answer_and_a_rerun_sends_nothing(
         table = pq.read_table(tmp_path / "out" / "results.parquet").to_pydict()
         assert table["custom_id"] == [f"row-{i}" for i in range(200)]  # one each, spec order
         assert set(table["status"]) == {"succeeded"}
-        assert sorted(p.name for p in (tmp_path / "out" / "shards").iterdir()) == [
-            "0000",
-            "0001",
-            "plan.json",
-        ]
+        # The shards kept their checkpoints on the node, shipped them, and left nothing
+        # there; the job's folder holds the plan and the one checkpoint of the job.
+        assert [p.name for p in (tmp_path / "out" / "shards").iterdir()] == ["plan.json"]
+        assert list(node_dir.iterdir()) == []
         out = CliRunner().invoke(cli, ["status", str(tmp_path / "out"), "--json"])
         assert out.exit_code == 0, out.output
         assert '"succeeded": 200' in out.output
@@ -120,39 +128,48 @@ def test_arrears_in_a_shard_stops_the_job_and_a_rerun_finishes_it(
     assert table["custom_id"] == [f"row-{i}" for i in range(300)]
 
 
-def test_a_lost_worker_is_retried_and_resumes_its_shard(tmp_path: Path, local_ray: None) -> None:
+def test_a_lost_worker_is_retried_and_resumes_its_shard(
+    tmp_path: Path, local_ray: None, node_dir: Path
+) -> None:
     import signal
     import sqlite3
     import threading
     import time
 
-    shard0 = tmp_path / "out" / "shards" / "0000"
+    job = tmp_path / "out" / "checkpoint.sqlite"
     with SimProcess("--concurrency", "4", "--latency", "0.05") as sim:
         box: list[Any] = []
-        job = threading.Thread(
+        thread = threading.Thread(
             target=lambda: box.append(_run(tmp_path, sim, 300, 2, concurrency=4))
         )
-        job.start()
+        thread.start()
         deadline = time.monotonic() + 60
+        pid_file = None
         while time.monotonic() < deadline:
+            pid_file = next(node_dir.glob("*/r*/0000/worker.pid"), None)
             try:
-                with sqlite3.connect(shard0 / "checkpoint.sqlite") as db:
-                    done = db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
+                with sqlite3.connect(job) as db:
+                    done = db.execute("SELECT COUNT(*) FROM rows WHERE seq < 150").fetchone()[0]
             except sqlite3.Error:
                 done = 0
-            if done >= 20:
+            if pid_file is not None and done >= 20:  # shipped to the driver, merged
                 break
             time.sleep(0.05)
-        victim = int((shard0 / "worker.pid").read_text())
+        assert pid_file is not None
+        victim = int(pid_file.read_text())
         os.kill(victim, signal.SIGKILL)
-        job.join(timeout=120)
+        while time.monotonic() < deadline and pid_file.exists():
+            if pid_file.read_text().strip() not in ("", str(victim)):
+                break  # run again, in another process
+            time.sleep(0.05)
+        thread.join(timeout=120)
         sent = _sent(sim)
     assert box and box[0].exit_code == EXIT_OK, box and box[0].message
-    assert int((shard0 / "worker.pid").read_text()) != victim  # run again, elsewhere
     table = pq.read_table(tmp_path / "out" / "results.parquet").to_pydict()
     assert table["custom_id"] == [f"row-{i}" for i in range(300)]
     # Sent again: only what was on the wire when it died, or answered and not yet committed
-    # (the writer commits every 0.2 s): far from the shard's 150 rows.
+    # (the writer commits every 0.2 s): far from the shard's 150 rows. The retry found its
+    # checkpoint on the node and shipped it all again, which sends nothing.
     assert 300 <= sent <= 300 + 40
 
 
@@ -168,7 +185,7 @@ def test_the_command_line_runs_and_resumes_on_ray(tmp_path: Path, local_ray: Non
         assert again.exit_code == 0, again.output
         assert _sent(sim) == 40
     assert "40 succeeded" in again.output
-    assert (out / "shards" / "0001" / "checkpoint.sqlite").exists()
+    assert not list((out / "shards").glob("0*"))  # the shards' checkpoints stay on the nodes
     bad = CliRunner().invoke(cli, ["run", str(spec), "--out", str(out), "--shards", "2"])
     assert bad.exit_code == 2 and "--engine ray" in bad.output
 
@@ -270,4 +287,5 @@ def test_a_parquet_spec_is_sharded_by_row_groups(tmp_path: Path, local_ray: None
     assert result.exit_code == EXIT_OK, result.message
     ids = pq.read_table(tmp_path / "out" / "results.parquet").column("custom_id").to_pylist()
     assert ids == [f"row-{i}" for i in range(n)]
-    assert len(list((tmp_path / "out" / "shards").glob("0*"))) == 3
+    plan = orjson.loads((tmp_path / "out" / "shards" / "plan.json").read_bytes())
+    assert len(plan["shards"]) == 3

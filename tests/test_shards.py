@@ -4,6 +4,8 @@ two shards' lanes settling with one bank in one process."""
 from __future__ import annotations
 
 import functools
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runner import JobResult, Settings, run_job
+from runner.outcome import COLUMNS
 from runner.ray_engine.plan import plan_shards
 from runner.ray_engine.slots import LeasedLanes, Report, SlotBank, fair_shares
 from runner.sim import Simulator
@@ -168,3 +171,160 @@ async def test_two_shards_each_holding_one_model_do_not_deadlock(
                 tg.start_soon(shard, job, lanes)
     assert [r.exit_code for r in results] == [0, 0]
     assert sim.state.ledger.peak_in_flight <= 8  # 4 per model over both shards
+
+
+def test_a_shard_s_cpu_share_fits_every_shard_on_the_nodes() -> None:
+    from runner.ray_engine.driver import shard_cpus
+
+    assert shard_cpus([2.0, 2.0], 4) == 1.0
+    assert shard_cpus([1.0, 2.0], 4) == 0.6666  # 1 + 3; the old CPUs / shards placed 3
+    assert shard_cpus([3.0], 4) == 0.75
+    assert shard_cpus([16.0], 2) == 1.0
+    for nodes, n in (([1.0, 2.0], 4), ([3.0, 0.5], 7), ([0.0, 2.0], 5)):
+        x = shard_cpus(nodes, n)
+        assert sum(int(c / x + 1e-9) for c in nodes) >= n
+
+
+@pytest.mark.anyio
+async def test_the_inbox_answers_a_hello_after_the_batches_before_it() -> None:
+    import asyncio
+
+    from runner.ray_engine.inbox import Batch, Inbox
+
+    inbox = Inbox(cap=1000)
+    await inbox.put(Batch(0, rows=[(0, "row-0")]))
+    hello = asyncio.ensure_future(inbox.hello(1, True))
+    await asyncio.sleep(0)
+    mail = await inbox.take(0, 0)
+    assert [b.rows for b in mail.batches] == [[(0, "row-0")]]
+    [(shard, serial, wants)] = mail.hellos
+    assert (shard, wants) == (1, True)
+    # The driver was stopped before it merged: the next take hands the same again.
+    again_mail = await inbox.take(0, 0)
+    assert [b.rows for b in again_mail.batches] == [[(0, "row-0")]]
+    assert again_mail.hellos == mail.hellos
+    assert (await inbox.take(mail.last, 0)).batches == []  # merged: forgotten
+    # The shard's worker died waiting and its retry asks again: the first answer is stale.
+    again = asyncio.ensure_future(inbox.hello(1, False))
+    await asyncio.sleep(0)
+    await inbox.answer(1, serial, [(5, "old")])
+    with pytest.raises(asyncio.CancelledError):
+        await hello
+    assert not again.done()
+    [(_, newer, wants)] = (await inbox.take(mail.last, 0)).hellos
+    assert not wants
+    await inbox.answer(1, newer, [])
+    assert await again == []
+    assert (await inbox.take(mail.last, 0)).hellos == []
+
+
+@pytest.mark.anyio
+async def test_a_full_inbox_holds_the_shards_back_until_the_driver_merges() -> None:
+    import asyncio
+
+    from runner.ray_engine.inbox import Batch, Inbox
+
+    inbox = Inbox(cap=200)
+    await inbox.put(Batch(0, rows=[(0, "x" * 150)]))  # one batch always fits
+    second = asyncio.ensure_future(inbox.put(Batch(1, rows=[(0, "y" * 150)])))
+    await asyncio.sleep(0.05)
+    assert not second.done()
+    mail = await inbox.take(0, 0)
+    assert [b.shard for b in mail.batches] == [0]
+    await asyncio.sleep(0.05)
+    assert not second.done()  # taken is not merged: the batch still holds its room
+    # Merged: its room goes to the waiting batch, which this very take brings.
+    mail = await inbox.take(mail.last, 0)
+    await asyncio.wait_for(second, 1)
+    assert [b.shard for b in mail.batches] == [1]
+    started = time.monotonic()
+    assert (await inbox.take(mail.last, 0.1)).batches == []  # waits for mail, that long at most
+    assert time.monotonic() - started >= 0.09
+
+
+@pytest.mark.anyio
+async def test_shipped_rows_merge_into_the_job_and_a_shard_started_elsewhere_skips_them(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    from runner.lifecycle import checkpoint_path
+    from runner.ray_engine.merge import apply, held_rows
+    from runner.ray_engine.shipper import Shipper, prepare
+    from runner.store import Store
+
+    spec = write_spec(tmp_path / "spec.jsonl", (chat_row(i) for i in range(60)))
+    windows = plan_shards(spec, 2)
+    job = Store(checkpoint_path(tmp_path / "job"))
+    batches: list[Any] = []
+
+    async def shard(k: int, out: Path, held: list[Any]) -> JobResult:
+        prepare(out, held)
+        settings = replace(settings_for(out, spec, sim.base_url), window=windows[k])
+        shipper = Shipper(out, k, batches.append, every=0.01)
+        try:
+            with shipper.running():
+                return await run_job(settings, handle_signals=False)
+        finally:
+            shipper.close()
+
+    try:
+        for k in range(2):
+            result = await shard(k, tmp_path / f"node-a-{k}", [])
+            assert result.exit_code == 0, result.message
+        assert sim.state.ledger.requests["chat/completions"] == 60
+        apply(job, tmp_path / "job", windows, batches)
+        ids = [r[0] for r in job.db.execute("SELECT custom_id FROM rows ORDER BY seq")]
+        assert ids == [f"row-{i}" for i in range(60)]
+        # The second shard's node is lost; its retry on another node is told what the job
+        # holds, sends nothing, and ships nothing back.
+        batches.clear()
+        held = held_rows(job, windows[1])
+        assert len(held) == 30 and {h[0] for h in held} == set(range(30))  # its own seqs
+        again = await shard(1, tmp_path / "node-b-1", held)
+        assert again.exit_code == 0 and again.summary["succeeded"] == 30
+        assert sim.state.ledger.requests["chat/completions"] == 60
+        assert not [b for b in batches if b.rows]
+        # Answers stay with the job: the shard was told only that its rows are done.
+        assert all(h[list(COLUMNS).index("response")] is None for h in held)
+    finally:
+        job.close()
+
+
+def test_a_shard_checks_its_window_against_the_plan_reading_only_that(tmp_path: Path) -> None:
+    from runner.errors import UsageError
+    from runner.lifecycle import check_spec
+
+    rows = [chat_row(i) for i in range(30)]
+    spec = write_spec(tmp_path / "spec.jsonl", rows)
+    windows = plan_shards(spec, 3)
+    assert all(w.digest for w in windows)
+    # Another node's copy whose last rows differ: only the last shard can tell, and does.
+    rows[25] = chat_row(99)
+    copy = write_spec(tmp_path / "copy.jsonl", rows)
+    for k, w in enumerate(windows):
+        settings = replace(settings_for(tmp_path / f"o{k}", copy, "http://x/v4"), window=w)
+        if k < 2:
+            assert check_spec(settings) == w.digest
+        else:
+            with pytest.raises(UsageError, match="line 21 differ"):
+                check_spec(settings)
+    # Parquet: a window's digest covers its row groups' bytes.
+    pspec, pcopy = tmp_path / "spec.parquet", tmp_path / "copy.parquet"
+    for path, last in ((pspec, "q 19"), (pcopy, "changed")):
+        table = pa.table(
+            {
+                "custom_id": [f"row-{i}" for i in range(20)],
+                "model": ["glm-4.5-air"] * 20,
+                "messages": [
+                    [{"role": "user", "content": last if i == 19 else f"q {i}"}] for i in range(20)
+                ],
+            }
+        )
+        pq.write_table(table, path, row_group_size=10)
+    first, second = plan_shards(pspec, 2)
+    for w, same in ((first, True), (second, False)):
+        settings = replace(settings_for(tmp_path / "p", pcopy, "http://x/v4"), window=w)
+        if same:
+            assert check_spec(settings) == w.digest
+        else:
+            with pytest.raises(UsageError, match="not the one this job was planned on"):
+                check_spec(settings)

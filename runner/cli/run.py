@@ -78,7 +78,9 @@ def _execute(settings: Settings, engine: dict[str, Any] | None = None) -> None:
         if engine is not None and engine.get("engine") == "ray":
             from ..ray_engine import run_sharded  # Ray is imported only for a job on Ray
 
-            result = run_sharded(settings, engine["shards"], engine["ray_address"])
+            result = run_sharded(
+                settings, engine["shards"], engine["ray_address"], results_to=settings.results_to
+            )
         else:
             result = run_async(run_job, settings)
     except UsageError as exc:

@@ -5,28 +5,29 @@ runs the same shards whatever `--shards` says the second time."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import IO, Any
 
 import orjson
 
 from ..errors import UsageError
-from ..spec import SpecWindow
+from ..spec import SpecWindow, open_spec, window_digest
 
-__all__ = ["load_plan", "plan_shards", "save_plan", "shard_dir"]
+__all__ = ["load_plan", "plan_shards", "save_plan"]
 
 PLAN = "plan.json"
 
 
-def shard_dir(out: Path, k: int) -> Path:
-    return out / "shards" / f"{k:04d}"
-
-
 def plan_shards(spec: Path, shards: int) -> list[SpecWindow]:
-    """At most `shards` windows of about equal rows; none is empty."""
+    """At most `shards` windows of about equal rows; none is empty. Each carries the
+    digest of its bytes, which its shard checks against the spec its node reads."""
     if spec.suffix.lower() in (".parquet", ".pq"):
-        return _plan_parquet(spec, shards)
-    return _plan_jsonl(spec, shards)
+        windows = _plan_parquet(spec, shards)
+    else:
+        windows = _plan_jsonl(spec, shards)
+    return [replace(w, digest=window_digest(spec, w)) for w in windows]
 
 
 def _plan_jsonl(spec: Path, shards: int) -> list[SpecWindow]:
@@ -35,14 +36,27 @@ def _plan_jsonl(spec: Path, shards: int) -> list[SpecWindow]:
     starts: list[tuple[int, int]] = []
     ids = _Ids()
     offset = 0
-    with spec.open("rb") as f:
-        for line, raw in enumerate(f, 1):
+    with open_spec(spec) as f:
+        for line, raw in enumerate(_lines(f), 1):
             if raw.strip():
                 starts.append((offset, line))
                 if b'"custom_id"' in raw:
                     ids.add(_custom_id(raw), line)
             offset += len(raw)
     return _windows([s for s, _ in starts], [ln for _, ln in starts], offset, shards)
+
+
+def _lines(f: IO[bytes]) -> Iterator[bytes]:
+    """The file's physical lines with their newlines (an object in storage reads in
+    chunks, not by line)."""
+    rest = b""
+    while chunk := f.read(1 << 20):
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        for part in parts:
+            yield part + b"\n"
+    if rest:
+        yield rest
 
 
 class _Ids:
@@ -88,7 +102,11 @@ def _windows(offsets: list[int], lines: list[int], end: int, shards: int) -> lis
 def _plan_parquet(spec: Path, shards: int) -> list[SpecWindow]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(spec)
+    with open_spec(spec) as f:
+        return _plan_row_groups(pq.ParquetFile(f), shards)
+
+
+def _plan_row_groups(pf: Any, shards: int) -> list[SpecWindow]:
     meta = pf.metadata
     if "custom_id" in pf.schema_arrow.names:
         ids = _Ids()

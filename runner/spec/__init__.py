@@ -21,6 +21,7 @@ from .reader import (
     open_spec,
     read_spec,
     spec_fingerprint,
+    window_digest,
 )
 from .rows import InvalidRow, Request, SpecDefaults, SpecError, derive_custom_id
 from .validate import ValidationReport, validate_spec
@@ -44,4 +45,5 @@ __all__ = [
     "read_spec",
     "spec_fingerprint",
     "validate_spec",
+    "window_digest",
 ]

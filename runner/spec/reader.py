@@ -8,6 +8,7 @@ lines are not rows); the checkpoint keys on it, so it depends only on the file's
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "open_spec",
     "read_spec",
     "spec_fingerprint",
+    "window_digest",
 ]
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
@@ -51,7 +53,8 @@ class SpecWindow:
     row groups [start, end). `first_seq` is the spec-wide seq of the window's first row.
     Rows read through a window keep their spec-wide line numbers (so derived custom_ids and
     error lines are the spec's) but count `seq` from 0: a shard's checkpoint is a job of
-    `rows` rows.
+    `rows` rows. `digest` (`window_digest`) lets a shard check that the spec its node reads
+    is the one the job was planned on, reading its window alone.
     """
 
     start: int
@@ -59,6 +62,7 @@ class SpecWindow:
     first_seq: int
     first_line: int
     rows: int
+    digest: str | None = None
 
 
 class _Slice:
@@ -116,6 +120,41 @@ def spec_fingerprint(path: Path) -> str:
             return hashlib.file_digest(f, "sha256").hexdigest()  # type: ignore[arg-type]
     except OSError as exc:
         raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
+
+
+def window_digest(path: Path, window: SpecWindow) -> str:
+    """sha256 of the bytes a window covers: a JSONL window's range, or the column chunks of
+    a Parquet window's row groups; ranged reads, never the whole spec."""
+    try:
+        with open_spec(path) as f:
+            start, end = window.start, window.end
+            if path.suffix.lower() in (".parquet", ".pq"):
+                start, end = _row_groups_span(f, window)
+            f.seek(start)
+            h = hashlib.sha256()
+            left = end - start
+            while left > 0 and (chunk := f.read(min(_CHUNK, left))):
+                h.update(chunk)
+                left -= len(chunk)
+            return h.hexdigest()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
+
+
+def _row_groups_span(f: IO[bytes], window: SpecWindow) -> tuple[int, int]:
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(f).metadata
+    lo, hi = sys.maxsize, 0
+    for g in range(window.start, window.end):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            col = group.column(c)
+            first = col.data_page_offset
+            if col.has_dictionary_page and col.dictionary_page_offset:
+                first = min(first, col.dictionary_page_offset)
+            lo, hi = min(lo, first), max(hi, first + col.total_compressed_size)
+    return (lo, hi) if hi > lo else (0, 0)
 
 
 def count_lines(path: Path, marks: Path | None = None, *, every: int = _MARK_BYTES) -> int:
