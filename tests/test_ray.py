@@ -289,3 +289,26 @@ def test_a_parquet_spec_is_sharded_by_row_groups(tmp_path: Path, local_ray: None
     assert ids == [f"row-{i}" for i in range(n)]
     plan = orjson.loads((tmp_path / "out" / "shards" / "plan.json").read_bytes())
     assert len(plan["shards"]) == 3
+
+
+def test_retry_on_ray_sends_only_the_chosen_rows(tmp_path: Path, local_ray: None) -> None:
+    refused = {3, 11, 17}
+    rows = (
+        chat_row(i, text=f"row {i}" + (" [[sim:1301]]" if i in refused else "")) for i in range(24)
+    )
+    spec = write_spec(tmp_path / "spec.jsonl", rows)
+    out = tmp_path / "out"
+    with SimProcess() as sim:
+        args = ["run", str(spec), "--out", str(out), "--base-url", sim.base_url]
+        args += ["--no-progress", "--engine", "ray", "--shards", "2"]
+        first = CliRunner().invoke(cli, args)
+        assert first.exit_code == 1 and "3 failed" in first.output, first.output
+        billed = sim.stats()["billed"]["requests"]
+        sim.configure(code_markers=False)
+        again = CliRunner().invoke(cli, ["retry", str(out), "--code", "1301", "--no-progress"])
+        assert again.exit_code == 0 and "0 failed" in again.output, again.output
+        assert sim.stats()["billed"]["requests"] == billed + len(refused)
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert {r["custom_id"] for r in table if r["attempts"] == 2} == {
+        chat_row(i)["custom_id"] for i in refused
+    }
