@@ -2,13 +2,13 @@
 
 The driver holds the job folder's lock, plans the shards (saved, so a resume runs the same
 ones), records the job and its run in the job's checkpoint, and starts one Ray task per
-shard (shard.py). Two small actors live on the driver's node, so they share its fate and
-no other node's: the `SlotBank` that leases the tier's slots to the shards (slots.py) and
-the `Inbox` the shards ship their outcomes to (inbox.py). The driver takes the inbox's
-batches every fraction of a second and merges them into DIR/checkpoint.sqlite, which no
-shard opens: DIR may be on the driver's disk alone. A task whose worker or node is lost is
-retried by Ray; it asks which rows the driver holds and sends only the others. The job's
-checkpoint then gives the message and exit code as for any job.
+shard (shard.py). One small actor lives on the driver's node, so it shares its fate and
+no other node's (hub.py): the `SlotBank` that leases the tier's slots to the shards
+(slots.py) and the `Inbox` the shards ship their outcomes to (inbox.py). The driver takes
+the inbox's batches every fraction of a second and merges them into DIR/checkpoint.sqlite,
+which no shard opens: DIR may be on the driver's disk alone. A task whose worker or node
+is lost is retried by Ray; it asks which rows the driver holds and sends only the others.
+The job's checkpoint then gives the message and exit code as for any job.
 """
 
 from __future__ import annotations
@@ -41,11 +41,10 @@ from ..settings import Settings
 from ..spec import SpecWindow
 from ..storage import is_url
 from ..store import Store
-from .inbox import Inbox
+from .hub import Hub
 from .merge import apply, held_rows, merge_legacy
 from .plan import load_plan, plan_shards, save_plan
 from .shard import check_node, shard_main
-from .slots import SlotBank
 
 __all__ = ["run_sharded"]
 
@@ -172,7 +171,7 @@ class _Job:
         # Pinned to the driver's node: a lost worker node must not take the tier or the
         # outcomes on their way with it.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        hub = ray.remote(_Hub).options(num_cpus=0, scheduling_strategy=here).remote()
+        hub = ray.remote(Hub).options(num_cpus=0, scheduling_strategy=here).remote()
         self.bank = self.inbox = hub
         self._merged = 0  # the inbox's last batch merged into the job's checkpoint
 
@@ -279,17 +278,6 @@ class _Job:
             if isinstance(cause, RunnerError):
                 raise cause from None
             raise
-
-
-class _Hub(SlotBank, Inbox):
-    """The bank and the inbox as one actor: they live on the driver's node either way,
-    and one Ray worker process fewer to start is a second less before the first request
-    on a busy machine. The bank's calls are short and never wait, so they run on the
-    inbox's event loop between its awaits."""
-
-    def __init__(self) -> None:
-        SlotBank.__init__(self)
-        Inbox.__init__(self)
 
 
 def shard_cpus(nodes: list[float], shards: int) -> float:
