@@ -237,9 +237,18 @@ async def test_a_full_inbox_holds_the_shards_back_until_the_driver_merges() -> N
     mail = await inbox.take(mail.last, 0)
     await asyncio.wait_for(second, 1)
     assert [b.shard for b in mail.batches] == [1]
+    # A take waits its time out whatever arrives, except a shard's hello.
+    mail = await inbox.take(mail.last, 0)
+    assert mail.batches == []
     started = time.monotonic()
-    assert (await inbox.take(mail.last, 0.1)).batches == []  # waits for mail, that long at most
+    await inbox.put(Batch(2, rows=[(0, "z")]))
+    assert [b.shard for b in (await inbox.take(mail.last, 0.1)).batches] == [2]
     assert time.monotonic() - started >= 0.09
+    hello = asyncio.ensure_future(inbox.hello(3, False))
+    started = time.monotonic()
+    assert [k for k, _, _ in (await inbox.take(mail.last, 5)).hellos] == [3]
+    assert time.monotonic() - started < 1
+    hello.cancel()
 
 
 @pytest.mark.anyio

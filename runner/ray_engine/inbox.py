@@ -83,18 +83,18 @@ class Inbox:
         # shard -> (its waiting hello's number, the answer to come, whether it wants rows)
         self._hellos: dict[int, tuple[int, asyncio.Future[list[tuple[Any, ...]]], bool]] = {}
         self._serial = 0
-        self._arrived: asyncio.Event | None = None
+        self._greeted: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
 
     def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
         # Made on first use, on the actor's event loop.
-        if self._arrived is None or self._room is None:
-            self._arrived, self._room = asyncio.Event(), asyncio.Event()
-        return self._arrived, self._room
+        if self._greeted is None or self._room is None:
+            self._greeted, self._room = asyncio.Event(), asyncio.Event()
+        return self._greeted, self._room
 
     async def put(self, batch: Batch) -> None:
         """Accept a shard's batch; waits while the inbox is full (one batch always fits)."""
-        arrived, room = self._events()
+        _, room = self._events()
         size = batch.size()
         while self._batches and self._bytes + size > self._cap:
             room.clear()
@@ -102,33 +102,34 @@ class Inbox:
         self._numbered += 1
         self._batches.append((self._numbered, batch, size))
         self._bytes += size
-        arrived.set()
 
     async def hello(self, shard: int, wants_rows: bool) -> list[tuple[Any, ...]]:
         """A shard starts: wait for the rows of its window the driver holds (local seqs)."""
-        arrived, _ = self._events()
+        greeted, _ = self._events()
         old = self._hellos.get(shard)
         if old is not None:  # an attempt that died waiting: its successor asks again
             old[1].cancel()
         self._serial += 1
         future: asyncio.Future[list[tuple[Any, ...]]] = asyncio.get_running_loop().create_future()
         self._hellos[shard] = (self._serial, future, wants_rows)
-        arrived.set()
+        greeted.set()
         return await future
 
     async def take(self, merged: int, wait: float) -> Mail:
         """Forget the batches up to number `merged` (the driver has them in its checkpoint),
-        then return what waits, as soon as there is any or after `wait` seconds. Until the
-        driver says it merged a batch, every take returns it again: a driver interrupted
-        between a take and its merge (a signal) loses nothing."""
-        arrived, room = self._events()
+        then return what waits after `wait` seconds, or at once when a shard says hello
+        (its start waits for the answer). Until the driver says it merged a batch, every
+        take returns it again: a driver interrupted between a take and its merge (a
+        signal) loses nothing. Batches do not wake the driver: a take every `wait`
+        seconds merges what several shards sent, in one transaction."""
+        greeted, room = self._events()
         while self._batches and self._batches[0][0] <= merged:
             self._bytes -= self._batches.pop(0)[2]
             room.set()
-        if not self._batches and not self._hellos:
-            arrived.clear()
+        if not self._hellos:
+            greeted.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrived.wait(), wait)
+                await asyncio.wait_for(greeted.wait(), wait)
         hellos = [(k, serial, wants) for k, (serial, _, wants) in self._hellos.items()]
         last = self._batches[-1][0] if self._batches else merged
         return Mail([b for _, b, _ in self._batches], last, hellos)
