@@ -38,6 +38,7 @@ def merge_shards(store: Store, out: Path, windows: list[SpecWindow]) -> None:
                     f"SELECT seq + ?, {names} FROM shard.rows",
                     [window.first_seq],
                 )
+                store.add_totals_of("shard.rows")  # status reads the totals, not the rows
             for row in conn.execute(
                 "SELECT fingerprint, position, label, state, reason, advice, updated_at "
                 "FROM shard.keys"

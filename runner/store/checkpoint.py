@@ -17,7 +17,7 @@ from ..errors import CheckpointError
 from ..outcome import COLUMNS, Outcome
 from .batches import BATCH_COLUMNS, BatchTables
 from .opening import Claims, advice, connect_read_only
-from .totals import Totals
+from .totals import Totals, add_tally, tally, totals_triggers
 from .uploads import UploadTables
 
 __all__ = ["REOPEN_CODES", "TERMINAL", "Store"]
@@ -56,6 +56,8 @@ class Store(BatchTables, Totals, UploadTables):
                 self.db = sqlite_utils.Database(conn)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
+                # A REPLACE's delete fires the trigger that keeps `totals` right only so.
+                self.db.execute("PRAGMA recursive_triggers=ON")
                 self._ensure_schema()
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(
@@ -140,6 +142,7 @@ class Store(BatchTables, Totals, UploadTables):
                 },
                 pk="id",
             )
+        self._ensure_totals()
 
     # -- job -----------------------------------------------------------------------------
 
@@ -208,10 +211,12 @@ class Store(BatchTables, Totals, UploadTables):
         if not outcomes:
             return
         values = list(map(self._getter, outcomes))  # one C call per outcome
+        lines = tally(outcomes)
         conn = self.db.conn
         try:
             with conn:
                 conn.executemany(self._insert_sql, values)
+                add_tally(conn, lines)
         except sqlite3.OperationalError as exc:
             raise CheckpointError(
                 f"cannot write checkpoint {self.path}: {exc}. Nothing after the last commit "
@@ -298,16 +303,6 @@ class Store(BatchTables, Totals, UploadTables):
                 bits[seq >> 3] |= 1 << (seq & 7)
         return bits
 
-    def total_cost(self) -> int:
-        """The cost of every stored row and superseded attempt, in nano-units (what a
-        --max-cost resume has spent)."""
-        cost = int(self.db.execute("SELECT COALESCE(SUM(cost_nano), 0) FROM rows").fetchone()[0])
-        if "attempts" in self.db.table_names():
-            cost += int(
-                self.db.execute("SELECT COALESCE(SUM(cost_nano), 0) FROM attempts").fetchone()[0]
-            )
-        return cost
-
     def stored_total(self, fingerprint: str) -> int | None:
         """The spec's row count as recorded, if the checkpoint's job has this spec."""
         job = self.job()
@@ -346,22 +341,14 @@ class Store(BatchTables, Totals, UploadTables):
             "FROM rows WHERE status IN ('succeeded', 'failed') ORDER BY seq"
         )
 
-    def truncated_rows(self) -> int:
-        """Succeeded rows whose answer was cut at max_tokens (finish_reason length)."""
-        return int(
-            self.db.execute(
-                "SELECT COUNT(*) FROM rows WHERE status = 'succeeded' AND json_valid(response) "
-                "AND json_extract(response, '$.choices[0].finish_reason') = 'length'"
-            ).fetchone()[0]
-        )
-
     def next_run_id(self) -> int:
         return int(self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM runs").fetchone()[0])
 
     def archive(self, seqs: Sequence[int], run: int) -> int:
         """Move rows' outcomes into `attempts` (a retry sends them again): in one transaction,
         so a kill -9 leaves each row either still done or pending with its old attempt kept.
-        Nothing billed leaves the checkpoint: totals and the export add `attempts` back."""
+        Nothing billed leaves the checkpoint: totals and the export add `attempts` back
+        (the triggers move the rows' sums in `totals` from kind 'row' to 'attempt')."""
         cols = ", ".join(COLUMNS)
         try:
             with self.db.conn as conn:
@@ -369,6 +356,8 @@ class Store(BatchTables, Totals, UploadTables):
                     f"CREATE TABLE IF NOT EXISTS attempts ({cols}, superseded_by_run INTEGER)"
                 )
                 conn.execute("CREATE INDEX IF NOT EXISTS idx_attempts_seq ON attempts (seq)")
+                for sql in totals_triggers("attempts"):
+                    conn.execute(sql)
                 for i in range(0, len(seqs), 500):
                     part = list(seqs[i : i + 500])
                     marks = ", ".join("?" * len(part))
