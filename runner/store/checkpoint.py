@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import sqlite_utils
 
 from ..errors import CheckpointError
 from ..outcome import COLUMNS, Outcome
 from .batches import BATCH_COLUMNS, BatchTables
 from .opening import Claims, advice, connect_read_only
+from .sql import Database
 from .totals import Totals, add_tally, tally, totals_triggers
 from .uploads import UploadTables
 
@@ -49,11 +49,11 @@ class Store(BatchTables, Totals, UploadTables):
         try:
             if self.read_only:
                 conn = connect_read_only(path)
-                self.db = sqlite_utils.Database(conn)
+                self.db = Database(conn)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(str(path), check_same_thread=False, timeout=_BUSY_MS / 1000)
-                self.db = sqlite_utils.Database(conn)
+                self.db = Database(conn)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 # A REPLACE's delete fires the trigger that keeps `totals` right only so.
@@ -73,26 +73,24 @@ class Store(BatchTables, Totals, UploadTables):
         self._getter = operator.attrgetter(*cols)
         self._checkpointer: sqlite3.Connection | None = None
 
-    def _table(self, name: str) -> sqlite_utils.db.Table:
-        return self.db.table(name)
-
     def _ensure_schema(self) -> None:
         db = self.db
         if "rows" not in db.table_names():
-            self._table("rows").create(COLUMNS, pk="seq")
+            db.create_table("rows", COLUMNS, pk="seq")
             # Unique among real rows only: an invalid duplicate of a custom_id is kept as its
             # own failed row instead of replacing the valid one.
             db.execute(
                 "CREATE UNIQUE INDEX idx_rows_custom_id ON rows (custom_id) "
                 "WHERE error_code IS NOT 'invalid_row'"
             )
-            self._table("rows").create_index(["status"])
-        elif "key_fp" not in self._table("rows").columns_dict:
+            db.create_index("rows", ["status"])
+        elif "key_fp" not in db.columns("rows"):
             # A checkpoint from before key pools: rows it recorded name no key.
             db.execute("ALTER TABLE rows ADD COLUMN key_fp TEXT")
         if "keys" not in db.table_names():
             # The job's keys by safe names only (keys.py): never the key itself.
-            self._table("keys").create(
+            db.create_table(
+                "keys",
                 {
                     "fingerprint": str,
                     "position": int,
@@ -105,7 +103,8 @@ class Store(BatchTables, Totals, UploadTables):
                 pk="fingerprint",
             )
         if "job" not in db.table_names():
-            self._table("job").create(
+            db.create_table(
+                "job",
                 {
                     "key": str,
                     "spec_path": str,
@@ -119,18 +118,19 @@ class Store(BatchTables, Totals, UploadTables):
             )
         if "batches" not in db.table_names():
             # Batch mode (batch.py): one row per uploaded file, with its steps as they commit.
-            self._table("batches").create(BATCH_COLUMNS, pk="key")
-        elif "key_fp" not in self._table("batches").columns_dict:
+            db.create_table("batches", BATCH_COLUMNS, pk="key")
+        elif "key_fp" not in db.columns("batches"):
             db.execute("ALTER TABLE batches ADD COLUMN key_fp TEXT")
         if "batch_rows" not in db.table_names():
             # Which spec rows a batch file carries, so a resume never plans them twice.
-            self._table("batch_rows").create(
-                {"seq": int, "custom_id": str, "line": int, "key": int}, pk="seq"
+            db.create_table(
+                "batch_rows", {"seq": int, "custom_id": str, "line": int, "key": int}, pk="seq"
             )
-            self._table("batch_rows").create_index(["key"])
+            db.create_index("batch_rows", ["key"])
         self._ensure_agent_files()
         if "runs" not in db.table_names():
-            self._table("runs").create(
+            db.create_table(
+                "runs",
                 {
                     "id": int,
                     "started_at": float,
@@ -202,7 +202,7 @@ class Store(BatchTables, Totals, UploadTables):
     def record_keys(self, states: Sequence[Mapping[str, Any]]) -> None:
         """The keys of this run and their state (active, or retired and why)."""
         with self.db.conn:
-            self._table("keys").upsert_all([dict(s) for s in states], pk="fingerprint")
+            self.db.upsert("keys", states, pk="fingerprint")
 
     # -- rows ------------------------------------------------------------------------------
 

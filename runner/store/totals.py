@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .batches import OPEN_BATCH_SQL
+from .sql import Database
 
 if TYPE_CHECKING:
-    import sqlite_utils
-
     from ..outcome import Outcome
 
 __all__ = [
@@ -229,7 +228,7 @@ def _model_entry() -> dict[str, int]:
 class Totals:
     """Mixed into `Store`: the totals read over its connection."""
 
-    db: sqlite_utils.Database
+    db: Database
 
     def job(self) -> dict[str, Any] | None:
         raise NotImplementedError
@@ -239,6 +238,9 @@ class Totals:
         checkpoint from before the totals): one transaction, so a kill leaves neither."""
         names = set(self.db.table_names())
         with self.db.conn as conn:
+            # sqlite3 would run the DDL outside any transaction (it opens one only for DML),
+            # and a kill between the table and its sums would leave totals of nothing.
+            conn.execute("BEGIN")
             if "totals" not in names:
                 conn.execute(TOTALS_SCHEMA)
                 tables = [t for t in ("rows", "attempts") if t in names]
