@@ -337,6 +337,20 @@ class Sim:
             conn.close()
         return doc
 
+    def configure(self, **knobs: Any) -> None:
+        """POST /_sim/config: change knobs of the running simulator."""
+        url = urlsplit(self.root)
+        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
+        try:
+            body = json.dumps(knobs)
+            conn.request("POST", "/_sim/config", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise RuntimeError(f"/_sim/config {knobs}: HTTP {resp.status} {resp.read()!r}")
+            resp.read()
+        finally:
+            conn.close()
+
     def drain(self, timeout: float = 30) -> dict[str, Any]:
         """The stats once nothing is in flight (answers to a killed client included)."""
         deadline = time.monotonic() + timeout
@@ -347,7 +361,7 @@ class Sim:
         return stats
 
 
-def write_spec(path: Path, n: int, tag: str, models: int = 1) -> Path:
+def write_spec(path: Path, n: int, tag: str, models: int = 1, max_tokens: int = 16) -> Path:
     """N chat rows with unique prompts (the simulator counts identical bodies as twice),
     over the first `models` of MODELS in turn."""
     import orjson
@@ -367,7 +381,7 @@ def write_spec(path: Path, n: int, tag: str, models: int = 1) -> Path:
                 "body": {
                     "model": MODELS[i % models],
                     "messages": [{"role": "user", "content": f"{tag} unique prompt {i}"}],
-                    "max_tokens": 16,
+                    "max_tokens": max_tokens,
                 },
             }
             buf.append(orjson.dumps(row))

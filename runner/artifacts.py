@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiofiles
 import anyio
 import orjson
 
@@ -188,6 +187,8 @@ def _strip_query(url: str) -> str:
 
 
 async def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    import aiofiles  # only async tasks download: a chat run never loads it
+
     tmp = path.with_name(f".{path.name}.part")
     async with aiofiles.open(tmp, "wb") as f:
         await f.write(orjson.dumps(dict(data), option=orjson.OPT_INDENT_2))
@@ -301,6 +302,7 @@ class Downloader:
         return {"kind": item.kind, "url": item.url, "path": rel, "bytes": size, "sha256": digest}
 
     async def _stream(self, url: str, dest: Path) -> tuple[int, str]:
+        import aiofiles
         import httpx
 
         tmp = dest.with_name(f".{dest.name}.part")

@@ -12,7 +12,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ __all__ = [
     "format_total",
     "load_prices",
 ]
+
+_PRICES = Path(__file__).with_name("data") / "prices.json"
 
 NANO = 1_000_000_000
 # When a row sets no max_tokens, its worst case assumes this many output tokens.
@@ -122,7 +123,9 @@ def _parse_table(raw: Mapping[str, Any]) -> PriceTable:
 
 def load_prices(table: str, override: Path | None = None) -> PriceTable:
     """The shipped table for a provider, with the user's file (same shape) laid over it."""
-    shipped = json.loads(resources.files("runner").joinpath("data/prices.json").read_text())
+    # A path beside this module, not importlib.resources: that import (tempfile, random,
+    # zipfile, importlib.metadata) cost more start-up CPU than reading the file.
+    shipped = json.loads(_PRICES.read_text())
     base = dict(shipped.get(table, {"currency": "USD", "models": {}}))
     if override is not None:
         user = json.loads(override.read_text())

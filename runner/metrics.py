@@ -126,12 +126,8 @@ def _gauge(
 
 
 def _stored_counts(run: Run) -> dict[str, int]:
-    counts = {"succeeded": 0, "failed": 0}
-    for status, n in run.store.db.conn.execute(
-        "SELECT status, COUNT(*) FROM rows WHERE status IN ('succeeded', 'failed') GROUP BY status"
-    ):
-        counts[str(status)] = int(n)
-    return counts
+    counts = run.store.status_counts()  # the kept totals: no count over the rows
+    return {k: counts.get(k, 0) for k in ("succeeded", "failed")}
 
 
 async def baseline_of(run: Run) -> dict[str, int]:

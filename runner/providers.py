@@ -18,7 +18,6 @@ file in the home folder: a job's behaviour should be visible in its command or j
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
@@ -192,6 +191,8 @@ def _provider_from(name: str, raw: Mapping[str, Any], known: Mapping[str, Provid
 @lru_cache(maxsize=8)
 def _load(path: str) -> Mapping[str, Provider]:
     """Read once per process: `Settings.provider_info` is looked up on the hot path."""
+    import tomllib  # only for a providers file: most runs never read one
+
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

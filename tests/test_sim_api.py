@@ -196,6 +196,17 @@ async def test_max_tokens_truncates_with_length(sim: Simulator) -> None:
     assert short["usage"]["completion_tokens"] <= 3
 
 
+async def test_answer_words_sets_the_answer_length() -> None:
+    """The scale benchmark's realistic answers: `answer_words` words, billed as such."""
+    async with Simulator(SimConfig(answer_words=180)) as sim, client_for(sim) as client:
+        long = (await post(client, "chat/completions", chat_body(max_tokens=1024))).json()
+        cut = (await post(client, "chat/completions", chat_body("Other.", max_tokens=16))).json()
+    text = long["choices"][0]["message"]["content"]
+    assert len(text.split()) == 180 and long["choices"][0]["finish_reason"] == "stop"
+    assert long["usage"]["completion_tokens"] > 180
+    assert cut["choices"][0]["finish_reason"] == "length"  # max_tokens still cuts it
+
+
 async def test_bad_chat_requests_are_400(sim: Simulator) -> None:
     async with client_for(sim) as client:
         stream = await post(client, "chat/completions", chat_body(stream=True))

@@ -56,6 +56,12 @@ def apply(store: Store, out: Path, windows: list[SpecWindow], batches: Iterable[
                 conn.executemany("DELETE FROM rows WHERE seq = ?", gone)
             if rows:
                 conn.executemany(_INSERT, rows)
+                # `record` never saw these rows: add them to the totals status reads (a
+                # replaced row was taken away by the totals' delete trigger).
+                conn.execute("CREATE TEMP TABLE IF NOT EXISTS merged AS SELECT * FROM rows WHERE 0")
+                conn.execute("DELETE FROM temp.merged")
+                conn.executemany(_INSERT.replace("INTO rows", "INTO temp.merged", 1), rows)
+                store.add_totals_of("temp.merged")
         if keys:
             store.record_keys(_keep_retired(store, keys))
     except sqlite3.DatabaseError as exc:
@@ -121,6 +127,7 @@ def merge_legacy(store: Store, out: Path, windows: list[SpecWindow]) -> None:
                     f"SELECT seq + ?, {names} FROM shard.rows",
                     [window.first_seq],
                 )
+                store.add_totals_of("shard.rows")  # status reads the totals, not the rows
         except sqlite3.OperationalError:
             pass  # a shard that never got as far as its schema has nothing to merge
         finally:

@@ -78,6 +78,9 @@ class SimConfig:
     # llama.cpp and OpenAI do; the Z.ai platform documents only json_object (1214).
     json_schema: bool = False
     seed: int = 0
+    # Words in a plain-text chat answer; None: 12-47, by the prompt's hash. A benchmark of
+    # realistic answers (about 1 KB) sets 180.
+    answer_words: int | None = None
     # Per-request-id and per-fingerprint maps grow with every request: a benchmark of a
     # million rows turns them off.
     ledger_ids: bool = True
@@ -111,6 +114,7 @@ _OPT_INT_FIELDS = {
     "balance_requests",
     "batch_expire_after",
     "queue_slots",
+    "answer_words",
 }
 
 

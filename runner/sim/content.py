@@ -184,7 +184,12 @@ def _function_tools(tools: Any) -> list[dict[str, Any]]:
 
 
 def complete_chat(
-    body: dict[str, Any], digest: bytes, last_role: str, *, sensitive: bool = False
+    body: dict[str, Any],
+    digest: bytes,
+    last_role: str,
+    *,
+    sensitive: bool = False,
+    answer_words: int | None = None,
 ) -> Completion:
     """The assistant turn for a chat body: text, JSON, a tool call, reasoning, truncation."""
     max_tokens = body.get("max_tokens")
@@ -242,7 +247,7 @@ def complete_chat(
                 }
             ).decode()
     else:
-        sentence = words(digest, 12 + digest[0] % 36)
+        sentence = words(digest, answer_words or 12 + digest[0] % 36)
         text = sentence[:1].upper() + sentence[1:] + "."
     finish = "stop"
     if remaining is not None and tokens(text) > remaining:

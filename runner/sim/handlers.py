@@ -146,7 +146,11 @@ def _chat_result(call: Call, state: SimState) -> tuple[dict[str, Any], Bill]:
     prompt = call.prompt
     assert prompt is not None
     done = content.complete_chat(
-        call.body, call.digest, prompt.last_role, sensitive=call.markers.sensitive
+        call.body,
+        call.digest,
+        prompt.last_role,
+        sensitive=call.markers.sensitive,
+        answer_words=state.config.answer_words,
     )
     spoil = call.markers.spoil_once
     text = done.message.get("content")

@@ -9,9 +9,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from ..errors import CheckpointError
+from .sql import Database
 
 __all__ = ["BATCH_COLUMNS", "OPEN_BATCH_SQL", "BatchTables"]
 
@@ -47,7 +46,7 @@ OPEN_BATCH_SQL = (
 class BatchTables:
     """Mixed into `Store`: the batch-mode methods over its connection."""
 
-    db: sqlite_utils.Database
+    db: Database
     path: Path
 
     def plan_batch(

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import sqlite_utils
 
 from ..errors import CheckpointError
 from ..outcome import COLUMNS, Outcome
 from .batches import BATCH_COLUMNS, BatchTables
 from .opening import Claims, advice, connect_read_only
-from .totals import Totals
+from .sql import Database
+from .totals import Totals, add_tally, tally, totals_triggers
 from .uploads import UploadTables
 
 __all__ = ["REOPEN_CODES", "TERMINAL", "Store"]
@@ -49,13 +49,15 @@ class Store(BatchTables, Totals, UploadTables):
         try:
             if self.read_only:
                 conn = connect_read_only(path)
-                self.db = sqlite_utils.Database(conn)
+                self.db = Database(conn)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(str(path), check_same_thread=False, timeout=_BUSY_MS / 1000)
-                self.db = sqlite_utils.Database(conn)
+                self.db = Database(conn)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
+                # A REPLACE's delete fires the trigger that keeps `totals` right only so.
+                self.db.execute("PRAGMA recursive_triggers=ON")
                 self._ensure_schema()
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(
@@ -71,26 +73,24 @@ class Store(BatchTables, Totals, UploadTables):
         self._getter = operator.attrgetter(*cols)
         self._checkpointer: sqlite3.Connection | None = None
 
-    def _table(self, name: str) -> sqlite_utils.db.Table:
-        return self.db.table(name)
-
     def _ensure_schema(self) -> None:
         db = self.db
         if "rows" not in db.table_names():
-            self._table("rows").create(COLUMNS, pk="seq")
+            db.create_table("rows", COLUMNS, pk="seq")
             # Unique among real rows only: an invalid duplicate of a custom_id is kept as its
             # own failed row instead of replacing the valid one.
             db.execute(
                 "CREATE UNIQUE INDEX idx_rows_custom_id ON rows (custom_id) "
                 "WHERE error_code IS NOT 'invalid_row'"
             )
-            self._table("rows").create_index(["status"])
-        elif "key_fp" not in self._table("rows").columns_dict:
+            db.create_index("rows", ["status"])
+        elif "key_fp" not in db.columns("rows"):
             # A checkpoint from before key pools: rows it recorded name no key.
             db.execute("ALTER TABLE rows ADD COLUMN key_fp TEXT")
         if "keys" not in db.table_names():
             # The job's keys by safe names only (keys.py): never the key itself.
-            self._table("keys").create(
+            db.create_table(
+                "keys",
                 {
                     "fingerprint": str,
                     "position": int,
@@ -103,7 +103,8 @@ class Store(BatchTables, Totals, UploadTables):
                 pk="fingerprint",
             )
         if "job" not in db.table_names():
-            self._table("job").create(
+            db.create_table(
+                "job",
                 {
                     "key": str,
                     "spec_path": str,
@@ -117,18 +118,19 @@ class Store(BatchTables, Totals, UploadTables):
             )
         if "batches" not in db.table_names():
             # Batch mode (batch.py): one row per uploaded file, with its steps as they commit.
-            self._table("batches").create(BATCH_COLUMNS, pk="key")
-        elif "key_fp" not in self._table("batches").columns_dict:
+            db.create_table("batches", BATCH_COLUMNS, pk="key")
+        elif "key_fp" not in db.columns("batches"):
             db.execute("ALTER TABLE batches ADD COLUMN key_fp TEXT")
         if "batch_rows" not in db.table_names():
             # Which spec rows a batch file carries, so a resume never plans them twice.
-            self._table("batch_rows").create(
-                {"seq": int, "custom_id": str, "line": int, "key": int}, pk="seq"
+            db.create_table(
+                "batch_rows", {"seq": int, "custom_id": str, "line": int, "key": int}, pk="seq"
             )
-            self._table("batch_rows").create_index(["key"])
+            db.create_index("batch_rows", ["key"])
         self._ensure_agent_files()
         if "runs" not in db.table_names():
-            self._table("runs").create(
+            db.create_table(
+                "runs",
                 {
                     "id": int,
                     "started_at": float,
@@ -140,6 +142,7 @@ class Store(BatchTables, Totals, UploadTables):
                 },
                 pk="id",
             )
+        self._ensure_totals()
 
     # -- job -----------------------------------------------------------------------------
 
@@ -199,7 +202,7 @@ class Store(BatchTables, Totals, UploadTables):
     def record_keys(self, states: Sequence[Mapping[str, Any]]) -> None:
         """The keys of this run and their state (active, or retired and why)."""
         with self.db.conn:
-            self._table("keys").upsert_all([dict(s) for s in states], pk="fingerprint")
+            self.db.upsert("keys", states, pk="fingerprint")
 
     # -- rows ------------------------------------------------------------------------------
 
@@ -208,10 +211,12 @@ class Store(BatchTables, Totals, UploadTables):
         if not outcomes:
             return
         values = list(map(self._getter, outcomes))  # one C call per outcome
+        lines = tally(outcomes)
         conn = self.db.conn
         try:
             with conn:
                 conn.executemany(self._insert_sql, values)
+                add_tally(conn, lines)
         except sqlite3.OperationalError as exc:
             raise CheckpointError(
                 f"cannot write checkpoint {self.path}: {exc}. Nothing after the last commit "
@@ -298,16 +303,6 @@ class Store(BatchTables, Totals, UploadTables):
                 bits[seq >> 3] |= 1 << (seq & 7)
         return bits
 
-    def total_cost(self) -> int:
-        """The cost of every stored row and superseded attempt, in nano-units (what a
-        --max-cost resume has spent)."""
-        cost = int(self.db.execute("SELECT COALESCE(SUM(cost_nano), 0) FROM rows").fetchone()[0])
-        if "attempts" in self.db.table_names():
-            cost += int(
-                self.db.execute("SELECT COALESCE(SUM(cost_nano), 0) FROM attempts").fetchone()[0]
-            )
-        return cost
-
     def stored_total(self, fingerprint: str) -> int | None:
         """The spec's row count as recorded, if the checkpoint's job has this spec."""
         job = self.job()
@@ -346,22 +341,14 @@ class Store(BatchTables, Totals, UploadTables):
             "FROM rows WHERE status IN ('succeeded', 'failed') ORDER BY seq"
         )
 
-    def truncated_rows(self) -> int:
-        """Succeeded rows whose answer was cut at max_tokens (finish_reason length)."""
-        return int(
-            self.db.execute(
-                "SELECT COUNT(*) FROM rows WHERE status = 'succeeded' AND json_valid(response) "
-                "AND json_extract(response, '$.choices[0].finish_reason') = 'length'"
-            ).fetchone()[0]
-        )
-
     def next_run_id(self) -> int:
         return int(self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM runs").fetchone()[0])
 
     def archive(self, seqs: Sequence[int], run: int) -> int:
         """Move rows' outcomes into `attempts` (a retry sends them again): in one transaction,
         so a kill -9 leaves each row either still done or pending with its old attempt kept.
-        Nothing billed leaves the checkpoint: totals and the export add `attempts` back."""
+        Nothing billed leaves the checkpoint: totals and the export add `attempts` back
+        (the triggers move the rows' sums in `totals` from kind 'row' to 'attempt')."""
         cols = ", ".join(COLUMNS)
         try:
             with self.db.conn as conn:
@@ -369,6 +356,8 @@ class Store(BatchTables, Totals, UploadTables):
                     f"CREATE TABLE IF NOT EXISTS attempts ({cols}, superseded_by_run INTEGER)"
                 )
                 conn.execute("CREATE INDEX IF NOT EXISTS idx_attempts_seq ON attempts (seq)")
+                for sql in totals_triggers("attempts"):
+                    conn.execute(sql)
                 for i in range(0, len(seqs), 500):
                     part = list(seqs[i : i + 500])
                     marks = ", ".join("?" * len(part))

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from ..errors import CheckpointError
+from .sql import Database
 
 __all__ = ["AGENT_FILE_COLUMNS", "UploadTables"]
 
@@ -34,12 +33,12 @@ AGENT_FILE_COLUMNS: dict[str, type] = {
 class UploadTables:
     """Mixed into `Store`: the agent files' table over its connection."""
 
-    db: sqlite_utils.Database
+    db: Database
     path: Path
 
     def _ensure_agent_files(self) -> None:
         if "agent_files" not in self.db.table_names():
-            self.db.table("agent_files").create(AGENT_FILE_COLUMNS, pk=("sha256", "key_fp"))
+            self.db.create_table("agent_files", AGENT_FILE_COLUMNS, pk=("sha256", "key_fp"))
 
     def agent_files(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Every recorded upload, intents included, by (sha256, key fingerprint)."""
