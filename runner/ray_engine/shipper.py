@@ -67,6 +67,7 @@ def prepare(out: Path, held: list[tuple[Any, ...]]) -> None:
         marks = ", ".join("?" * len(COLUMNS))
         with conn:
             conn.executemany(f"INSERT OR REPLACE INTO rows ({names}) VALUES ({marks})", held)
+            store.add_totals_of("rows")  # a fresh checkpoint: its totals are these rows'
         conn.executescript(_LOG)
     finally:
         store.close()
