@@ -251,20 +251,30 @@ def retry_command(out: str | None, code: str | None) -> str | None:
 
 
 def _truncated(conn: sqlite3.Connection, out: str | None) -> dict[str, Any]:
-    """Answers cut at max_tokens: succeeded, yet likely unusable, so a group of their own."""
+    """Answers cut at max_tokens: succeeded, yet likely unusable, so a group of their own.
+    The count is the checkpoint's kept totals where it has them (no scan of the answers);
+    the example ids are looked for only when there are some."""
     where = (
-        "status = 'succeeded' AND json_valid(response) "
+        "status = 'succeeded' AND instr(response, '\"length\"') > 0 AND json_valid(response) "
         "AND json_extract(response, '$.choices[0].finish_reason') = 'length'"
     )
-    n = conn.execute(f"SELECT COUNT(*) FROM rows WHERE {where}").fetchone()[0]
-    ids = [
-        r[0]
-        for r in conn.execute(
-            f"SELECT custom_id FROM rows WHERE {where} ORDER BY seq LIMIT ?", [EXAMPLE_IDS]
-        )
-    ]
+    if "totals" in _tables(conn):
+        n = conn.execute("SELECT COALESCE(SUM(truncated), 0) FROM totals WHERE kind = 'row'")
+    else:
+        n = conn.execute(f"SELECT COUNT(*) FROM rows WHERE {where}")
+    count = int(n.fetchone()[0])
+    ids = (
+        [
+            r[0]
+            for r in conn.execute(
+                f"SELECT custom_id FROM rows WHERE {where} ORDER BY seq LIMIT ?", [EXAMPLE_IDS]
+            )
+        ]
+        if count
+        else []
+    )
     return {
-        "rows": int(n),
+        "rows": count,
         "examples": ids,
         "retry": f"runner retry {shlex.quote(out or 'OUT')} --finish-reason length "
         "--set body.max_tokens=N",
