@@ -96,6 +96,12 @@ def test_retry_cut_then_refused_rows(tmp_path: Path) -> None:
         assert cli("report", str(out)).returncode == 0
         page = (out / "report.html").read_text()
         assert "Truncated answers" in page and f"runner retry {out} --code 1301" in page
+        # A refused retry leaves the job as it was: nothing made pending, nothing sent.
+        r = cli("retry", str(out), "--code", "1301", "--shards", "2")
+        assert r.returncode == 2 and "--engine ray" in r.stderr, r.stderr
+        assert cli("retry", str(out), "--max-cost", "lots").returncode == 2
+        assert json.loads(cli("status", str(out), "--json").stdout)["pending"] == 0
+        assert sum(_sent(sim).values()) == before
 
         r = cli("retry", str(out), "--finish-reason", "length", "--set", "body.max_tokens=2048")
         assert r.returncode == 1, r.stderr  # the refused rows are still failed

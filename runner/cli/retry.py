@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,7 @@ def retry(
             ids=read_ids(ids) if ids is not None else frozenset(),
             resubmit_unknown=resubmit_unknown,
         )
+        budget = None if max_cost is None else _amount(max_cost)
         store = Store(checkpoint_path(out), create=False)
     except (UsageError, CheckpointError) as exc:
         raise click.UsageError(str(exc)) from exc
@@ -132,8 +133,8 @@ def retry(
         )
         extra: dict[str, Any] = {}
         _unattended(extra, opts)
-        if max_cost is not None:
-            extra["max_cost"] = Decimal(max_cost)
+        if budget is not None:
+            extra["max_cost"] = budget
         if mode is not None:
             extra["mode"] = mode
         settings = Settings.from_record(
@@ -145,15 +146,23 @@ def retry(
             return
         if not seqs:
             return
+        # Checked before the rows are made pending: a refused retry leaves the job as it was.
+        ray = (engine or job["settings"].get("engine", "local")) == "ray"
+        if not ray and (shards or ray_address):
+            raise click.UsageError("--shards and --ray-address go with --engine ray")
         store.archive(seqs, store.next_run_id())
     finally:
         store.close()
-    ray = (engine or job["settings"].get("engine", "local")) == "ray"
-    if not ray and (shards or ray_address):
-        raise click.UsageError("--shards and --ray-address go with --engine ray")
     _execute(
         settings, {"engine": "ray", "shards": shards, "ray_address": ray_address} if ray else None
     )
+
+
+def _amount(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise click.BadParameter(f"not a number: {text!r}", param_hint="--max-cost") from None
 
 
 def worst_case_line(settings: Settings, seqs: list[int]) -> str:
