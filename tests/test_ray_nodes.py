@@ -19,7 +19,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -206,6 +205,40 @@ def _run(spec: Path, out: Path, sim: SimProcess) -> Any:
     return run_sharded(settings.with_key_from_env(), 4)
 
 
+def _driver(spec: Path, out: Path, sim: SimProcess) -> subprocess.Popen[str]:
+    """`_run` in a process of its own, connected to the cluster; prints its JobResult."""
+    gcs = ray._private.worker._global_node.gcs_address
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from runner.ray_engine import run_sharded\n"
+        "from tests.jobs import settings_for\n"
+        "spec, out, url, gcs = sys.argv[1:]\n"
+        "settings = settings_for(Path(out), Path(spec), url, concurrency=8, task_max_age=60.0)\n"
+        "result = run_sharded(settings.with_key_from_env(), 4, address=gcs)\n"
+        "print(json.dumps({'exit_code': result.exit_code, 'message': result.message}))\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(spec), str(out), sim.base_url, gcs],
+        cwd=Path(__file__).parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stop(job: subprocess.Popen[str]) -> None:
+    """A driver still running is stopped as Ctrl-C would (its shards cancelled), then
+    killed if that does not end it."""
+    if job.poll() is None:
+        job.send_signal(signal.SIGTERM)
+        try:
+            job.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            job.kill()
+            job.communicate()
+
+
 def test_a_spec_one_node_cannot_read_stops_the_job_before_anything_is_sent(
     cluster: Cluster,
 ) -> None:
@@ -283,37 +316,44 @@ def test_a_lost_node_costs_only_what_the_driver_did_not_hold(
     out = cluster.hidden / "lost"
     second = cluster.nodes[1]
     with SimProcess("--concurrency", "8", "--latency", "0.05") as sim:
-        box: list[Any] = []
-        job = threading.Thread(target=lambda: box.append(_run(spec, out, sim)))
-        job.start()
-        deadline = time.monotonic() + 90
-        held: dict[int, str] = {}
-        while time.monotonic() < deadline and not held:
-            there = sorted(int(p.parent.name) for p in second.glob("*/r*/*/worker.pid"))
-            if there and (out / "shards" / "plan.json").exists():
-                plan = orjson.loads((out / "shards" / "plan.json").read_bytes())["shards"]
-                window = plan[there[0]]
-                lo, hi = window["first_seq"], window["first_seq"] + window["rows"]
-                with sqlite3.connect(out / "checkpoint.sqlite") as db:
-                    found = db.execute(
-                        "SELECT seq, request_id FROM rows WHERE status = 'succeeded' "
-                        "AND seq >= ? AND seq < ?",
-                        [lo, hi],
-                    ).fetchall()
-                if len(found) >= 40:  # the driver holds part of a second-node shard
-                    cluster.kill_second()
-                    # What it held at the kill: read again, as a batch may have been merging.
+        # The job's driver is a process of its own, so that a job that went wrong can be
+        # killed: a driver thread left running here would outlive the cluster.
+        job = _driver(spec, out, sim)
+        try:
+            deadline = time.monotonic() + 90
+            held: dict[int, str] = {}
+            while time.monotonic() < deadline and not held:
+                assert job.poll() is None, job.communicate()
+                there = sorted(int(p.parent.name) for p in second.glob("*/r*/*/worker.pid"))
+                if there and (out / "shards" / "plan.json").exists():
+                    plan = orjson.loads((out / "shards" / "plan.json").read_bytes())["shards"]
+                    window = plan[there[0]]
+                    lo, hi = window["first_seq"], window["first_seq"] + window["rows"]
                     with sqlite3.connect(out / "checkpoint.sqlite") as db:
-                        held = dict(
-                            db.execute(
-                                "SELECT seq, request_id FROM rows WHERE status = 'succeeded'"
-                            ).fetchall()
-                        )
-            time.sleep(0.05)
-        assert held, "the second node never held a shard"
-        job.join(timeout=180)
+                        found = db.execute(
+                            "SELECT seq, request_id FROM rows WHERE status = 'succeeded' "
+                            "AND seq >= ? AND seq < ?",
+                            [lo, hi],
+                        ).fetchall()
+                    if len(found) >= 40:  # the driver holds part of a second-node shard
+                        cluster.kill_second()
+                        # What it held at the kill: read again, as a batch may have been
+                        # merging.
+                        with sqlite3.connect(out / "checkpoint.sqlite") as db:
+                            held = dict(
+                                db.execute(
+                                    "SELECT seq, request_id FROM rows WHERE status = 'succeeded'"
+                                ).fetchall()
+                            )
+                time.sleep(0.05)
+            assert held, "the second node never held a shard"
+            stdout, stderr = job.communicate(timeout=180)
+        finally:
+            _stop(job)
         sent = sim.stats()["requests"]["chat/completions"]
-    assert box and box[0].exit_code == EXIT_OK, box and box[0].message
+    assert job.returncode == 0, stderr
+    # Ray's workers print to the driver's stdout too: the result is its last line.
+    assert orjson.loads(stdout.splitlines()[-1])["exit_code"] == EXIT_OK, stdout
     table = pq.read_table(out / "results.parquet").to_pydict()
     assert table["custom_id"] == [f"row-{i}" for i in range(n)]
     after = dict(zip(range(n), table["request_id"], strict=True))

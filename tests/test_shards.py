@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from runner import JobResult, Settings, run_job
 from runner.outcome import COLUMNS
 from runner.ray_engine.plan import plan_shards
-from runner.ray_engine.slots import LeasedLanes, Report, SlotBank, fair_shares
+from runner.ray_engine.slots import STALE, LeasedLanes, Report, SlotBank, fair_shares
 from runner.sim import Simulator
 from runner.spec import Request, read_spec
 from tests.jobs import chat_row, settings_for, write_spec
@@ -108,7 +108,7 @@ def test_fair_shares_split_by_demand() -> None:
 )
 def test_the_bank_never_lends_more_than_the_cap(steps: list[tuple[int, int, float, bool]]) -> None:
     now = [0.0]
-    bank = SlotBank(clock=lambda: now[0])
+    bank = SlotBank(clock=lambda: now[0], stale=float("inf"))  # every shard here is alive
     held = [0, 0, 0, 0]
     for shard, wanted, back, refused in steps:
         now[0] += 0.3
@@ -123,6 +123,37 @@ def test_the_bank_never_lends_more_than_the_cap(steps: list[tuple[int, int, floa
     for shard in range(4):
         bank.reset(shard)
     assert bank.stats().get("k/m", {"held": 0})["held"] == 0
+
+
+def test_a_silent_shard_s_slots_go_to_the_others_and_it_starts_again_from_nothing() -> None:
+    # Its node was lost: until its retry starts it would hold them, and the retry may be
+    # waiting for a CPU the other shards hold while they wait for its slots.
+    now = [0.0]
+    bank = SlotBank(clock=lambda: now[0])
+    assert bank.sync(0, {"k/m": (8, 0, 8, 0)})["lanes"]["k/m"] == (8, 8)
+    for _ in range(int(STALE / 0.5)):
+        now[0] += 0.5
+        reply = bank.sync(1, {"k/m": (8, 0, 8, 0)})
+        assert reply["lanes"]["k/m"][0] == 0 and not reply["revoked"]  # shard 0 has them all
+    now[0] += 0.5
+    assert bank.sync(1, {"k/m": (8, 0, 8, 0)})["lanes"]["k/m"] == (8, 8)  # 0 was silent
+    assert bank.stats()["k/m"]["held"] == 8
+    # Shard 0 was only stuck: it learns it holds nothing, and waits for what the bank frees.
+    now[0] += 0.5
+    reply = bank.sync(0, {"k/m": (8, 0, 8, 0)})
+    assert reply["revoked"] and reply["lanes"]["k/m"][0] == 0
+    assert not bank.sync(0, {"k/m": (8, 0, 8, 0)})["revoked"]  # told once
+
+
+def test_a_bank_that_was_not_answering_takes_nobody_s_slots() -> None:
+    now = [0.0]
+    bank = SlotBank(clock=lambda: now[0])
+    bank.sync(0, {"k/m": (8, 0, 4, 0)})
+    bank.sync(1, {"k/m": (8, 0, 4, 0)})
+    now[0] += 3 * STALE  # the bank's own process stalled; both shards waited on it
+    assert not bank.sync(1, {"k/m": (8, 0, 4, 0)})["revoked"]
+    assert not bank.sync(0, {"k/m": (8, 0, 4, 0)})["revoked"]
+    assert bank.stats()["k/m"]["held"] == 8
 
 
 def test_a_custom_id_twice_is_refused_before_anything_is_sent(tmp_path: Path) -> None:

@@ -15,6 +15,12 @@ lane's level for all of them (the shared backoff), which grows back after quiet 
 The bank also carries the job's stop: the first job-fatal error one shard reports (a
 refused account) stops every shard at its next tick.
 
+A shard whose node is lost holds its slots until its retry starts, and that retry may wait
+for a CPU that the other shards hold while they wait for those very slots. So a shard
+silent for `STALE` seconds (a live one settles every tick) loses its slots to the others;
+should it speak again, it is told, and starts from what it is granted then. Its requests
+still in flight are the one way past the cap, and only for a shard stuck that long.
+
 `SlotBank` is plain Python (a Ray actor in driver.py); `LeasedLanes` is the shard's side.
 """
 
@@ -34,11 +40,12 @@ from ..outcome import Outcome
 from ..pool import Lane, Lanes
 from ..spec import Request
 
-__all__ = ["LeasedLanes", "SlotBank", "fair_shares"]
+__all__ = ["STALE", "LeasedLanes", "SlotBank", "fair_shares"]
 
 # (cap, slots given back, slots wanted, 1302s since the last report) per lane name
 Report = tuple[int, int, int, int]
 _GROW_AFTER = 2.0  # quiet seconds before a lowered level grows by an eighth
+STALE = 10.0  # seconds without a settling after which a shard's slots go to the others
 
 
 def fair_shares(total: int, demands: dict[int, int]) -> dict[int, int]:
@@ -63,8 +70,8 @@ class SlotBank:
     """Per lane: the cap, the level in force (the cap, or lower after 1302s), and the slots
     each shard holds and wants. Calls are served one at a time (a Ray actor's are)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+    def __init__(self, clock: Callable[[], float] = time.monotonic, stale: float = STALE) -> None:
+        self._clock, self._stale = clock, stale
         self.caps: dict[str, int] = {}
         self.level: dict[str, int] = {}
         self.held: dict[str, dict[int, int]] = {}
@@ -73,6 +80,9 @@ class SlotBank:
         self.refused: dict[str, int] = {}
         # Why the job stops: (message, code, status, interrupted), the first reason wins.
         self.stop: tuple[str, str | None, int | None, bool] | None = None
+        self._seen: dict[int, float] = {}  # each shard's last settling
+        self._revoked: set[int] = set()  # shards whose slots went to others while silent
+        self._last_call = clock()
 
     def sync(
         self,
@@ -81,6 +91,10 @@ class SlotBank:
         fatal: tuple[str, str | None, int | None] | None = None,
     ) -> dict[str, Any]:
         now = self._clock()
+        self._reclaim(now)
+        revoked = shard in self._revoked
+        self._revoked.discard(shard)
+        self._seen[shard] = now
         replies: dict[str, tuple[int, int]] = {}
         if fatal is not None and self.stop is None:
             self.stop = (*fatal, False)
@@ -98,7 +112,19 @@ class SlotBank:
             grant = max(0, min(free, target - held[shard]))
             held[shard] += grant
             replies[lane] = (grant, target)
-        return {"lanes": replies, "stop": self.stop}
+        return {"lanes": replies, "stop": self.stop, "revoked": revoked}
+
+    def _reclaim(self, now: float) -> None:
+        """Take back the slots of the shards silent for `stale` seconds."""
+        if now - self._last_call > self._stale / 2:
+            # The bank itself was not answering (its process stalled): nobody's silence
+            # counts, as every shard may have been waiting on it.
+            self._seen = dict.fromkeys(self._seen, now)
+        self._last_call = now
+        for shard, seen in list(self._seen.items()):
+            if now - seen > self._stale:
+                self.reset(shard)
+                self._revoked.add(shard)
 
     def _adjust(self, lane: str, refused: int, now: float) -> None:
         """The shared backoff: 1302s cut the level below what was out; quiet regrows it."""
@@ -120,6 +146,8 @@ class SlotBank:
 
     def reset(self, shard: int) -> None:
         """A shard ended (or restarted after its worker was lost): it holds nothing."""
+        self._seen.pop(shard, None)
+        self._revoked.discard(shard)
         for lane in self.held:
             self.held[lane].pop(shard, None)
             self.wanted[lane].pop(shard, None)
@@ -212,6 +240,9 @@ class LeasedLanes(Lanes):
                 names[name] = key
                 reports[name] = (lim.cap, back, wanted, refused)
             reply = await self._sync(reports)
+            if reply["revoked"]:  # silent too long: the bank lent this shard's slots out
+                for lim in self.limiters.values():
+                    lim.set_lease(0)
             for name, (grant, target) in reply["lanes"].items():
                 lim = self.limiters[names[name]]
                 lim.set_lease((lim.lease or 0) + grant)  # raised only once granted
