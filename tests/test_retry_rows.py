@@ -19,9 +19,9 @@ from simproc import SimProcess
 from runner.report.data import load_report
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = 60
-CUT = range(0, 6)  # max_tokens 3: the answer is cut (finish_reason length)
-FILTERED = range(6, 10)  # the prompt carries [[sim:1301]]: refused until the server is mended
+ROWS = 2000  # the done-when job: 150 rows cut, 100 refused
+CUT = range(0, 150)  # max_tokens 3: the answer is cut (finish_reason length)
+FILTERED = range(150, 250)  # the prompt carries [[sim:1301]]: refused until the server is mended
 
 
 def _spec(path: Path) -> Path:
@@ -70,7 +70,7 @@ def test_retry_cut_then_refused_rows(tmp_path: Path) -> None:
         assert before == ROWS
 
         r = cli("retry", str(out), "--dry-run", "--finish-reason", "length")
-        assert r.returncode == 0 and "6 rows chosen" in r.stderr, r.stderr
+        assert r.returncode == 0 and f"{len(CUT)} rows chosen" in r.stderr, r.stderr
         assert sum(_sent(sim).values()) == before  # a dry run sends nothing
         # Its worst case bounds the answers by max_tokens, with the overrides applied.
         small = _worst(cli("retry", str(out), "--dry-run", "--finish-reason", "length"))
@@ -113,7 +113,7 @@ def test_retry_cut_then_refused_rows(tmp_path: Path) -> None:
             answer = json.loads(row["response"])
             assert answer["choices"][0]["finish_reason"] == "stop", row
             assert row["completion_tokens"] > 3 and row["attempts"] == 2
-        assert cut["r20"]["attempts"] == 1
+        assert cut["r1999"]["attempts"] == 1
 
         sim.configure(code_markers=False)  # the platform mended
         r = cli("retry", str(out), "--code", "1301")
