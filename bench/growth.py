@@ -122,7 +122,11 @@ def watched_run(sim: Sim, spec: Path, out: Path, n: int, c: int, pin: list[str])
     tmp, final = out / "results.parquet.tmp", out / "results.parquet"
     while child.poll() is None:
         t = time.monotonic() - child.started
-        samples.append((t, _rss_mb(child.pid), _served(sim.stats())))
+        try:
+            served = _served(sim.stats())
+        except TimeoutError:  # a simulator busy past the timeout: keep the last count
+            served = samples[-1][2] if samples else 0
+        samples.append((t, _rss_mb(child.pid), served))
         if export_at is None and tmp.exists():
             export_at = t
         if exported_at is None and final.exists():

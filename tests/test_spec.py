@@ -28,7 +28,7 @@ from runner.spec import (
     validate_spec,
 )
 from runner.spec.checks import CHECKS, MODELLESS_ENDPOINTS
-from runner.spec.rows import IdSet
+from runner.spec.ids import IdSet
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 CHAT_URL = "/v4/chat/completions"
@@ -229,12 +229,17 @@ def test_skipped_rows_keep_their_ids_through_taken(tmp_path: Path) -> None:
     assert asked == [("b", 1), ("a", 2), ("c", 3)]  # a repeat within the read asks nothing
 
 
-def test_id_set_grows_and_keeps_every_id() -> None:
-    ids = IdSet(capacity=8)
+@pytest.mark.parametrize("spill_at", [1 << 19, 300])
+def test_id_set_grows_and_keeps_every_id(spill_at: int) -> None:
+    # With spill_at=300 most ids leave memory for the file, in 16 spills, and are found there.
+    ids = IdSet(capacity=8, spill_at=spill_at)
     assert all(ids.add(f"id-{i}") for i in range(5000))
     assert len(ids) == 5000
     assert not any(ids.add(f"id-{i}") for i in range(0, 5000, 7))
     assert ids.add("id-5000") and len(ids) == 5001
+    assert all(ids.add(f"new-{i}") for i in range(2000))
+    assert not any(ids.add(f"new-{i}") for i in range(2000))
+    assert len(ids) == 7001
 
 
 # --- every error kind -------------------------------------------------------------------------

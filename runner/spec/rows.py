@@ -6,8 +6,6 @@ The first problem found is the row's error, named by line and field. Every row c
 
 from __future__ import annotations
 
-import hashlib
-from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from .checks import (
     json_kind,
     short_repr,
 )
+from .ids import IdSet
 
 __all__ = [
     "MAX_CUSTOM_ID",
@@ -37,7 +36,6 @@ __all__ = [
 ]
 
 MAX_CUSTOM_ID = 256
-_blake2b = hashlib.blake2b  # bound once: it runs for every row
 
 
 class SpecError(Exception):
@@ -105,56 +103,6 @@ def _implied_endpoint(body: Any) -> str | None:
     if chat == embed:
         return None
     return "chat/completions" if chat else "embeddings"
-
-
-class IdSet:
-    """The custom_ids claimed so far, as 8-byte digests in one open-addressing table.
-
-    At most 16 bytes per id (the table doubles at half full), where a dict of digests took
-    about 80: at a million rows that was most of the reader's memory. Digests, not the ids:
-    the same for any id length. A digest is blake2b's, so whether two ids collide (about
-    one chance in 10^7 at a million rows) depends only on the file, and a resume judges
-    each row as the first run did.
-    """
-
-    __slots__ = ("_mask", "_size", "_slots")
-
-    def __init__(self, capacity: int = 1 << 12) -> None:
-        self._slots = array("Q", bytes(8 * capacity))
-        self._mask = capacity - 1
-        self._size = 0
-
-    def add(self, cid: str) -> bool:
-        """Claim `cid`; False when it was claimed before."""
-        key = int.from_bytes(_blake2b(cid.encode(), digest_size=8).digest()) | 1  # 0: empty
-        slots, mask = self._slots, self._mask
-        i = key & mask
-        while True:
-            there = slots[i]
-            if there == key:
-                return False
-            if not there:
-                break
-            i = (i + 1) & mask
-        slots[i] = key
-        self._size += 1
-        if self._size * 2 > mask:
-            self._grow()
-        return True
-
-    def __len__(self) -> int:
-        return self._size
-
-    def _grow(self) -> None:
-        old = self._slots
-        mask = self._mask = len(old) * 2 - 1
-        slots = self._slots = array("Q", bytes(8 * (mask + 1)))
-        for key in old:
-            if key:
-                i = key & mask
-                while slots[i]:
-                    i = (i + 1) & mask
-                slots[i] = key
 
 
 # Whether a row the reader skipped without parsing (finished in an earlier run) claimed
