@@ -6,7 +6,7 @@ Both stream the store in chunks, so exporting a million rows holds one chunk in 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,15 @@ import pyarrow.parquet as pq
 
 from .cost import NANO
 from .errors import CheckpointError
-from .store import Store
+from .store import FinishedRows, Store
+from .store.opening import row_columns
 
-__all__ = ["RESULT_SCHEMA", "write_results_jsonl", "write_results_parquet"]
+__all__ = [
+    "RESULT_SCHEMA",
+    "FollowingResults",
+    "write_results_jsonl",
+    "write_results_parquet",
+]
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -97,18 +103,108 @@ def _results_file(path: Path, tmp: Path) -> Iterator[None]:
         ) from exc
 
 
+class _ResultsFile:
+    """results.parquet being written: a temp file beside it until `close` renames it."""
+
+    def __init__(self, path: Path, earlier: dict[int, tuple[int, int]]) -> None:
+        self.path, self.tmp = path, path.with_suffix(".parquet.tmp")
+        self.earlier = earlier
+        self.rows = 0
+        with self._failing():
+            self._writer = pq.ParquetWriter(self.tmp, RESULT_SCHEMA, use_dictionary=_DICTIONARY)
+
+    def write(self, chunk: list[tuple[Any, ...]]) -> None:
+        """Rows as (seq, *stored columns), in spec order."""
+        with self._failing():
+            self._writer.write_table(_table(chunk, self.earlier))
+        self.rows += len(chunk)
+
+    def close(self) -> int:
+        with self._failing():
+            self._writer.close()
+            self.tmp.replace(self.path)
+        return self.rows
+
+    def abandon(self) -> None:
+        with contextlib.suppress(OSError):
+            self._writer.close()
+            self.tmp.unlink(missing_ok=True)
+
+    def _failing(self) -> contextlib.AbstractContextManager[None]:
+        return _results_file(self.path, self.tmp)
+
+
 def write_results_parquet(store: Store, path: Path) -> int:
     """Write every stored row to Parquet atomically (temp file, then rename)."""
-    tmp = path.with_suffix(".parquet.tmp")
-    n = 0
-    with _results_file(path, tmp):
-        with pq.ParquetWriter(tmp, RESULT_SCHEMA, use_dictionary=_DICTIONARY) as writer:
-            earlier = store.earlier_attempts()
-            for chunk in store.iter_columns(["seq", *_STORED], batch=_ROW_GROUP):
-                writer.write_table(_table(chunk, earlier))
-                n += len(chunk)
-        tmp.replace(path)
-    return n
+    out = _ResultsFile(path, store.earlier_attempts())
+    for chunk in store.iter_columns(_STORED, batch=_ROW_GROUP):
+        out.write(chunk)
+    return out.close()
+
+
+class FollowingResults:
+    """results.parquet written while the job runs, so that its end waits only for the tail.
+
+    At a million rows the export after the last answer took 8 s, a tenth of the job. Here
+    the rows go to the file in spec order, a row group at a time, as soon as every row
+    before them is final: `follow` (blocking, for a worker thread) writes what is ready,
+    on a read-only connection of its own beside the job's writer. `finish` writes the rest,
+    whatever its status, and puts the file in place: the same file the export writes.
+
+    Rows that an earlier run left open (`held`: async tasks polled again, rows a batch may
+    still answer) may change in this run, so the file stops short of the first of them
+    until `finish`. A write that fails (disk full) stops the following; `finish` then
+    exports from the start and reports it.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Path,
+        path: Path,
+        total: int,
+        held: Iterable[int] = (),
+        earlier: dict[int, tuple[int, int]] | None = None,
+    ) -> None:
+        self._rows = FinishedRows(checkpoint)
+        self._out = _ResultsFile(path, earlier or {})
+        self._next = 0  # the first seq not in the file
+        self._stop = min(held, default=total)
+        self.failed = False
+
+    @property
+    def written(self) -> int:
+        """Rows in the file so far."""
+        return self._out.rows
+
+    def follow(self) -> None:
+        if self.failed:
+            return
+        end = self._rows.final_run(self._next, self._stop)
+        whole = self._next + (end - self._next) // _ROW_GROUP * _ROW_GROUP
+        try:
+            self._write(whole)
+        except CheckpointError:
+            self.failed = True
+
+    def finish(self, store: Store) -> int:
+        try:
+            if self.failed:
+                return write_results_parquet(store, self._out.path)
+            self._write(None)
+            return self._out.close()
+        finally:
+            self._rows.close()
+
+    def abandon(self) -> None:
+        self._out.abandon()
+        self._rows.close()
+
+    def _write(self, stop: int | None) -> None:
+        if stop is not None and stop <= self._next:
+            return
+        for chunk in row_columns(self._rows.conn, _STORED, _ROW_GROUP, self._next, stop):
+            self._out.write(chunk)
+            self._next = chunk[-1][0] + 1
 
 
 def batch_line(row: dict[str, Any]) -> dict[str, Any]:

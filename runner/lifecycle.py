@@ -55,6 +55,7 @@ from .store import REOPEN_CODES, Store
 
 if TYPE_CHECKING:
     from .attend import Attendant
+    from .export import FollowingResults
     from .pool import Lanes
 
 __all__ = [
@@ -346,6 +347,8 @@ class Run:
     accounts: Accounts
     # The online worker pool, once the mode made it (the metrics read its limiters).
     lanes: Lanes | None = None
+    # results.parquet as the job goes, where the mode writes it so (online.py).
+    results: FollowingResults | None = None
 
 
 @contextlib.asynccontextmanager
@@ -413,7 +416,11 @@ async def close_run(run: Run) -> JobResult:
     store.record_keys(run.accounts.states())
     target = results_path(run.settings.out)
     if isinstance(run.control.reason, Interrupted):
+        if run.results is not None:
+            await anyio.to_thread.run_sync(run.results.abandon)
         await anyio.to_thread.run_sync(_drop_stale, target)
+    elif run.results is not None:
+        await anyio.to_thread.run_sync(run.results.finish, store)
     else:
         await anyio.to_thread.run_sync(write_results_parquet, store, target)
     result = finish_run(run.settings, store, run.run_id, run.control, run.counters, store.summary())

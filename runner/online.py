@@ -18,7 +18,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .agent_files import AgentFiles
-from .lifecycle import JobResult, JobStart, close_run, marks_path, open_run
+from .lifecycle import JobResult, JobStart, Run, close_run, marks_path, open_run, results_path
 from .outcome import Outcome, invalid_outcome
 from .pool import JobContext, Lanes
 from .progress import Counters
@@ -28,6 +28,9 @@ from .store import Claims, Store
 from .tasks import Tasks, prepare_resume
 
 __all__ = ["run_online"]
+
+# How often results.parquet takes the rows that became final (and when it starts).
+FOLLOW_EVERY = 2.0
 
 
 async def run_online(start: JobStart, make_lanes: Callable[..., Lanes] = Lanes) -> JobResult:
@@ -45,9 +48,12 @@ async def run_online(start: JobStart, make_lanes: Callable[..., Lanes] = Lanes) 
                     already -= row["status"] == "failed"  # reopened: counted when done
                     done[seq >> 3] |= 1 << (seq & 7)
             # Rows a server-side batch may still answer (and bill) are not sent online.
+            held = [int(row["seq"]) for row in open_rows]
             for seq in store.open_batch_seqs():
+                held.append(seq)
                 if seq < total:
                     done[seq >> 3] |= 1 << (seq & 7)
+            earlier = store.earlier_attempts()
         run.counters.already_done = already
         live, control = run.settings, run.control
         ctx = JobContext(
@@ -57,8 +63,11 @@ async def run_online(start: JobStart, make_lanes: Callable[..., Lanes] = Lanes) 
         store_lock = run.store_lock  # the writer's, the task commits' and the timeline's
         ctx.agent_files = AgentFiles(live, store, store_lock, control)
         tasks = Tasks(ctx, store, store_lock, run.job_id)
+        following = anyio.CancelScope()
         async with anyio.create_task_group() as work:
             work.start_soon(_writer, store, results_recv, run.counters, live, store_lock)
+            if live.window is None:  # a shard's rows go to the driver, which writes the file
+                work.start_soon(_follow_results, run, total, held, earlier, following)
             with run.work_scope:
                 # Pollers run in lanes_tg, so the job waits for them; the downloader in
                 # `tasks` closes only after they are done.
@@ -71,9 +80,40 @@ async def run_online(start: JobStart, make_lanes: Callable[..., Lanes] = Lanes) 
                     with reader_scope:
                         await _read(live, live.spec_defaults(), done, lanes, store)
                     lanes.close()
+            following.cancel()
             # If the lanes were cancelled (hard stop), the writer still owns its stream.
             results_send.close()
-    return await close_run(run)
+    try:
+        return await close_run(run)
+    finally:
+        if run.results is not None:  # finished, or left by an error: no temp file stays
+            await anyio.to_thread.run_sync(run.results.abandon)
+
+
+async def _follow_results(
+    run: Run,
+    total: int,
+    held: list[int],
+    earlier: dict[int, tuple[int, int]],
+    scope: anyio.CancelScope,
+) -> None:
+    """results.parquet written as rows become final (export.FollowingResults); `close_run`
+    writes the tail. It starts a few seconds in, so pyarrow loads off the start-up path."""
+    with scope:
+        await anyio.sleep(FOLLOW_EVERY)
+        from .export import FollowingResults
+
+        target = results_path(run.settings.out)
+
+        def make() -> FollowingResults:
+            return FollowingResults(run.store.path, target, total, held, earlier)
+
+        # Shielded: once made it is kept, for close_run to finish or drop.
+        with anyio.CancelScope(shield=True):
+            results = run.results = await anyio.to_thread.run_sync(make)
+        while True:
+            await anyio.to_thread.run_sync(results.follow)
+            await anyio.sleep(FOLLOW_EVERY)
 
 
 async def _writer(

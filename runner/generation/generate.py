@@ -71,8 +71,7 @@ META_COLUMNS = pa.schema(
         ("total_tokens", pa.int64()),
     ]
 )
-_STORED = [
-    "seq",
+_STORED = [  # after the seq that iter_columns puts first
     "status",
     "error_code",
     "error_message",

@@ -18,7 +18,7 @@ report/timeline.py's.)
 from ..outcome import COLUMNS
 from .batches import BATCH_COLUMNS
 from .checkpoint import REOPEN_CODES, TERMINAL, Store
-from .opening import Claims, advice
+from .opening import Claims, FinishedRows, advice
 from .totals import message_shape
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "REOPEN_CODES",
     "TERMINAL",
     "Claims",
+    "FinishedRows",
     "Store",
     "advice",
     "message_shape",

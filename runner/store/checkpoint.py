@@ -15,7 +15,7 @@ import orjson
 from ..errors import CheckpointError
 from ..outcome import COLUMNS, Outcome
 from .batches import BATCH_COLUMNS, BatchTables
-from .opening import Claims, advice, connect_read_only
+from .opening import Claims, advice, connect_read_only, row_columns
 from .sql import Database
 from .totals import Totals, add_tally, tally, totals_triggers
 from .uploads import UploadTables
@@ -407,18 +407,8 @@ class Store(BatchTables, Totals, UploadTables):
     def iter_columns(
         self, columns: Sequence[str], batch: int = 20_000
     ) -> Iterator[list[tuple[Any, ...]]]:
-        """Every stored row as tuples of `columns`, in spec order and in chunks (Parquet)."""
-        for name in columns:
-            if name not in COLUMNS:
-                raise ValueError(f"unknown column {name!r}")
-        sql = f"SELECT seq, {', '.join(columns)} FROM rows WHERE seq > ? ORDER BY seq LIMIT ?"
-        last = -1
-        while True:
-            chunk = self.db.conn.execute(sql, [last, batch]).fetchall()
-            if not chunk:
-                return
-            last = chunk[-1][0]
-            yield [row[1:] for row in chunk]
+        """Every stored row as tuples of (seq, *columns), in spec order and in chunks."""
+        return row_columns(self.db.conn, columns, batch)
 
     def integrity_check(self) -> str:
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])

@@ -1,13 +1,18 @@
 """Opening a checkpoint: what to do when SQLite refuses it, reading it where nothing can be
-written, and the id lookups of a reader running beside the writer."""
+written, and the readers that run beside the writer (the spec reader's id lookups, the
+results file that follows the job)."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Claims", "advice", "connect_read_only"]
+from ..outcome import COLUMNS
+
+__all__ = ["Claims", "FinishedRows", "advice", "connect_read_only", "row_columns"]
 
 
 def advice(exc: sqlite3.DatabaseError, path: Path) -> str:
@@ -90,3 +95,51 @@ class Claims:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def row_columns(
+    conn: sqlite3.Connection,
+    columns: Sequence[str],
+    batch: int,
+    start: int = 0,
+    stop: int | None = None,
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Stored rows with `start` <= seq < `stop` as tuples of (seq, *columns), in spec
+    order and in chunks of `batch`."""
+    for name in columns:
+        if name not in COLUMNS:
+            raise ValueError(f"unknown column {name!r}")
+    sql = f"SELECT seq, {', '.join(columns)} FROM rows WHERE seq >= ? AND seq < ? ORDER BY seq"
+    last = start
+    end = (1 << 62) if stop is None else stop
+    while True:
+        chunk = conn.execute(sql + " LIMIT ?", [last, end, batch]).fetchall()
+        if not chunk:
+            return
+        last = chunk[-1][0] + 1
+        yield chunk
+
+
+class FinishedRows:
+    """The checkpoint's rows as a reader beside the writer sees them (WAL: neither waits
+    for the other), for a results file written while the job runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+        )
+
+    def final_run(self, start: int, stop: int) -> int:
+        """The end of the unbroken run of final rows from `start`: every seq in
+        [start, end) is stored and succeeded or failed; `end` <= `stop`."""
+        end = start
+        for seq, status in self.conn.execute(
+            "SELECT seq, status FROM rows WHERE seq >= ? AND seq < ? ORDER BY seq", [start, stop]
+        ):
+            if seq != end or status not in ("succeeded", "failed"):
+                break
+            end += 1
+        return end
+
+    def close(self) -> None:
+        self.conn.close()
