@@ -66,8 +66,17 @@ _STORED = [n for n in RESULT_SCHEMA.names if n not in ("cost", "cost_all_attempt
 # before it is Arrow, so chunks are small; and only the columns with few distinct values
 # are dictionary-encoded, since an encoder over a million distinct responses held tens of
 # MB for nothing. Same file size, and the export's own peak falls from ~80 MB to ~37 MB.
-_ROW_GROUP = 2048
+_CHUNK = 2048
 _DICTIONARY = ["status", "endpoint", "model", "error_code", "task_status"]
+# But a row group per chunk made the writer's metadata grow 8 KB a group (10 MB a million
+# rows, and a 300 MB peak while the footer of ten million was written), and readers like
+# large groups: chunks are held as Arrow until a group has 32 MB or 65,536 rows. No min/max
+# statistics for the long texts: they were 4 KB of every group's footer for nothing.
+_GROUP_BYTES = 32 << 20
+_GROUP_ROWS = 1 << 16
+_STATISTICS = [
+    n for n in RESULT_SCHEMA.names if n not in ("response", "error_message", "artifacts")
+]
 
 
 def _table(chunk: list[tuple[Any, ...]], earlier: dict[int, tuple[int, int]]) -> pa.Table:
@@ -110,20 +119,37 @@ class _ResultsFile:
         self.path, self.tmp = path, path.with_suffix(".parquet.tmp")
         self.earlier = earlier
         self.rows = 0
+        self._group: list[pa.Table] = []
+        self._group_bytes = self._group_rows = 0
         with self._failing():
-            self._writer = pq.ParquetWriter(self.tmp, RESULT_SCHEMA, use_dictionary=_DICTIONARY)
+            self._writer = pq.ParquetWriter(
+                self.tmp, RESULT_SCHEMA, use_dictionary=_DICTIONARY, write_statistics=_STATISTICS
+            )
 
     def write(self, chunk: list[tuple[Any, ...]]) -> None:
         """Rows as (seq, *stored columns), in spec order."""
-        with self._failing():
-            self._writer.write_table(_table(chunk, self.earlier))
+        table = _table(chunk, self.earlier)
+        self._group.append(table)
+        self._group_bytes += table.nbytes
+        self._group_rows += len(chunk)
         self.rows += len(chunk)
+        if self._group_bytes >= _GROUP_BYTES or self._group_rows >= _GROUP_ROWS:
+            self._flush()
 
     def close(self) -> int:
+        self._flush()
         with self._failing():
             self._writer.close()
             self.tmp.replace(self.path)
         return self.rows
+
+    def _flush(self) -> None:
+        if not self._group:
+            return
+        group = pa.concat_tables(self._group)  # no copy: the chunks become one group
+        self._group, self._group_bytes, self._group_rows = [], 0, 0
+        with self._failing():
+            self._writer.write_table(group, row_group_size=len(group))
 
     def abandon(self) -> None:
         with contextlib.suppress(OSError):
@@ -137,7 +163,7 @@ class _ResultsFile:
 def write_results_parquet(store: Store, path: Path) -> int:
     """Write every stored row to Parquet atomically (temp file, then rename)."""
     out = _ResultsFile(path, store.earlier_attempts())
-    for chunk in store.iter_columns(_STORED, batch=_ROW_GROUP):
+    for chunk in store.iter_columns(_STORED, batch=_CHUNK):
         out.write(chunk)
     return out.close()
 
@@ -146,10 +172,10 @@ class FollowingResults:
     """results.parquet written while the job runs, so that its end waits only for the tail.
 
     At a million rows the export after the last answer took 8 s, a tenth of the job. Here
-    the rows go to the file in spec order, a row group at a time, as soon as every row
-    before them is final: `follow` (blocking, for a worker thread) writes what is ready,
-    on a read-only connection of its own beside the job's writer. `finish` writes the rest,
-    whatever its status, and puts the file in place: the same file the export writes.
+    the rows go to the file in spec order as soon as every row before them is final:
+    `follow` (blocking, for a worker thread) writes what is ready, on a read-only
+    connection of its own beside the job's writer. `finish` writes the rest, whatever its
+    status, and puts the file in place: the same file the export writes.
 
     Rows that an earlier run left open (`held`: async tasks polled again, rows a batch may
     still answer) may change in this run, so the file stops short of the first of them
@@ -180,9 +206,8 @@ class FollowingResults:
         if self.failed:
             return
         end = self._rows.final_run(self._next, self._stop)
-        whole = self._next + (end - self._next) // _ROW_GROUP * _ROW_GROUP
         try:
-            self._write(whole)
+            self._write(end)
         except CheckpointError:
             self.failed = True
 
@@ -202,7 +227,7 @@ class FollowingResults:
     def _write(self, stop: int | None) -> None:
         if stop is not None and stop <= self._next:
             return
-        for chunk in row_columns(self._rows.conn, _STORED, _ROW_GROUP, self._next, stop):
+        for chunk in row_columns(self._rows.conn, _STORED, _CHUNK, self._next, stop):
             self._out.write(chunk)
             self._next = chunk[-1][0] + 1
 
