@@ -4,9 +4,10 @@
    `--answer-words` words (180: about 1.2 KB of text, 1.6 KB of response JSON), C in
    flight, latency L. Five times a second: the runner's RSS (VmRSS) and the rows the
    simulator answered; the export's share is the time from the last answer to
-   results.parquet in place (the file follows the job; the end writes its tail). After it: peak RSS (VmHWM),
-   RSS at each tenth of the rows, rows/s in each tenth (from the checkpoint's per-second
-   timeline, i.e. committed rows), checkpoint and results.parquet bytes per row.
+   results.parquet in place (the file follows the job; the end writes its tail). After
+   it: peak RSS (VmHWM), RSS at each tenth of the rows, rows/s in each tenth (from the
+   checkpoint's per-second timeline, i.e. committed rows), checkpoint and results.parquet
+   bytes per row.
 2. **The commands that read it.** `runner status --json`, `runner export`, `runner report`
    on the finished checkpoint: wall, CPU and peak RSS of each.
 3. **Resumes.** The checkpoint cut back to the rows of the first 90 %, 50 % and 10 % of the

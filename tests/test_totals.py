@@ -99,12 +99,23 @@ def seen_by_store(store: Store) -> dict[str, Any]:
 
 def check(store: Store) -> None:
     assert store.kept_totals() == store.recount()
+    final = [seq for (seq,) in store.db.execute(
+        "SELECT seq FROM rows WHERE status IN ('succeeded', 'failed')")]  # fmt: skip
+    blocks: dict[int, int] = {}
+    for seq in final:
+        blocks[seq >> 12] = blocks.get(seq >> 12, 0) + 1
+    assert sorted(store.done_blocks()) == sorted(blocks.items())
+    total = max(final, default=0) + 1
+    bits = store.done_bitmap(total)
+    assert [s for s in range(total) if bits[s >> 3] >> (s & 7) & 1] == sorted(final)
     assert seen_by_store(store) == expected(store.db.conn)
     assert store.total_cost() == expected(store.db.conn)["sums"]["cost_nano"]
 
 
 # -- in process: every write path, in random orders ------------------------------------------
 
+# Twelve seqs over five blocks of 4,096 (the `blocks` the resume reads).
+_seq = st.integers(0, 11).map(lambda k: k * 1500)
 _outcome = st.builds(
     lambda seq, cid, model, status, cost, tokens, key, cut: Outcome(
         seq=seq,
@@ -118,7 +129,7 @@ _outcome = st.builds(
         response=_cut(cut) if status == "succeeded" else None,
         key_fp=key,
     ),
-    seq=st.integers(0, 11),
+    seq=_seq,
     # ids collide across seqs at times: a REPLACE then drops the other row as well
     cid=st.integers(0, 13),
     model=st.sampled_from([None, "glm-4", "glm-4.5-air"]),
@@ -130,9 +141,9 @@ _outcome = st.builds(
 )
 _op = st.one_of(
     st.tuples(st.just("record"), st.lists(_outcome, min_size=1, max_size=6)),
-    st.tuples(st.just("archive"), st.lists(st.integers(0, 11), max_size=4, unique=True)),
-    st.tuples(st.just("discard"), st.lists(st.integers(0, 11), max_size=3)),
-    st.tuples(st.just("update"), st.integers(0, 11)),
+    st.tuples(st.just("archive"), st.lists(_seq, max_size=4, unique=True)),
+    st.tuples(st.just("discard"), st.lists(_seq, max_size=3)),
+    st.tuples(st.just("update"), _seq),
     st.tuples(st.just("reopen"), st.just(None)),
 )
 
@@ -187,6 +198,7 @@ def test_merged_shards_and_an_old_checkpoint_are_counted(tmp_path: Path) -> None
     # A checkpoint from before the totals: they are summed once, when it is opened to write.
     with conn:
         conn.execute("DROP TABLE totals")
+        conn.execute("DROP TABLE blocks")
         for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
             conn.execute(f"DROP TRIGGER {name}")
     store.close()
@@ -195,6 +207,18 @@ def test_merged_shards_and_an_old_checkpoint_are_counted(tmp_path: Path) -> None
     old.record([Outcome(seq=6, custom_id="s6", model="m", status="succeeded", cost_nano=1)])
     check(old)
     old.close()
+
+
+def test_whole_blocks_and_their_ragged_edges(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite")
+    store.record([Outcome(seq=i, custom_id=f"c{i}", status="succeeded") for i in range(9000)])
+    store.record([Outcome(seq=9000, custom_id="c9000", status="submitted")])
+    check(store)  # blocks 0 and 1 whole, 2 ragged
+    store.discard([5, 4100])
+    check(store)
+    bits = store.done_bitmap(9001)
+    assert bits[0] == 0xFF - (1 << 5) and not bits[9000 >> 3] >> (9000 & 7) & 1
+    store.close()
 
 
 # -- as a user runs it: kill -9, resume, retry ------------------------------------------------

@@ -127,7 +127,8 @@ def merge_legacy(store: Store, out: Path, windows: list[SpecWindow]) -> None:
                     f"SELECT seq + ?, {names} FROM shard.rows",
                     [window.first_seq],
                 )
-                store.add_totals_of("shard.rows")  # status reads the totals, not the rows
+                # status reads the totals, not the rows; a resume the blocks
+                store.add_totals_of("shard.rows", window.first_seq)
         except sqlite3.OperationalError:
             pass  # a shard that never got as far as its schema has nothing to merge
         finally:

@@ -17,7 +17,7 @@ from ..outcome import COLUMNS, Outcome
 from .batches import BATCH_COLUMNS, BatchTables
 from .opening import Claims, advice, connect_read_only, row_columns
 from .sql import Database
-from .totals import Totals, add_tally, tally, totals_triggers
+from .totals import BLOCK, Totals, add_blocks, add_tally, tally, totals_triggers
 from .uploads import UploadTables
 
 __all__ = ["REOPEN_CODES", "TERMINAL", "Store"]
@@ -27,8 +27,6 @@ TERMINAL = ("succeeded", "failed")
 # task_max_age, or its files could not be downloaded.
 REOPEN_CODES = ("task_timeout", "download_failed")
 
-# done_bitmap counts rows per block of 2**_BLOCK seqs.
-_BLOCK = 12
 # How long a commit waits for a lock another process holds (a backup, a sqlite3 shell).
 _BUSY_MS = 5000
 
@@ -217,6 +215,7 @@ class Store(BatchTables, Totals, UploadTables):
             with conn:
                 conn.executemany(self._insert_sql, values)
                 add_tally(conn, lines)
+                add_blocks(conn, outcomes)
         except sqlite3.OperationalError as exc:
             raise CheckpointError(
                 f"cannot write checkpoint {self.path}: {exc}. Nothing after the last commit "
@@ -276,23 +275,20 @@ class Store(BatchTables, Totals, UploadTables):
             yield int(seq)
 
     def done_bitmap(self, total: int) -> bytearray:
-        """A bit per spec row, set when the row is terminal: O(rows/8) memory for resume.
+        """A bit per spec row, set when the row is final: O(rows/8) memory for resume.
 
-        Counted per block of 4,096 seqs first, in SQL over the status index, so the blocks
-        that are wholly done (all of them but a ragged edge, in a resumed job) are filled
-        without handing each row to Python: 0.12 s instead of 0.47 s for 500,000 rows.
+        The kept `blocks` say how many rows of each block of 4,096 seqs are final, so the
+        blocks that are wholly done (all but a ragged edge, in a resumed job) are filled
+        without reading a row; only the others are read, by seq.
         """
         bits = bytearray((max(total, 0) + 8) // 8)
-        size = 1 << _BLOCK
+        size = 1 << BLOCK
         ragged = []
-        for block, n in self.db.execute(
-            f"SELECT seq >> {_BLOCK}, COUNT(*) FROM rows "
-            "WHERE status IN ('succeeded', 'failed') GROUP BY 1"
-        ):
-            lo = int(block) << _BLOCK
+        for block, n in self.done_blocks():
+            lo = block << BLOCK
             if n == size and lo + size <= total:  # seq is the key: every seq of it is there
                 bits[lo >> 3 : (lo + size) >> 3] = b"\xff" * (size >> 3)
-            else:
+            elif lo < total:
                 ragged.append(lo)
         for lo in ragged:
             for (seq,) in self.db.execute(

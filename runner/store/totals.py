@@ -32,9 +32,11 @@ if TYPE_CHECKING:
     from ..outcome import Outcome
 
 __all__ = [
+    "BLOCK",
     "NO_MODEL",
     "TOTALS_SCHEMA",
     "Totals",
+    "add_blocks",
     "message_shape",
     "tally",
     "totals_triggers",
@@ -115,6 +117,47 @@ def _change(r: str, kind: str, sign: str) -> str:
     )
 
 
+# `blocks`: per block of 2**BLOCK seqs, how many of its rows are final (succeeded or
+# failed), kept as `totals` is, so that a resume finds the done rows of ten million from a
+# few thousand lines instead of a scan of the status index (1.8 s at ten million).
+BLOCK = 12
+BLOCKS_SCHEMA = "CREATE TABLE blocks (block INTEGER PRIMARY KEY, done INTEGER NOT NULL)"
+_FINAL = "('succeeded', 'failed')"
+_ADD_BLOCKS = (
+    "INSERT INTO blocks (block, done) VALUES (?, ?) "
+    "ON CONFLICT (block) DO UPDATE SET done = done + excluded.done"
+)
+
+
+def _block_change(r: str, sign: str) -> str:
+    """SQL: count (sign '') or uncount ('-') row `r` in its block, if it is final (an
+    upsert even to uncount, as in `_change`)."""
+    return (
+        f"INSERT INTO blocks (block, done) SELECT {r}.seq >> {BLOCK}, {sign}1 "
+        f"WHERE {r}.status IN {_FINAL} "
+        "ON CONFLICT (block) DO UPDATE SET done = done + excluded.done"
+    )
+
+
+def _blocks_sql(table: str, offset: int) -> str:
+    """SQL: the lines of `blocks` that the rows of `table` make, their seqs moved by
+    `offset` (a shard's own seqs start at 0)."""
+    return (
+        f"SELECT (seq + {int(offset)}) >> {BLOCK}, COUNT(*) FROM {table} "
+        f"WHERE status IN {_FINAL} GROUP BY 1"
+    )
+
+
+def add_blocks(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> None:
+    """Count a batch's final rows in their blocks, inside the caller's transaction."""
+    counts: dict[int, int] = {}
+    for o in outcomes:
+        if o.status == "succeeded" or o.status == "failed":
+            b = o.seq >> BLOCK
+            counts[b] = counts.get(b, 0) + 1
+    conn.executemany(_ADD_BLOCKS, counts.items())
+
+
 def totals_triggers(table: str) -> list[str]:
     """The triggers that keep `totals` right when rows of `table` ("rows" or "attempts")
     change other than by `Store.record`: a delete (a REPLACE's too, with recursive_triggers
@@ -126,6 +169,13 @@ def totals_triggers(table: str) -> list[str]:
         f"CREATE TRIGGER IF NOT EXISTS totals_{table}_update AFTER UPDATE ON {table} "
         f"BEGIN {_change('OLD', kind, '-')}; {_change('NEW', kind, '')}; END",
     ]
+    if table == "rows":
+        out += [
+            f"CREATE TRIGGER IF NOT EXISTS blocks_rows_delete AFTER DELETE ON rows "
+            f"BEGIN {_block_change('OLD', '-')}; END",
+            f"CREATE TRIGGER IF NOT EXISTS blocks_rows_update AFTER UPDATE ON rows "
+            f"BEGIN {_block_change('OLD', '-')}; {_block_change('NEW', '')}; END",
+        ]
     if table == "attempts":
         out.append(
             f"CREATE TRIGGER IF NOT EXISTS totals_{table}_insert AFTER INSERT ON {table} "
@@ -245,19 +295,36 @@ class Totals:
                 conn.execute(TOTALS_SCHEMA)
                 tables = [t for t in ("rows", "attempts") if t in names]
                 conn.execute(f"INSERT INTO totals {recount_sql(tables)}")
+            if "blocks" not in names:
+                conn.execute(BLOCKS_SCHEMA)
+                if "rows" in names:
+                    conn.execute(f"INSERT INTO blocks {_blocks_sql('rows', 0)}")
             for table in ("rows", "attempts"):
                 if table in names:
                     for sql in totals_triggers(table):
                         conn.execute(sql)
 
-    def add_totals_of(self, table: str) -> None:
+    def add_totals_of(self, table: str, seq_offset: int = 0) -> None:
         """Add the rows of `table` (a shard's, just copied into `rows` by one INSERT ...
-        SELECT, which `record` never saw) to `totals`, inside the caller's transaction."""
+        SELECT, which `record` never saw) to `totals` and `blocks`, inside the caller's
+        transaction; `seq_offset` moves the table's seqs to the job's."""
         sets = ", ".join(f"{s} = {s} + excluded.{s}" for s in _SUMS)
         self.db.conn.execute(
             f"INSERT INTO totals {_sum_sql(table, 'row')} "
             f"ON CONFLICT ({', '.join(_KEYS)}) DO UPDATE SET {sets}"
         )
+        self.db.conn.execute(
+            f"INSERT INTO blocks {_blocks_sql(table, seq_offset)} "
+            "ON CONFLICT (block) DO UPDATE SET done = done + excluded.done"
+        )
+
+    def done_blocks(self) -> list[tuple[int, int]]:
+        """(block, final rows in it) for blocks with any, as kept; summed from the rows
+        where the checkpoint has no `blocks` (read-only, from before them)."""
+        sql = "SELECT block, done FROM blocks WHERE done > 0"
+        if "blocks" not in self.db.table_names():
+            sql = _blocks_sql("rows", 0)
+        return [(int(b), int(n)) for b, n in self.db.execute(sql)]
 
     def recount(self) -> list[tuple[Any, ...]]:
         """The lines `totals` should hold, summed from the rows (and attempts) themselves,
