@@ -84,6 +84,7 @@ EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 CHECKPOINT = "checkpoint.sqlite"
 RESULTS = "results.parquet"
 MARKS = "spec.marks"
+IDENTITY = "spec.identity"
 
 
 @dataclass
@@ -104,8 +105,13 @@ def results_path(out: Path) -> Path:
 
 
 def marks_path(out: Path) -> Path:
-    """Where a spec in a bucket is marked for a resume to seek (spec.reader.count_lines)."""
+    """Where the spec is marked for a resume to seek (spec.reader.count_lines)."""
     return out / MARKS
+
+
+def identity_path(out: Path) -> Path:
+    """Where a local spec's digest is kept with its version (spec.reader.spec_fingerprint)."""
+    return out / IDENTITY
 
 
 def count_rows(path: Path, marks: Path | None = None) -> int:
@@ -137,7 +143,7 @@ def check_spec(settings: Settings) -> str:
         window = settings.window
         if window is not None and window.digest is not None:
             return _check_window(spec, window)
-        fingerprint = spec_fingerprint(spec)
+        fingerprint = spec_fingerprint(spec, identity_path(settings.out))
         if settings.strict and settings.window is None:
             report = validate_spec(spec, settings.spec_defaults())
             if report.invalid:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -606,3 +608,70 @@ def test_validate_caps_stored_errors(tmp_path: Path) -> None:
     assert (report.total, report.valid, report.invalid, len(report.errors)) == (1006, 1, 1005, 1000)
     assert "... and 5 more invalid rows not shown" in report.render()
     assert report.to_json()["errors_truncated"] is True
+
+
+# --- a resume of a big local spec: marks to seek to, the digest kept with the version ---------
+
+
+def _read(path: Path, skip: bytearray, marks: Path | None) -> list[tuple[Any, ...]]:
+    got = []
+    for batch in read_spec(path, skip=skip, marks=marks, max_line_bytes=200):
+        got += [(r.seq, r.line, getattr(r, "custom_id", None), str(r)) for r in batch]
+    return got
+
+
+def test_a_local_resume_seeks_past_done_rows_to_the_same_rows(tmp_path: Path) -> None:
+    """The count leaves marks; a resume starts at the last one before its first pending
+    row and yields what reading from byte 0 yields (blank lines, CRLF, an over-long line
+    and a BOM included); marks of a file written since are ignored."""
+    from runner.spec import count_lines
+    from runner.spec.reader import _resume_mark
+
+    lines = [b"\xef\xbb\xbf" + json.dumps({"custom_id": "m0", "messages": []}).encode()]
+    for i in range(1, 400):
+        body = {"custom_id": f"m{i}", "body": {"model": "glm-4", "prompt": "x" * (i % 37)}}
+        line = json.dumps(body).encode()
+        lines.append(line + b"\r" if i % 5 == 0 else line)
+        if i % 11 == 0:
+            lines.append(b"   ")
+    lines[123] = b'{"custom_id": "long", "body": "' + b"y" * 300 + b'"}'
+    spec = tmp_path / "m.jsonl"
+    spec.write_bytes(b"\n".join(lines) + b"\n")
+    marks = tmp_path / "spec.marks"
+    n = count_lines(spec, marks, every=2048)
+    assert n == count_lines(spec)
+    for done_upto in (0, 1, 57, 200, 333, n):
+        skip = bytearray((n + 7) // 8)
+        for seq in [*range(done_upto), done_upto + 3, n - 1]:
+            if seq < n:
+                skip[seq >> 3] |= 1 << (seq & 7)
+        assert _read(spec, skip, marks) == _read(spec, skip, None)
+        start = _resume_mark(spec, marks, skip)
+        if done_upto >= 57:
+            assert start is not None and 0 < start[0] <= done_upto and start[1] > 2048
+    os.utime(spec, ns=(0, spec.stat().st_mtime_ns + 1))  # written again: another version
+    assert _resume_mark(spec, marks, b"\xff") is None
+
+
+def test_a_resume_takes_the_digest_kept_with_the_specs_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = tmp_path / "s.jsonl"
+    spec.write_bytes(b'{"messages": []}\n' * 100)
+    known = tmp_path / "spec.identity"
+    spec_fingerprint(spec, known)
+    assert not known.exists()  # written this instant: it may change within the same mtime
+    os.utime(spec, (time.time() - 60, time.time() - 60))
+    digest = spec_fingerprint(spec, known)
+    assert digest == hashlib.sha256(spec.read_bytes()).hexdigest() == spec_fingerprint(spec)
+    assert known.read_text().split()[1] == digest
+
+    def unread(*_: Any) -> None:
+        raise AssertionError("the spec was read again")
+
+    monkeypatch.setattr(hashlib, "file_digest", unread)
+    assert spec_fingerprint(spec, known) == digest  # same size, mtime and inode: not read
+    monkeypatch.undo()
+    spec.write_bytes(b'{"messages": [1]}\n' * 100)  # changed: read again
+    assert spec_fingerprint(spec, known) == hashlib.sha256(spec.read_bytes()).hexdigest()
+    assert spec_fingerprint(spec, known) != digest
