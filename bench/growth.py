@@ -303,6 +303,9 @@ def main() -> None:
     else:
         compile_runner()
         spec = write_spec(WORK / f"spec-growth-{n}.jsonl", n, "growth", max_tokens=1024)
+        # As a spec written before its job starts: one written in the last two seconds is
+        # read again at every start to check it (spec.reader._settled).
+        os.utime(spec, (time.time() - 60, time.time() - 60))
         out = WORK / "jobs" / f"growth-{n}-{stamp}"
         pin = _pin(0, args.no_pin)
         logs = WORK / "logs" / f"sim-growth-{n}"

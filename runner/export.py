@@ -6,7 +6,9 @@ Both stream the store in chunks, so exporting a million rows holds one chunk in 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import ctypes
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,25 @@ _GROUP_ROWS = 1 << 16
 _STATISTICS = [
     n for n in RESULT_SCHEMA.names if n not in ("response", "error_message", "artifacts")
 ]
+
+
+def _trimmer() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+    except (AttributeError, OSError):  # not glibc: no per-thread arenas to trim
+        return None
+
+
+_TRIM = _trimmer() if sys.platform.startswith("linux") else None
+
+
+def _give_back_memory() -> None:
+    """Return what a written group freed. Arrow's allocator keeps freed pages for reuse,
+    and so does glibc in an arena per thread: the file is written from whichever worker
+    thread is free, and a million-row run held 50 MB more than it used."""
+    pa.default_memory_pool().release_unused()
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def _table(chunk: list[tuple[Any, ...]], earlier: dict[int, tuple[int, int]]) -> pa.Table:
@@ -150,6 +171,8 @@ class _ResultsFile:
         self._group, self._group_bytes, self._group_rows = [], 0, 0
         with self._failing():
             self._writer.write_table(group, row_group_size=len(group))
+        del group
+        _give_back_memory()
 
     def abandon(self) -> None:
         with contextlib.suppress(OSError):

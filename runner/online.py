@@ -35,59 +35,62 @@ FOLLOW_EVERY = 2.0
 
 async def run_online(start: JobStart, make_lanes: Callable[..., Lanes] = Lanes) -> JobResult:
     store, total = start.store, start.total
-    async with open_run(start) as run:
-        async with run.store_lock:  # the timeline may be writing already
-            # Async tasks from earlier runs: 'submitting' ones fail as submit_unknown, the
-            # rest are polled again; the reader must not send any of them.
-            open_rows = prepare_resume(store)
-            done = store.done_bitmap(total)
-            already = int.from_bytes(done, "little").bit_count()
-            for row in open_rows:
-                seq = int(row["seq"])
-                if seq < total:
-                    already -= row["status"] == "failed"  # reopened: counted when done
-                    done[seq >> 3] |= 1 << (seq & 7)
-            # Rows a server-side batch may still answer (and bill) are not sent online.
-            held = [int(row["seq"]) for row in open_rows]
-            for seq in store.open_batch_seqs():
-                held.append(seq)
-                if seq < total:
-                    done[seq >> 3] |= 1 << (seq & 7)
-            earlier = store.earlier_attempts()
-        run.counters.already_done = already
-        live, control = run.settings, run.control
-        ctx = JobContext(
-            live, run.transport, run.prices, run.counters, control, run.budget, run.accounts
-        )
-        results_send, results_recv = anyio.create_memory_object_stream[Outcome](4096)
-        store_lock = run.store_lock  # the writer's, the task commits' and the timeline's
-        ctx.agent_files = AgentFiles(live, store, store_lock, control)
-        tasks = Tasks(ctx, store, store_lock, run.job_id)
-        following = anyio.CancelScope()
-        async with anyio.create_task_group() as work:
-            work.start_soon(_writer, store, results_recv, run.counters, live, store_lock)
-            if live.window is None:  # a shard's rows go to the driver, which writes the file
-                work.start_soon(_follow_results, run, total, held, earlier, following)
-            with run.work_scope:
-                # Pollers run in lanes_tg, so the job waits for them; the downloader in
-                # `tasks` closes only after they are done.
-                async with tasks, anyio.create_task_group() as lanes_tg:
-                    lanes = make_lanes(ctx, results_send, lanes_tg, submit_task=tasks.submit)
-                    run.lanes = lanes
-                    tasks.start(lanes_tg, results_send, open_rows)
-                    reader_scope = anyio.CancelScope()
-                    control.on_stop(reader_scope.cancel)
-                    with reader_scope:
-                        await _read(live, live.spec_defaults(), done, lanes, store)
-                    lanes.close()
-            following.cancel()
-            # If the lanes were cancelled (hard stop), the writer still owns its stream.
-            results_send.close()
+    run: Run | None = None
     try:
+        async with open_run(start) as run:
+            async with run.store_lock:  # the timeline may be writing already
+                # Async tasks from earlier runs: 'submitting' ones fail as submit_unknown, the
+                # rest are polled again; the reader must not send any of them.
+                open_rows = prepare_resume(store)
+                done = store.done_bitmap(total)
+                already = int.from_bytes(done, "little").bit_count()
+                for row in open_rows:
+                    seq = int(row["seq"])
+                    if seq < total:
+                        already -= row["status"] == "failed"  # reopened: counted when done
+                        done[seq >> 3] |= 1 << (seq & 7)
+                held = [int(row["seq"]) for row in open_rows]  # results.parquet waits for them
+                # Rows a server-side batch may still answer (and bill) are not sent online.
+                for seq in store.open_batch_seqs():
+                    held.append(seq)
+                    if seq < total:
+                        done[seq >> 3] |= 1 << (seq & 7)
+                earlier = store.earlier_attempts()
+            run.counters.already_done = already
+            live, control = run.settings, run.control
+            ctx = JobContext(
+                live, run.transport, run.prices, run.counters, control, run.budget, run.accounts
+            )
+            results_send, results_recv = anyio.create_memory_object_stream[Outcome](4096)
+            store_lock = run.store_lock  # the writer's, the task commits' and the timeline's
+            ctx.agent_files = AgentFiles(live, store, store_lock, control)
+            tasks = Tasks(ctx, store, store_lock, run.job_id)
+            following = anyio.CancelScope()
+            async with anyio.create_task_group() as work:
+                work.start_soon(_writer, store, results_recv, run.counters, live, store_lock)
+                if live.window is None:  # a shard's rows go to the driver, which writes the file
+                    work.start_soon(_follow_results, run, total, held, earlier, following)
+                with run.work_scope:
+                    # Pollers run in lanes_tg, so the job waits for them; the downloader in
+                    # `tasks` closes only after they are done.
+                    async with tasks, anyio.create_task_group() as lanes_tg:
+                        lanes = make_lanes(ctx, results_send, lanes_tg, submit_task=tasks.submit)
+                        run.lanes = lanes
+                        tasks.start(lanes_tg, results_send, open_rows)
+                        reader_scope = anyio.CancelScope()
+                        control.on_stop(reader_scope.cancel)
+                        with reader_scope:
+                            await _read(live, live.spec_defaults(), done, lanes, store)
+                        lanes.close()
+                following.cancel()
+                # If the lanes were cancelled (hard stop), the writer still owns its stream.
+                results_send.close()
         return await close_run(run)
     finally:
-        if run.results is not None:  # finished, or left by an error: no temp file stays
-            await anyio.to_thread.run_sync(run.results.abandon)
+        # Finished, or left by an error anywhere in the run: no temp file stays behind.
+        if run is not None and run.results is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(run.results.abandon)
 
 
 async def _follow_results(
