@@ -50,7 +50,6 @@ from .spec import (
     validate_spec,
     window_digest,
 )
-from .storage import is_url
 from .store import REOPEN_CODES, Store
 
 if TYPE_CHECKING:
@@ -118,21 +117,14 @@ def count_rows(path: Path, marks: Path | None = None) -> int:
     """Rows in the spec, for progress and `pending`, without parsing them.
 
     A JSONL row is a line that is not blank; Parquet says its row count in the footer.
-    A JSONL object in a bucket leaves resume marks in `marks` as it is counted.
+    A JSONL spec leaves resume marks in `marks` as it is counted.
     """
     if path.suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
         with open_spec(path) as f:
             return int(pq.ParquetFile(f).metadata.num_rows)
-    if is_url(path):
-        return count_lines(path, marks)
-    n = 0
-    with path.open("rb") as f:
-        for line in f:
-            if line.strip():
-                n += 1
-    return n
+    return count_lines(path, marks)
 
 
 def check_spec(settings: Settings) -> str:
@@ -143,6 +135,9 @@ def check_spec(settings: Settings) -> str:
         window = settings.window
         if window is not None and window.digest is not None:
             return _check_window(spec, window)
+        # The folder now, so that a first run keeps the digest for its resumes too.
+        with contextlib.suppress(OSError):
+            settings.out.mkdir(parents=True, exist_ok=True)
         fingerprint = spec_fingerprint(spec, identity_path(settings.out))
         if settings.strict and settings.window is None:
             report = validate_spec(spec, settings.spec_defaults())
