@@ -331,7 +331,8 @@ async def test_hostile_custom_ids_land_inside_artifacts(tmp_path: Path) -> None:
     assert top == {"spec.jsonl", "out"}
     files = {p.relative_to(out).parts[0] for p in out.rglob("*") if p.is_file()}
     assert files <= {ARTIFACTS_DIR, "checkpoint.sqlite", "checkpoint.sqlite-wal",
-                     "checkpoint.sqlite-shm", "checkpoint.lock", "results.parquet"}  # fmt: skip
+                     "checkpoint.sqlite-shm", "checkpoint.lock", "results.parquet",
+                     "spec.marks", "spec.identity"}  # fmt: skip
     assert not [p for p in (out / ARTIFACTS_DIR).rglob("*") if p.is_dir()]
 
 
