@@ -111,7 +111,7 @@ def spec_fingerprint(path: Path, known: Path | None = None) -> str:
     `known` (a job's spec.identity) keeps a local file's digest beside its size, mtime and
     inode as they were before it was read: a resume whose file still has them takes the
     digest from there instead of reading gigabytes again (1.2 s for ten million rows).
-    A file written since has another mtime, and is read (`_settled`).
+    A file written since has another mtime, and is read.
     """
     if is_url(path):
         from .. import storage
@@ -122,32 +122,34 @@ def spec_fingerprint(path: Path, known: Path | None = None) -> str:
             raise SpecError(str(exc)) from exc
         if tag is not None:
             return hashlib.sha256(f"object:{tag}".encode()).hexdigest()
-    version = _version_now(path) if known is not None else None
-    if known is not None and version is not None:
-        try:
-            saved = known.read_text(encoding="utf-8").split()
-        except OSError:
-            saved = []
-        if len(saved) == 2 and saved[0] == version:
-            return saved[1]
+    if known is None:
+        return _digest(path)
     try:
-        with open_spec(path) as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()  # type: ignore[arg-type]
-    except OSError as exc:
-        raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
-    if known is not None and version is not None and known.parent.is_dir() and _settled(path):
+        st = os.stat(path)  # the version before the read: a write during it changes it
+    except OSError:
+        return _digest(path)
+    version = _local_version(st)
+    try:
+        saved = known.read_text(encoding="utf-8").split()
+    except OSError:
+        saved = []
+    if len(saved) == 2 and saved[0] == version:
+        return saved[1]
+    digest = _digest(path)
+    # A file written within the clock tick of its version could be written again with the
+    # same size and mtime: one as new as two seconds is read at every start (git does the
+    # same with files as new as its index).
+    if known.parent.is_dir() and time.time_ns() - st.st_mtime_ns > 2_000_000_000:
         _write_whole(known, [version, digest])
     return digest
 
 
-def _settled(path: Path) -> bool:
-    """Written more than two seconds ago. A file written within the clock tick of its
-    version could be written again with the same size and mtime: such a file is read
-    at every start, as git does with files as new as its index."""
+def _digest(path: Path) -> str:
     try:
-        return time.time_ns() - os.stat(path).st_mtime_ns > 2_000_000_000
-    except OSError:
-        return False
+        with open_spec(path) as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()  # type: ignore[arg-type]
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
 
 
 def _local_version(st: os.stat_result) -> str:
