@@ -6,9 +6,7 @@ Both stream the store in chunks, so exporting a million rows holds one chunk in 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import pyarrow.parquet as pq
 
 from .cost import NANO
 from .errors import CheckpointError
+from .heap import trim
 from .store import FinishedRows, Store
 from .store.opening import row_columns
 
@@ -81,23 +80,12 @@ _STATISTICS = [
 ]
 
 
-def _trimmer() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
-    except (AttributeError, OSError):  # not glibc: no per-thread arenas to trim
-        return None
-
-
-_TRIM = _trimmer() if sys.platform.startswith("linux") else None
-
-
 def _give_back_memory() -> None:
     """Return what a written group freed. Arrow's allocator keeps freed pages for reuse,
     and so does glibc in an arena per thread: the file is written from whichever worker
     thread is free, and a million-row run held 50 MB more than it used."""
     pa.default_memory_pool().release_unused()
-    if _TRIM is not None:
-        _TRIM(0)
+    trim()
 
 
 def _table(chunk: list[tuple[Any, ...]], earlier: dict[int, tuple[int, int]]) -> pa.Table:

@@ -15,10 +15,13 @@ grew with the job was the largest part of a 10M-row run's RSS.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import sqlite3
 from array import array
 from collections.abc import Iterator
+
+from ..heap import trim
 
 __all__ = ["IdSet"]
 
@@ -124,10 +127,13 @@ class IdSet:
         db.execute("DELETE FROM stage")
         db.execute("COMMIT")
         self._spilled += self._size
-        size = len(self._slots)
-        del self._slots  # before the new table: one 8 MiB table at a time
-        self._slots = _zeros(size)  # the same size: no regrowing
+        # Emptied in place: a new table at each spill left the old one's 8 MiB free but
+        # resident in glibc's heap (46 -> 54 MB at the second spill).
+        address, length = self._slots.buffer_info()
+        ctypes.memset(address, 0, length * self._slots.itemsize)
         self._size = 0
+        # The sort's buffers and the rows' Python objects, freed (a few MB a spill).
+        trim()
 
 
 def _probes(key: int) -> tuple[int, int]:
