@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import re
 import signal
 import sqlite3
@@ -22,6 +24,7 @@ from simproc import SimProcess
 from runner.cli import cli
 from runner.progress import Counters
 from runner.report.data import load_report, percentile
+from runner.report.sketch import LatencySketch
 from runner.report.timeline import Recorder
 
 KEY = "report-test-key-5b1c9e"
@@ -69,6 +72,39 @@ def test_recorder_turns_counter_samples_into_per_second_rows() -> None:
 def test_percentile_is_nearest_rank() -> None:
     values = list(range(1, 101))
     assert (percentile(values, 50), percentile(values, 99), percentile([], 50)) == (50, 99, None)
+
+
+def test_latency_sketch_is_within_half_a_percent_of_the_exact_percentiles() -> None:
+    rng = random.Random(7)
+    values = [rng.lognormvariate(-1.5, 1.2) for _ in range(20_000)] + [0.00001, 3600.0]
+    sketch = LatencySketch()
+    for v in values:
+        sketch.add(v)
+    ordered = sorted(values)
+    for q in (1, 50, 90, 99, 99.9, 100):
+        exact = max(percentile(ordered, q) or 0, 1e-4)
+        assert abs((sketch.percentile(q) or 0) / exact - 1) <= 0.005, q
+    # The page's histogram: what counting each value in ten bins a decade gives.
+    counts: dict[int, int] = {}
+    for v in values:
+        k = math.floor(math.log10(max(v, 1e-4)) * 10)
+        counts[k] = counts.get(k, 0) + 1
+    hist = sketch.histogram()
+    lo = min(counts)
+    assert hist["counts"] == [counts.get(lo + i, 0) for i in range(max(counts) - lo + 1)]
+    assert (
+        hist["edges"][0] == round(10 ** (lo / 10), 6)
+        and len(hist["edges"]) == len(hist["counts"]) + 1
+    )
+    assert sketch.count == len(values) and sketch.max == 3600.0
+
+
+def test_latency_sketch_is_exact_for_values_all_alike() -> None:
+    sketch = LatencySketch()
+    assert (sketch.percentile(50), sketch.histogram()) == (None, {"edges": [], "counts": []})
+    for _ in range(3):
+        sketch.add(0.523)
+    assert [sketch.percentile(q) for q in (1, 50, 100)] == [0.523] * 3
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ import math
 import shlex
 import sqlite3
 import time
-from array import array
 from collections import defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +26,7 @@ from ..settings import Settings
 from ..spec import ASYNC_ENDPOINTS
 from ..store.totals import NO_MODEL
 from . import timeline
+from .sketch import LatencySketch
 
 __all__ = ["LIVE_SECONDS", "MAX_POINTS", "load_report", "percentile"]
 
@@ -350,49 +349,33 @@ def _latencies(conn: sqlite3.Connection, span: dict[str, Any]) -> dict[str, Any]
     """Percentiles over time and a log-binned histogram of synchronous rows' latency."""
     width = max(1.0, math.ceil((span["end"] - span["start"]) / LATENCY_POINTS))
     t0, w, n = _buckets(span, width)
-    per: list[array[float]] = [array("d") for _ in range(n)]
-    every = array("d")
-    first = array("d")  # answered at the first attempt: the platform's own latency
+    per = [LatencySketch() for _ in range(n)]
+    every = LatencySketch()
+    first = LatencySketch()  # answered at the first attempt: the platform's own latency
     for finished, latency, attempts in conn.execute(
         "SELECT finished_at, latency_s, attempts FROM rows WHERE status IN "
         "('succeeded', 'failed') AND attempts > 0 AND latency_s IS NOT NULL "
         f"AND finished_at IS NOT NULL AND NOT ({_ASYNC_SQL})",
         _ASYNC_ARGS,
     ):
-        per[min(n - 1, max(0, int((finished - t0) // w)))].append(latency)
-        every.append(latency)
+        per[min(n - 1, max(0, int((finished - t0) // w)))].add(latency)
+        every.add(latency)
         if attempts == 1:
-            first.append(latency)
-    ordered = sorted(every)
+            first.add(latency)
     qs = (50, 90, 99)
     over_time: dict[str, list[float | None]] = {f"p{q}": [] for q in qs}
-    for values in per:
-        s = sorted(values)
+    for sketch in per:
         for q in qs:
-            p = percentile(s, q)
+            p = sketch.percentile(q)
             over_time[f"p{q}"].append(None if p is None else round(p, 4))
     return {
-        "count": len(ordered),
-        **{f"p{q}": percentile(ordered, q) for q in qs},
-        "first_attempt_p50": percentile(sorted(first), 50),
+        "count": every.count,
+        **{f"p{q}": every.percentile(q) for q in qs},
+        "first_attempt_p50": first.percentile(50),
         "t": [t0 + i * w for i in range(n)],
         "series": over_time,
-        "histogram": _log_histogram(ordered),
+        "histogram": every.histogram(),
     }
-
-
-def _log_histogram(ordered: Iterable[float], per_decade: int = 10) -> dict[str, Any]:
-    """Counts in log-spaced bins (latencies span milliseconds to minutes)."""
-    values = [max(v, 1e-4) for v in ordered]
-    if not values:
-        return {"edges": [], "counts": []}
-    lo = math.floor(math.log10(values[0]) * per_decade)
-    hi = math.floor(math.log10(values[-1]) * per_decade) + 1
-    counts = [0] * (hi - lo)
-    for v in values:
-        counts[min(hi - lo - 1, math.floor(math.log10(v) * per_decade) - lo)] += 1
-    edges = [round(10 ** (k / per_decade), 6) for k in range(lo, hi + 1)]
-    return {"edges": edges, "counts": counts}
 
 
 def _configured_cap(settings: dict[str, Any], models: list[str]) -> int:
@@ -432,23 +415,24 @@ def _tier(
 
 def _tasks(conn: sqlite3.Connection) -> dict[str, Any]:
     """Async tasks: submit to done (latency_s covers the submit and every poll)."""
-    rows = conn.execute(
-        f"SELECT latency_s, status FROM rows WHERE ({_ASYNC_SQL}) "
+    sketch = LatencySketch()
+    for (latency,) in conn.execute(
+        f"SELECT latency_s FROM rows WHERE ({_ASYNC_SQL}) "
         "AND status IN ('succeeded', 'failed') AND latency_s IS NOT NULL",
         _ASYNC_ARGS,
-    ).fetchall()
+    ):
+        sketch.add(float(latency))
     (open_,) = conn.execute(
         f"SELECT COUNT(*) FROM rows WHERE ({_ASYNC_SQL}) AND status IN ('submitting', 'submitted')",
         _ASYNC_ARGS,
     ).fetchone()
-    ordered = sorted(float(r[0]) for r in rows)
     return {
-        "count": len(ordered),
+        "count": sketch.count,
         "open": int(open_),
-        "p50": percentile(ordered, 50),
-        "p90": percentile(ordered, 90),
-        "max": ordered[-1] if ordered else None,
-        "histogram": _log_histogram(ordered),
+        "p50": sketch.percentile(50),
+        "p90": sketch.percentile(90),
+        "max": sketch.max if sketch.count else None,
+        "histogram": sketch.histogram(),
     }
 
 
