@@ -28,6 +28,7 @@ load average is recorded beside each phase.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -69,6 +70,25 @@ def _rss_mb(pid: int) -> float:
     except (OSError, ValueError):
         pass
     return 0.0
+
+
+def _hwm_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # a child is listed under its thread
+        with contextlib.suppress(OSError, ValueError):
+            kids += [int(p) for p in (task / "children").read_text().split()]
+    return kids
 
 
 def _received(stats: dict[str, Any]) -> int:
@@ -120,6 +140,8 @@ def watched_run(sim: Sim, spec: Path, out: Path, n: int, c: int, pin: list[str])
     child = Child([*pin, *tool_argv("runner", spec, sim.base_url, c, out)],
                   log=WORK / "logs" / f"growth-{n}", env=ENV)  # fmt: skip
     samples: list[tuple[float, float, int]] = []
+    # The results writer runs beside the job in a child process: its RSS counts too.
+    writer_peak = both_peak = 0.0
     export_at = exported_at = None
     final = out / "results.parquet"
     while child.poll() is None:
@@ -128,7 +150,11 @@ def watched_run(sim: Sim, spec: Path, out: Path, n: int, c: int, pin: list[str])
             served = _served(sim.stats())
         except TimeoutError:  # a simulator busy past the timeout: keep the last count
             served = samples[-1][2] if samples else 0
-        samples.append((t, _rss_mb(child.pid), served))
+        rss = _rss_mb(child.pid)
+        samples.append((t, rss, served))
+        kids = _children(child.pid)
+        writer_peak = max([writer_peak, *(_hwm_mb(k) for k in kids)])
+        both_peak = max(both_peak, rss + sum(_rss_mb(k) for k in kids))
         # results.parquet follows the job, so what the job's end adds is the time from the
         # last answer to the file in place.
         if export_at is None and served >= n:
@@ -159,6 +185,11 @@ def watched_run(sim: Sim, spec: Path, out: Path, n: int, c: int, pin: list[str])
         "peak_rss_mb": round(done.maxrss_mb, 1),
         "peak_rss_run_mb": round(max(during_run, default=0), 1),
         "peak_rss_export_mb": round(max(during_export, default=0), 1),
+        "peak_rss_writer_mb": round(writer_peak, 1),
+        # Runner and writer at the same moment (sampled), and the sum of their own peaks (a
+        # bound: the two need not peak together).
+        "peak_rss_together_mb": round(both_peak, 1),
+        "peak_rss_sum_mb": round(done.maxrss_mb + writer_peak, 1),
         "rss_at_tenths_mb": rss_at,
         "rows_per_s_tenths": [round(r) for r in rates],
         "last_over_first": round(rates[-1] / rates[0], 3),
@@ -170,6 +201,8 @@ def watched_run(sim: Sim, spec: Path, out: Path, n: int, c: int, pin: list[str])
         "response_bytes_per_row": round(answer or 0),
         "results_bytes_per_row": round(final.stat().st_size / n) if final.exists() else None,
         "load": [load0, _load()],
+        # (seconds, RSS MB, rows answered) about once a second: the curve behind the tenths.
+        "samples": [[round(t, 1), round(r, 1), k] for t, r, k in samples[::5]],
     }
     res["export_share"] = round(res["export_s"] / done.wall_s, 3) if res["export_s"] else None
     return res
@@ -312,7 +345,8 @@ def main() -> None:
         with Sim(args.latency, c, log=logs, ledger_ids=False, no_pin=args.no_pin) as sim:
             sim.configure(answer_words=args.answer_words)
             data["run"] = run = watched_run(sim, spec, out, n, c, pin)
-            print(f"run: {json.dumps(run)}", flush=True)
+            print(f"run: {json.dumps({k: v for k, v in run.items() if k != 'samples'})}",
+                  flush=True)  # fmt: skip
             data["readers"] = readers(out)
             print(f"readers: {json.dumps(data['readers'])}", flush=True)
             if not args.no_resume:

@@ -18,13 +18,13 @@ from .errors import (
     RunnerError,
     UsageError,
 )
-from .job import JobResult, run_job
-from .settings import RetryConfig, Settings
 
 if TYPE_CHECKING:
     # Since moto joined the dev extra, mypy reports these as redefined (cause not found);
     # they are not: the names exist here for type checking only (see __getattr__).
     from .generation import agenerate, generate  # type: ignore[no-redef]
+    from .job import JobResult, run_job
+    from .settings import RetryConfig, Settings
 
 __all__ = [
     "BudgetExceeded",
@@ -47,11 +47,22 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # generate and agenerate import pyarrow, which `runner run` needs only at the end (to
-    # export), so they load on first use.
-    if name in ("generate", "agenerate"):
-        from . import generation
+# Loaded on first use: generate and agenerate import pyarrow, which `runner run` needs only
+# to export; the job's modules are most of the 17 MB that importing the package cost a
+# process that needs only part of it (the results writer beside a job).
+_LAZY = {
+    "generate": "generation",
+    "agenerate": "generation",
+    "run_job": "job",
+    "JobResult": "job",
+    "Settings": "settings",
+    "RetryConfig": "settings",
+}
 
-        return getattr(generation, name)
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,7 @@ Both stream the store in chunks, so exporting a million rows holds one chunk in 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,28 +184,27 @@ class FollowingResults:
 
     At a million rows the export after the last answer took 8 s, a tenth of the job. Here
     the rows go to the file in spec order as soon as every row before them is final:
-    `follow` (blocking, for a worker thread) writes what is ready, on a read-only
-    connection of its own beside the job's writer. `finish` writes the rest, whatever its
-    status, and puts the file in place: the same file the export writes.
+    `follow` writes what is ready, on a read-only connection of its own beside the job's
+    writer (in the process `results_writer` starts beside the job). `close` writes the
+    rest, whatever its status, and puts the file in place: the same file the export writes.
 
-    Rows that an earlier run left open (`held`: async tasks polled again, rows a batch may
-    still answer) may change in this run, so the file stops short of the first of them
-    until `finish`. A write that fails (disk full) stops the following; `finish` then
-    exports from the start and reports it.
+    Rows that an earlier run left open (async tasks polled again, rows a batch may still
+    answer) may change in this run, so the file stops short of the first of them (`stop`)
+    until `close`. A write that fails (disk full) stops the following; `close` then raises,
+    and the job exports from the start instead.
     """
 
     def __init__(
         self,
         checkpoint: Path,
         path: Path,
-        total: int,
-        held: Iterable[int] = (),
+        stop: int,
         earlier: dict[int, tuple[int, int]] | None = None,
     ) -> None:
         self._rows = FinishedRows(checkpoint)
         self._out = _ResultsFile(path, earlier or {})
         self._next = 0  # the first seq not in the file
-        self._stop = min(held, default=total)
+        self._stop = stop
         self.failed = False
 
     @property
@@ -222,10 +221,11 @@ class FollowingResults:
         except CheckpointError:
             self.failed = True
 
-    def finish(self, store: Store) -> int:
+    def close(self) -> int:
+        """Write the rest, whatever its status, and put the file in place."""
         try:
             if self.failed:
-                return write_results_parquet(store, self._out.path)
+                raise CheckpointError(f"{self._out.path}: an earlier write failed")
             self._write(None)
             return self._out.close()
         finally:

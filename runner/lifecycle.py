@@ -54,8 +54,8 @@ from .store import REOPEN_CODES, Store
 
 if TYPE_CHECKING:
     from .attend import Attendant
-    from .export import FollowingResults
     from .pool import Lanes
+    from .results_writer import ResultsWriter
 
 __all__ = [
     "CHECKPOINT",
@@ -349,7 +349,7 @@ class Run:
     # The online worker pool, once the mode made it (the metrics read its limiters).
     lanes: Lanes | None = None
     # results.parquet as the job goes, where the mode writes it so (online.py).
-    results: FollowingResults | None = None
+    results: ResultsWriter | None = None
 
 
 @contextlib.asynccontextmanager
@@ -411,8 +411,6 @@ async def close_run(run: Run) -> JobResult:
     no file disagrees with it. The next run that ends writes it, and so does
     `runner export OUT -o FILE` at any time.
     """
-    from .export import write_results_parquet  # pyarrow: loaded only when it is needed
-
     store = run.store
     store.record_keys(run.accounts.states())
     target = results_path(run.settings.out)
@@ -423,6 +421,8 @@ async def close_run(run: Run) -> JobResult:
     elif run.results is not None:
         await anyio.to_thread.run_sync(run.results.finish, store)
     else:
+        from .export import write_results_parquet  # pyarrow: loaded only when it is needed
+
         await anyio.to_thread.run_sync(write_results_parquet, store, target)
     result = finish_run(run.settings, store, run.run_id, run.control, run.counters, store.summary())
     if isinstance(run.control.reason, Interrupted):

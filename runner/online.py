@@ -29,7 +29,9 @@ from .tasks import Tasks, prepare_resume
 
 __all__ = ["run_online"]
 
-# How often results.parquet takes the rows that became final (and when it starts).
+# When results.parquet starts to follow the job, and how often it takes the rows that
+# became final since.
+FOLLOW_FROM = 5.0
 FOLLOW_EVERY = 2.0
 
 
@@ -49,13 +51,13 @@ async def run_online(start: JobStart, make_lanes: Callable[..., Lanes] = Lanes) 
                     if seq < total:
                         already -= row["status"] == "failed"  # reopened: counted when done
                         done[seq >> 3] |= 1 << (seq & 7)
-                held = [int(row["seq"]) for row in open_rows]  # results.parquet waits for them
+                # results.parquet stops short of the first row an earlier run left open.
+                stop = min((int(row["seq"]) for row in open_rows), default=total)
                 # Rows a server-side batch may still answer (and bill) are not sent online.
                 for seq in store.open_batch_seqs():
-                    held.append(seq)
+                    stop = min(stop, seq)
                     if seq < total:
                         done[seq >> 3] |= 1 << (seq & 7)
-                earlier = store.earlier_attempts()
             run.counters.already_done = already
             live, control = run.settings, run.control
             ctx = JobContext(
@@ -69,7 +71,7 @@ async def run_online(start: JobStart, make_lanes: Callable[..., Lanes] = Lanes) 
             async with anyio.create_task_group() as work:
                 work.start_soon(_writer, store, results_recv, run.counters, live, store_lock)
                 if live.window is None:  # a shard's rows go to the driver, which writes the file
-                    work.start_soon(_follow_results, run, total, held, earlier, following)
+                    work.start_soon(_follow_results, run, stop, following)
                 with run.work_scope:
                     # Pollers run in lanes_tg, so the job waits for them; the downloader in
                     # `tasks` closes only after they are done.
@@ -93,25 +95,20 @@ async def run_online(start: JobStart, make_lanes: Callable[..., Lanes] = Lanes) 
                 await anyio.to_thread.run_sync(run.results.abandon)
 
 
-async def _follow_results(
-    run: Run,
-    total: int,
-    held: list[int],
-    earlier: dict[int, tuple[int, int]],
-    scope: anyio.CancelScope,
-) -> None:
-    """results.parquet written as rows become final (export.FollowingResults); `close_run`
-    writes the tail. It starts a few seconds in, so pyarrow loads off the start-up path."""
+async def _follow_results(run: Run, stop: int, scope: anyio.CancelScope) -> None:
+    """results.parquet written as rows become final, by a process beside the job
+    (results_writer.py); `close_run` has it write the tail. It starts a few seconds in: a
+    job that ends sooner exports at its end, in less time than a process takes to start."""
     with scope:
-        await anyio.sleep(FOLLOW_EVERY)
-        from .export import FollowingResults
+        await anyio.sleep(FOLLOW_FROM)
+        from .results_writer import ResultsWriter
 
         target = results_path(run.settings.out)
 
-        def make() -> FollowingResults:
-            return FollowingResults(run.store.path, target, total, held, earlier)
+        def make() -> ResultsWriter:
+            return ResultsWriter(run.store.path, target, stop)
 
-        # Shielded: once made it is kept, for close_run to finish or drop.
+        # Shielded: once started it is kept, for close_run to finish or drop.
         with anyio.CancelScope(shield=True):
             results = run.results = await anyio.to_thread.run_sync(make)
         while True:

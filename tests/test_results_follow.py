@@ -23,6 +23,7 @@ from runner import run_job
 from runner.errors import CheckpointError
 from runner.export import FollowingResults, write_results_parquet
 from runner.outcome import Outcome
+from runner.results_writer import ResultsWriter
 from runner.sim import SimConfig, Simulator
 from runner.store import Store
 
@@ -48,7 +49,7 @@ def test_the_file_takes_final_rows_in_order_and_ends_as_the_export(tmp_path: Pat
     store.record([_outcome(s) for s in range(total) if s not in (5000, 7000)])
     store.record([_outcome(7000, "submitted")])
     target = tmp_path / "results.parquet"
-    follower = FollowingResults(store.path, target, total, held=[8000], earlier={3: (2, 500)})
+    follower = FollowingResults(store.path, target, stop=8000, earlier={3: (2, 500)})
     follower.follow()  # the rows before the gap at 5000
     assert follower.written == 5000 and not target.exists()
     store.record([_outcome(5000)])
@@ -57,7 +58,7 @@ def test_the_file_takes_final_rows_in_order_and_ends_as_the_export(tmp_path: Pat
     store.record([_outcome(7000)])
     follower.follow()  # up to 8000, held (an earlier run's open row may still change)
     assert follower.written == 8000
-    assert follower.finish(store) == total
+    assert follower.close() == total
     assert not (tmp_path / "results.parquet.tmp").exists()
     exported = tmp_path / "export.parquet"
     write_results_parquet(store, exported)
@@ -70,26 +71,45 @@ def test_the_file_takes_final_rows_in_order_and_ends_as_the_export(tmp_path: Pat
     store.close()
 
 
-def test_a_failed_write_stops_following_and_the_end_says_so(tmp_path: Path) -> None:
+def test_a_failed_write_stops_following_and_the_job_exports_instead(tmp_path: Path) -> None:
     store = Store(tmp_path / "checkpoint.sqlite")
     long = '"' + "x" * 8000 + '"'  # 5,000 of these fill a row group: it goes to the disk
     store.record([replace(_outcome(s), response=long) for s in range(5000)])
     target = tmp_path / "results.parquet"
-    follower = FollowingResults(store.path, target, 5000)
-    # A disk that fills: files of this process may not grow past 64 KiB (EFBIG, not a signal).
+    # A disk that fills: files may not grow past 64 KiB (EFBIG, not a signal: an ignored
+    # signal stays ignored in the writer's process too).
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, limit[1]))
     try:
-        follower.follow()
-        assert follower.failed and not (tmp_path / "results.parquet.tmp").exists()
+        writer = ResultsWriter(store.path, target, 5000)
+        writer.follow()
+        assert writer.failed and not (tmp_path / "results.parquet.tmp").exists()
         with pytest.raises(CheckpointError, match="Every result is safe in the checkpoint"):
-            follower.finish(store)  # it exports from the start, and meets the full disk again
+            writer.finish(store)  # it exports from the start, and meets the full disk again
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limit)
         signal.signal(signal.SIGXFSZ, old)
     assert not target.exists() and not (tmp_path / "results.parquet.tmp").exists()
-    assert write_results_parquet(store, target) == 5000
+    writer = ResultsWriter(store.path, target, 5000)  # room again: the writer's own file
+    writer.follow()
+    assert writer.written == 5000 and not target.exists()
+    assert writer.finish(store) == 5000 and len(_rows(target)) == 5000
+    store.close()
+
+
+def test_the_writer_drops_its_file_when_the_job_is_gone(tmp_path: Path) -> None:
+    """The writer's input closes with the job, however it ends (here: never told)."""
+    store = Store(tmp_path / "checkpoint.sqlite")
+    store.record([_outcome(s) for s in range(3000)])
+    writer = ResultsWriter(store.path, tmp_path / "results.parquet", 3000)
+    writer.follow()
+    assert writer.written == 3000 and (tmp_path / "results.parquet.tmp").exists()
+    proc = writer._proc
+    assert proc is not None
+    writer.abandon()
+    assert proc.returncode == 0 and not list(tmp_path.glob("results.parquet*"))
+    writer.abandon()  # twice: nothing left to do
     store.close()
 
 
@@ -97,15 +117,16 @@ def test_a_failed_write_stops_following_and_the_end_says_so(tmp_path: Path) -> N
 async def test_a_job_writes_its_results_as_it_goes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(runner.online, "FOLLOW_FROM", 0.05)
     monkeypatch.setattr(runner.online, "FOLLOW_EVERY", 0.05)
     seen: list[int] = []
-    follow = FollowingResults.follow
+    follow = ResultsWriter.follow
 
-    def spy(self: FollowingResults) -> None:
+    def spy(self: ResultsWriter) -> None:
         follow(self)
         seen.append(self.written)
 
-    monkeypatch.setattr(FollowingResults, "follow", spy)
+    monkeypatch.setattr(ResultsWriter, "follow", spy)
     n = 6000
     spec = write_spec(tmp_path / "spec.jsonl", [chat_row(i) for i in range(n)])
     out = tmp_path / "out"
@@ -153,3 +174,39 @@ def test_a_stopped_run_leaves_no_results_file(tmp_path: Path) -> None:
         rows = _rows(out / "results.parquet")
         assert len(rows) == 4000 and {r["status"] for r in rows} == {"succeeded"}
         assert [r["line"] for r in rows] == list(range(1, 4001))
+
+
+def _writers_of(out: Path) -> list[int]:
+    """Processes whose command line names the job's folder."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(out).encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_a_killed_job_leaves_no_writer_and_no_temp_file(tmp_path: Path) -> None:
+    spec = h.write_spec(
+        tmp_path / "spec.jsonl", [h.chat_line(f"r{i}", f"q {i}") for i in range(4000)]
+    )
+    out = tmp_path / "out"
+    with SimProcess("--latency", "0.2") as sim:
+        proc = subprocess.Popen(
+            h.runner_cmd(spec, out, sim.base_url, "--concurrency", "50"),
+            env=h.runner_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        tmp = out / "results.parquet.tmp"
+        deadline = time.monotonic() + 30
+        while not tmp.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tmp.exists() and len(_writers_of(out)) == 2  # the job and its writer
+        proc.kill()
+        proc.wait(30)
+        deadline = time.monotonic() + 30
+        while (tmp.exists() or _writers_of(out)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not tmp.exists() and _writers_of(out) == []

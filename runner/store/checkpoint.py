@@ -15,7 +15,7 @@ import orjson
 from ..errors import CheckpointError
 from ..outcome import COLUMNS, Outcome
 from .batches import BATCH_COLUMNS, BatchTables
-from .opening import Claims, advice, connect_read_only, row_columns
+from .opening import Claims, advice, connect_read_only, earlier_attempts, row_columns
 from .sql import Database
 from .totals import BLOCK, Totals, add_blocks, add_tally, tally, totals_triggers
 from .uploads import UploadTables
@@ -371,15 +371,7 @@ class Store(BatchTables, Totals, UploadTables):
 
     def earlier_attempts(self) -> dict[int, tuple[int, int]]:
         """seq -> (requests sent, cost in nano-units) of rows' superseded attempts."""
-        if "attempts" not in self.db.table_names():
-            return {}
-        return {
-            int(seq): (int(n or 0), int(cost or 0))
-            for seq, n, cost in self.db.execute(
-                "SELECT seq, SUM(COALESCE(attempts, 1)), SUM(COALESCE(cost_nano, 0)) "
-                "FROM attempts GROUP BY seq"
-            )
-        }
+        return earlier_attempts(self.db.conn)
 
     def get(self, custom_id: str) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM rows WHERE custom_id = ?", [custom_id]))

@@ -12,7 +12,14 @@ from typing import Any
 
 from ..outcome import COLUMNS
 
-__all__ = ["Claims", "FinishedRows", "advice", "connect_read_only", "row_columns"]
+__all__ = [
+    "Claims",
+    "FinishedRows",
+    "advice",
+    "connect_read_only",
+    "earlier_attempts",
+    "row_columns",
+]
 
 
 def advice(exc: sqlite3.DatabaseError, path: Path) -> str:
@@ -141,5 +148,23 @@ class FinishedRows:
             end += 1
         return end
 
+    def earlier_attempts(self) -> dict[int, tuple[int, int]]:
+        """seq -> (requests sent, cost in nano-units) of rows' superseded attempts."""
+        return earlier_attempts(self.conn)
+
     def close(self) -> None:
         self.conn.close()
+
+
+def earlier_attempts(conn: sqlite3.Connection) -> dict[int, tuple[int, int]]:
+    """seq -> (requests sent, cost in nano-units) of rows' superseded attempts (`runner
+    retry` keeps them in `attempts`)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'attempts'").fetchone():
+        return {}
+    return {
+        int(seq): (int(n or 0), int(cost or 0))
+        for seq, n, cost in conn.execute(
+            "SELECT seq, SUM(COALESCE(attempts, 1)), SUM(COALESCE(cost_nano, 0)) "
+            "FROM attempts GROUP BY seq"
+        )
+    }
