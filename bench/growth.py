@@ -20,6 +20,7 @@
 
     python bench/growth.py --rows 1000000 --concurrency 2000 --latency 0.02
     python bench/growth.py --rows 1000000 --commits
+    python bench/growth.py --rows 1000000 --keep-response answer  # the checkpoint's answers
 
 Prints the figures and writes them to bench/out/growth-*.json. The machine is shared: the
 load average is recorded beside each phase.
@@ -135,9 +136,11 @@ def committed_rates(out: Path, n: int) -> list[float]:
     return _tenths(times, counts, n)
 
 
-def watched_run(sim: Sim, spec: Path, out: Path, n: int, c: int, pin: list[str]) -> dict[str, Any]:
+def watched_run(
+    sim: Sim, spec: Path, out: Path, n: int, c: int, pin: list[str], extra: list[str]
+) -> dict[str, Any]:
     load0 = _load()
-    child = Child([*pin, *tool_argv("runner", spec, sim.base_url, c, out)],
+    child = Child([*pin, *tool_argv("runner", spec, sim.base_url, c, out), *extra],
                   log=WORK / "logs" / f"growth-{n}", env=ENV)  # fmt: skip
     samples: list[tuple[float, float, int]] = []
     # The results writer runs beside the job in a child process: its RSS counts too.
@@ -323,13 +326,15 @@ def main() -> None:
     p.add_argument("--no-resume", action="store_true", help="Skip the resumes.")
     p.add_argument("--keep", action="store_true", help="Keep the job folder.")
     p.add_argument("--no-pin", action="store_true")
+    p.add_argument("--keep-response", choices=["full", "answer"], default="full")
     args = p.parse_args()
     for sub in ("jobs", "logs"):
         (WORK / sub).mkdir(parents=True, exist_ok=True)
     n, c = args.rows, args.concurrency
     stamp = time.strftime("%Y%m%d-%H%M%S")
     data: dict[str, Any] = {"rows": n, "concurrency": c, "latency": args.latency,
-                            "answer_words": args.answer_words, "argv": sys.argv[1:]}  # fmt: skip
+                            "answer_words": args.answer_words, "argv": sys.argv[1:],
+                            "keep_response": args.keep_response}  # fmt: skip
     if args.commits:
         data["commits"] = commit_curve(n, args.answer_words)
         print(json.dumps(data["commits"]), flush=True)
@@ -344,7 +349,8 @@ def main() -> None:
         logs = WORK / "logs" / f"sim-growth-{n}"
         with Sim(args.latency, c, log=logs, ledger_ids=False, no_pin=args.no_pin) as sim:
             sim.configure(answer_words=args.answer_words)
-            data["run"] = run = watched_run(sim, spec, out, n, c, pin)
+            extra = ["--keep-response", args.keep_response]
+            data["run"] = run = watched_run(sim, spec, out, n, c, pin, extra)
             print(f"run: {json.dumps({k: v for k, v in run.items() if k != 'samples'})}",
                   flush=True)  # fmt: skip
             data["readers"] = readers(out)

@@ -203,10 +203,43 @@ def usage_of(endpoint: str, body: dict[str, Any]) -> Usage:
     return Usage(prompt, completion, cached, total, images, videos, uses)
 
 
-def parse_success(endpoint: str, raw: bytes, body: dict[str, Any]) -> Parsed:
+# What `keep_response="answer"` keeps of an answer (Settings.keep_response).
+KEEP_RESPONSE = ("full", "answer")
+_ANSWER = ("role", "content", "tool_calls")
+
+
+def answer_only(body: dict[str, Any]) -> str | None:
+    """A chat completion's ids and choices (the message's role, content and tool calls,
+    and why it ended), without the rest: usage is in columns of its own, and the reasoning
+    of a thinking model is often most of the answer's bytes. None: not a chat completion's
+    shape, kept whole."""
+    choices = body.get("choices")
+    if not isinstance(choices, list):
+        return None
+    kept = []
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+            return None
+        message = {k: choice["message"][k] for k in _ANSWER if k in choice["message"]}
+        kept.append(
+            {
+                "index": choice.get("index", i),
+                "finish_reason": choice.get("finish_reason"),
+                "message": message,
+            }
+        )
+    # The ids are what the platform's support asks for.
+    ids = {k: body[k] for k in ("id", "request_id") if k in body}
+    return orjson.dumps({**ids, "choices": kept}).decode()
+
+
+def parse_success(endpoint: str, raw: bytes, body: dict[str, Any], keep: str = "full") -> Parsed:
+    """`keep`: "answer" stores a chat completion's choices alone (`answer_only`)."""
     usage = usage_of(endpoint, body)
     failure: RowError | None = None
-    text = raw.decode("utf-8", "replace")
+    text = (keep == "answer" and endpoint == "chat/completions" and answer_only(body)) or (
+        raw.decode("utf-8", "replace")
+    )
     if endpoint == "audio/transcriptions":
         # AudioTranscriptionResponse: the transcript is `text`. The spec gives the answer no
         # `usage`, though the official SDK's type for it has one: read it when it is there.

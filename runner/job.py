@@ -15,6 +15,7 @@ from typing import TypeVar, cast
 import anyio
 
 from .attend import attend
+from .endpoints import KEEP_RESPONSE
 from .errors import CheckpointError, UsageError
 from .lifecycle import (
     EXIT_FAILED_ROWS,
@@ -61,6 +62,10 @@ async def run_job(
     fingerprint = await anyio.to_thread.run_sync(check_spec, settings)
     if settings.mode not in ("online", "batch"):
         raise UsageError(f"unknown mode {settings.mode!r}: use 'online' or 'batch'")
+    if settings.keep_response not in KEEP_RESPONSE:
+        raise UsageError(
+            f"unknown keep_response {settings.keep_response!r}: use 'full' or 'answer'"
+        )
     with folder_lock(settings.out):
         store = Store(checkpoint_path(settings.out))
         try:

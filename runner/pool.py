@@ -462,7 +462,7 @@ class Lanes:
             status, raw, answer, attempts = await self.call_with_retry(
                 lane, self.ctx.path(req.endpoint), payload, sent
             )
-            parsed = parse_success(req.endpoint, raw, answer)
+            parsed = parse_success(req.endpoint, raw, answer, self.ctx.settings.keep_response)
             cost = self.ctx.prices.cost(req.model, parsed.usage) if parsed.priced else None
             actual = cost or 0
             failure, artifacts = parsed.failure, None

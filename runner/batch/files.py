@@ -235,7 +235,7 @@ def _line_outcome(
     status = status_code if isinstance(status_code, int) else 0
     if status == 200 and isinstance(body, dict) and "error" not in body:
         text = orjson.dumps(body)
-        parsed = parse_success(batch["endpoint"], text, body)
+        parsed = parse_success(batch["endpoint"], text, body, settings.keep_response)
         return _outcome(
             seq,
             line_no,

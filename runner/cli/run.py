@@ -148,6 +148,12 @@ def _execute(settings: Settings, engine: dict[str, Any] | None = None) -> None:
     help="MiB of request bodies with local files held at once (default 128): bounds memory "
     "whatever the concurrency and file sizes.",
 )
+@click.option(
+    "--keep-response",
+    type=click.Choice(["full", "answer"]),
+    help="full (default): keep each answer's body as it came; answer: a chat completion's "
+    "ids and choices alone (no usage or reasoning), for a smaller checkpoint and results.",
+)
 @click.option("--no-download", is_flag=True, default=None, help="Don't download artifacts.")
 @click.option(
     "--mode",
