@@ -105,13 +105,16 @@ async def _follow_results(run: Run, stop: int, scope: anyio.CancelScope) -> None
 
         target = results_path(run.settings.out)
 
-        def make() -> ResultsWriter:
-            return ResultsWriter(run.store.path, target, stop)
+        def make() -> ResultsWriter | None:
+            try:
+                return ResultsWriter(run.store.path, target, stop)
+            except OSError:  # no process to be had (limits, no interpreter path): the end exports
+                return None
 
         # Shielded: once started it is kept, for close_run to finish or drop.
         with anyio.CancelScope(shield=True):
             results = run.results = await anyio.to_thread.run_sync(make)
-        while True:
+        while results is not None:
             await anyio.to_thread.run_sync(results.follow)
             await anyio.sleep(FOLLOW_EVERY)
 

@@ -143,6 +143,26 @@ async def test_a_job_writes_its_results_as_it_goes(
     assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.anyio
+async def test_a_writer_that_cannot_start_leaves_the_export_to_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner.online, "FOLLOW_FROM", 0.01)
+
+    def refused(*args: object) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(ResultsWriter, "__init__", refused)
+    spec = write_spec(tmp_path / "spec.jsonl", [chat_row(i) for i in range(2000)])
+    out = tmp_path / "out"
+    async with Simulator(SimConfig(latency=0.01)) as sim:
+        result = await run_job(
+            settings_for(out, spec, sim.base_url, concurrency=20), handle_signals=False
+        )
+    assert result.exit_code == 0, result.message
+    assert len(_rows(out / "results.parquet")) == 2000
+
+
 def test_a_stopped_run_leaves_no_results_file(tmp_path: Path) -> None:
     """SIGTERM after the file began: the run ends without it (the checkpoint holds every
     result; the next run that ends writes it), and no temp file stays behind."""
