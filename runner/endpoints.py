@@ -234,7 +234,7 @@ def answer_only(body: dict[str, Any]) -> str | None:
 
 
 def parse_success(endpoint: str, raw: bytes, body: dict[str, Any], keep: str = "full") -> Parsed:
-    """`keep`: "answer" stores a chat completion's choices alone (`answer_only`)."""
+    """`keep`: "answer" stores a chat completion's ids and choices alone (`answer_only`)."""
     usage = usage_of(endpoint, body)
     failure: RowError | None = None
     text = (keep == "answer" and endpoint == "chat/completions" and answer_only(body)) or (

@@ -41,8 +41,8 @@ _CHILD = (
 
 
 class ResultsWriter:
-    """The parent's handle on the child: the interface of `FollowingResults`, blocking
-    (call it from a worker thread)."""
+    """The job's handle on the child: `follow`, then `finish` or `abandon`. Each blocks
+    until the child answers: call them from a worker thread."""
 
     def __init__(self, checkpoint: Path, path: Path, stop: int) -> None:
         """`stop`: the file stops short of this seq until `finish` (an earlier run's open
@@ -87,7 +87,7 @@ class ResultsWriter:
             proc.stdin.write(command.encode() + b"\n")
             proc.stdin.flush()
             line = proc.stdout.readline().decode().split(maxsplit=1)
-        except (BrokenPipeError, ValueError):  # gone; a closed pipe is a ValueError
+        except (OSError, ValueError):  # gone (EPIPE); a closed pipe is a ValueError
             line = []
         if not line or line[0] == "failed":
             self.failed = True
@@ -107,10 +107,11 @@ class ResultsWriter:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            self._drop_temp()
         proc.stdout.close()
+        self._drop_temp()  # a child that was killed or crashed left it (a finished one did not)
 
     def _drop_temp(self) -> None:
+        # The name export._ResultsFile writes to (not imported: it would load pyarrow here).
         with contextlib.suppress(OSError):
             self.path.with_suffix(".parquet.tmp").unlink(missing_ok=True)
 
