@@ -163,23 +163,30 @@ async def test_a_writer_that_cannot_start_leaves_the_export_to_the_end(
     assert len(_rows(out / "results.parquet")) == 2000
 
 
-def test_a_stopped_run_leaves_no_results_file(tmp_path: Path) -> None:
-    """SIGTERM after the file began: the run ends without it (the checkpoint holds every
-    result; the next run that ends writes it), and no temp file stays behind."""
+def _job_writing_results(tmp_path: Path, sim: SimProcess) -> subprocess.Popen[bytes]:
+    """`runner run` of 4,000 rows into tmp_path/out, once its results file has begun."""
     spec = h.write_spec(
         tmp_path / "spec.jsonl", [h.chat_line(f"r{i}", f"q {i}") for i in range(4000)]
     )
     out = tmp_path / "out"
+    proc = subprocess.Popen(
+        h.runner_cmd(spec, out, sim.base_url, "--concurrency", "50"),
+        env=h.runner_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    tmp = out / "results.parquet.tmp"
+    deadline = time.monotonic() + 30
+    while not tmp.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tmp.exists()  # the writer has begun
+    return proc
+
+
+def test_a_stopped_run_leaves_no_results_file(tmp_path: Path) -> None:
+    """SIGTERM after the file began: the run ends without it (the checkpoint holds every
+    result; the next run that ends writes it), and no temp file stays behind."""
+    out, tmp = tmp_path / "out", tmp_path / "out" / "results.parquet.tmp"
     with SimProcess("--latency", "0.2") as sim:
-        proc = subprocess.Popen(
-            h.runner_cmd(spec, out, sim.base_url, "--concurrency", "50"),
-            env=h.runner_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        tmp = out / "results.parquet.tmp"
-        deadline = time.monotonic() + 30
-        while not tmp.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert tmp.exists()  # the follower has begun
+        proc = _job_writing_results(tmp_path, sim)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 3, err
@@ -210,20 +217,10 @@ def _writers_of(out: Path) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
 def test_a_killed_job_leaves_no_writer_and_no_temp_file(tmp_path: Path) -> None:
-    spec = h.write_spec(
-        tmp_path / "spec.jsonl", [h.chat_line(f"r{i}", f"q {i}") for i in range(4000)]
-    )
-    out = tmp_path / "out"
+    out, tmp = tmp_path / "out", tmp_path / "out" / "results.parquet.tmp"
     with SimProcess("--latency", "0.2") as sim:
-        proc = subprocess.Popen(
-            h.runner_cmd(spec, out, sim.base_url, "--concurrency", "50"),
-            env=h.runner_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        tmp = out / "results.parquet.tmp"
-        deadline = time.monotonic() + 30
-        while not tmp.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert tmp.exists() and len(_writers_of(out)) == 2  # the job and its writer
+        proc = _job_writing_results(tmp_path, sim)
+        assert len(_writers_of(out)) == 2  # the job and its writer
         proc.kill()
         proc.wait(30)
         deadline = time.monotonic() + 30
