@@ -3,10 +3,9 @@
 Following the job inside its own process (export.FollowingResults on a worker thread) cost
 that process pyarrow, a row group of up to 32 MB in Arrow, and the churn of turning
 checkpoint rows into Python objects and then Arrow: 70-100 MB of a million-row job's RSS,
-more as the job grew (the writer's footer, arenas left fragmented), and a thread that took
-the GIL from the event loop for 7 s a million rows. A child process holds all of that
-instead; the job's process keeps the engine alone, and the child's memory goes back whole
-when it ends.
+and a thread that took the GIL from the event loop for 7 s a million rows. A child process
+holds all of that instead; the job's process keeps the engine alone, and the child's memory
+goes back whole when it ends.
 
 The child reads one command a line on stdin and answers one line on stdout:
 ``follow`` -> ``ok N`` (rows in the file so far); ``finish`` -> ``done N`` (the file is in
@@ -143,7 +142,7 @@ def _serve(checkpoint: Path, path: Path, stop: int, commands: IO[str], answers: 
             if command == "finish":
                 return
     finally:
-        follower.abandon()  # after close: only the read connection is left to close
+        follower.abandon()  # after `close`: nothing left to drop
 
 
 def main(argv: list[str]) -> None:
