@@ -26,6 +26,7 @@ from typing import IO
 
 from .errors import CheckpointError
 from .store import FinishedRows, Store
+from .store.opening import earlier_attempts
 
 __all__ = ["ResultsWriter"]
 
@@ -120,7 +121,7 @@ def _serve(checkpoint: Path, path: Path, stop: int, commands: IO[str], answers: 
 
     rows = FinishedRows(checkpoint)
     try:
-        earlier = rows.earlier_attempts()
+        earlier = earlier_attempts(rows.conn)
     finally:
         rows.close()
     follower = FollowingResults(checkpoint, path, stop, earlier=earlier)

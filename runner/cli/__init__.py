@@ -82,7 +82,8 @@ def main() -> None:
     # the job reached 0.97 of ideal instead of 0.95-0.96, with less CPU.
     gc.freeze()
     gc.set_threshold(*_GC_THRESHOLDS)
-    # Arrow's allocator for results.parquet, written while the job runs (export.py): with
+    # Arrow's allocator for results.parquet, written while the job runs by a process that
+    # inherits this environment (results_writer.py), or at its end in this one: with
     # jemalloc the pages of a written row group go back; the default (mimalloc) kept 40 MB
     # more through a million-row run. Set before pyarrow loads; a user's choice stands.
     # Linux only: the wheels for other systems may be built without it (Arrow would warn).

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..cost import format_total
+from ..endpoints import KEEP_RESPONSE
 from ..errors import CheckpointError, RunnerError, UsageError, redact
 from ..job import EXIT_STOPPED, EXIT_USAGE, checkpoint_path, run_job
 from ..keys import load_keys_file
@@ -150,7 +151,7 @@ def _execute(settings: Settings, engine: dict[str, Any] | None = None) -> None:
 )
 @click.option(
     "--keep-response",
-    type=click.Choice(["full", "answer"]),
+    type=click.Choice(KEEP_RESPONSE),
     help="full (default): keep each answer's body as it came; answer: a chat completion's "
     "ids and choices alone (no usage or reasoning), for a smaller checkpoint and results.",
 )

@@ -148,10 +148,6 @@ class FinishedRows:
             end += 1
         return end
 
-    def earlier_attempts(self) -> dict[int, tuple[int, int]]:
-        """seq -> (requests sent, cost in nano-units) of rows' superseded attempts."""
-        return earlier_attempts(self.conn)
-
     def close(self) -> None:
         self.conn.close()
 

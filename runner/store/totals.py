@@ -123,10 +123,8 @@ def _change(r: str, kind: str, sign: str) -> str:
 BLOCK = 12
 BLOCKS_SCHEMA = "CREATE TABLE blocks (block INTEGER PRIMARY KEY, done INTEGER NOT NULL)"
 _FINAL = "('succeeded', 'failed')"
-_ADD_BLOCKS = (
-    "INSERT INTO blocks (block, done) VALUES (?, ?) "
-    "ON CONFLICT (block) DO UPDATE SET done = done + excluded.done"
-)
+_TO_BLOCK = "ON CONFLICT (block) DO UPDATE SET done = done + excluded.done"
+_ADD_BLOCKS = f"INSERT INTO blocks (block, done) VALUES (?, ?) {_TO_BLOCK}"
 
 
 def _block_change(r: str, sign: str) -> str:
@@ -134,8 +132,7 @@ def _block_change(r: str, sign: str) -> str:
     upsert even to uncount, as in `_change`)."""
     return (
         f"INSERT INTO blocks (block, done) SELECT {r}.seq >> {BLOCK}, {sign}1 "
-        f"WHERE {r}.status IN {_FINAL} "
-        "ON CONFLICT (block) DO UPDATE SET done = done + excluded.done"
+        f"WHERE {r}.status IN {_FINAL} {_TO_BLOCK}"
     )
 
 
@@ -313,10 +310,7 @@ class Totals:
             f"INSERT INTO totals {_sum_sql(table, 'row')} "
             f"ON CONFLICT ({', '.join(_KEYS)}) DO UPDATE SET {sets}"
         )
-        self.db.conn.execute(
-            f"INSERT INTO blocks {_blocks_sql(table, seq_offset)} "
-            "ON CONFLICT (block) DO UPDATE SET done = done + excluded.done"
-        )
+        self.db.conn.execute(f"INSERT INTO blocks {_blocks_sql(table, seq_offset)} {_TO_BLOCK}")
 
     def done_blocks(self) -> list[tuple[int, int]]:
         """(block, final rows in it) for blocks with any, as kept; summed from the rows
