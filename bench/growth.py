@@ -62,26 +62,24 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def _rss_mb(pid: int) -> float:
+def _status_mb(pid: int, field: bytes) -> float:
+    """A size from /proc/PID/status (VmRSS, VmHWM, RssShmem), in MB; 0 once it is gone."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith(b"VmRSS:"):
+                if line.startswith(field + b":"):
                     return int(line.split()[1]) / 1024
     except (OSError, ValueError):
         pass
     return 0.0
+
+
+def _rss_mb(pid: int) -> float:
+    return _status_mb(pid, b"VmRSS")
 
 
 def _hwm_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return 0.0
+    return _status_mb(pid, b"VmHWM")
 
 
 def _children(pid: int) -> list[int]:
@@ -145,6 +143,10 @@ def watched_run(
     samples: list[tuple[float, float, int]] = []
     # The results writer runs beside the job in a child process: its RSS counts too.
     writer_peak = both_peak = 0.0
+    # The WAL, and the part of each process's RSS that is shared mappings: SQLite's WAL
+    # index (checkpoint.sqlite-shm) is mapped by both, and follows the WAL's largest size.
+    wal_peak = shm_peak = 0.0
+    wal = out / "checkpoint.sqlite-wal"
     export_at = exported_at = None
     final = out / "results.parquet"
     while child.poll() is None:
@@ -158,6 +160,9 @@ def watched_run(
         kids = _children(child.pid)
         writer_peak = max([writer_peak, *(_hwm_mb(k) for k in kids)])
         both_peak = max(both_peak, rss + sum(_rss_mb(k) for k in kids))
+        shm_peak = max(shm_peak, _status_mb(child.pid, b"RssShmem"))
+        with contextlib.suppress(OSError):
+            wal_peak = max(wal_peak, wal.stat().st_size / 1e6)
         # results.parquet follows the job, so what the job's end adds is the time from the
         # last answer to the file in place.
         if export_at is None and served >= n:
@@ -193,6 +198,8 @@ def watched_run(
         # bound: the two need not peak together).
         "peak_rss_together_mb": round(both_peak, 1),
         "peak_rss_sum_mb": round(done.maxrss_mb + writer_peak, 1),
+        "peak_rss_shared_mb": round(shm_peak, 1),
+        "peak_wal_mb": round(wal_peak, 1),
         "rss_at_tenths_mb": rss_at,
         "rows_per_s_tenths": [round(r) for r in rates],
         "last_over_first": round(rates[-1] / rates[0], 3),
