@@ -63,7 +63,7 @@ def _load() -> float:
 
 
 def _status_mb(pid: int, field: bytes) -> float:
-    """A size from /proc/PID/status (VmRSS, VmHWM, RssShmem), in MB; 0 once it is gone."""
+    """A size from /proc/PID/status (VmRSS, VmHWM), in MB; 0 once it is gone."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
@@ -80,6 +80,18 @@ def _rss_mb(pid: int) -> float:
 
 def _hwm_mb(pid: int) -> float:
     return _status_mb(pid, b"VmHWM")
+
+
+def _wal_index_mb(pid: int) -> float:
+    """RSS of the process's mappings of SQLite's WAL index (checkpoint.sqlite-shm)."""
+    total, inside = 0, False
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/smaps", "rb") as f:
+        for line in f:
+            if line[:1].isdigit() or line[:1] in b"abcdef":  # a mapping's first line
+                inside = line.rstrip().endswith(b"-shm")
+            elif inside and line.startswith(b"Rss:"):
+                total += int(line.split()[1])
+    return total / 1024
 
 
 def _children(pid: int) -> list[int]:
@@ -143,8 +155,8 @@ def watched_run(
     samples: list[tuple[float, float, int]] = []
     # The results writer runs beside the job in a child process: its RSS counts too.
     writer_peak = both_peak = 0.0
-    # The WAL, and the part of each process's RSS that is shared mappings: SQLite's WAL
-    # index (checkpoint.sqlite-shm) is mapped by both, and follows the WAL's largest size.
+    # The WAL, and the part of the job's RSS that is SQLite's WAL index (checkpoint.sqlite-shm,
+    # mapped by the writer too): it follows the WAL's largest size.
     wal_peak = shm_peak = 0.0
     wal = out / "checkpoint.sqlite-wal"
     export_at = exported_at = None
@@ -160,7 +172,7 @@ def watched_run(
         kids = _children(child.pid)
         writer_peak = max([writer_peak, *(_hwm_mb(k) for k in kids)])
         both_peak = max(both_peak, rss + sum(_rss_mb(k) for k in kids))
-        shm_peak = max(shm_peak, _status_mb(child.pid, b"RssShmem"))
+        shm_peak = max(shm_peak, _wal_index_mb(child.pid))
         with contextlib.suppress(OSError):
             wal_peak = max(wal_peak, wal.stat().st_size / 1e6)
         # results.parquet follows the job, so what the job's end adds is the time from the
@@ -198,7 +210,7 @@ def watched_run(
         # bound: the two need not peak together).
         "peak_rss_together_mb": round(both_peak, 1),
         "peak_rss_sum_mb": round(done.maxrss_mb + writer_peak, 1),
-        "peak_rss_shared_mb": round(shm_peak, 1),
+        "peak_rss_wal_index_mb": round(shm_peak, 2),
         "peak_wal_mb": round(wal_peak, 1),
         "rss_at_tenths_mb": rss_at,
         "rows_per_s_tenths": [round(r) for r in rates],

@@ -29,6 +29,10 @@ REOPEN_CODES = ("task_timeout", "download_failed")
 
 # How long a commit waits for a lock another process holds (a backup, a sqlite3 shell).
 _BUSY_MS = 5000
+# The WAL is started over past this many frames (256 MB of 4 KB pages; see checkpoint_wal),
+# and the checkpoint that does it waits this long for the writer and readers to let it.
+WAL_RESTART_FRAMES = 1 << 16
+_RESTART_WAIT_MS = 200
 
 
 class Store(BatchTables, Totals, UploadTables):
@@ -257,13 +261,29 @@ class Store(BatchTables, Totals, UploadTables):
 
     def checkpoint_wal(self) -> None:
         """Copy committed WAL pages into the file from a second connection (PASSIVE: it
-        neither waits for nor blocks the writer); best effort, the next call catches up."""
+        neither waits for nor blocks the writer); best effort, the next call catches up.
+
+        A passive checkpoint never starts the WAL over: only a commit that finds every
+        frame copied does, and while commits go on beside the copying that moment hardly
+        comes. A 10M-row job's WAL grew to 2.25 GB, and with it the WAL index each
+        connection maps (32 KB a 4,096 frames): 4.4 MB of RSS in the job and as much in its
+        results writer. Past `WAL_RESTART_FRAMES` a TRUNCATE checkpoint holds the writer
+        off while it copies the few frames the passive one left and empties the file; the
+        job's commits wait for it in a thread, as for any other lock.
+        """
         try:
-            if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(
+            conn = self._checkpointer
+            if conn is None:
+                conn = self._checkpointer = sqlite3.connect(
                     str(self.path), check_same_thread=False, timeout=0
                 )
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames > WAL_RESTART_FRAMES:
+                conn.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                finally:
+                    conn.execute("PRAGMA busy_timeout = 0")
         except sqlite3.Error:
             pass
 
