@@ -20,6 +20,7 @@ import sys
 
 import click
 
+from ..heap import one_arena
 from .run import resume, run
 
 __all__ = ["cli", "main"]
@@ -82,6 +83,7 @@ def main() -> None:
     # the job reached 0.97 of ideal instead of 0.95-0.96, with less CPU.
     gc.freeze()
     gc.set_threshold(*_GC_THRESHOLDS)
+    one_arena()  # this process's threads share glibc's main arena: see heap.one_arena
     # Arrow's allocator for results.parquet, written while the job runs by a process that
     # inherits this environment (results_writer.py), or at its end in this one: with
     # jemalloc the pages of a written row group go back; the default (mimalloc) kept 40 MB
