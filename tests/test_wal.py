@@ -8,6 +8,7 @@ results writer does, and the checkpoints run beside them as the job runs them.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -68,15 +69,16 @@ def test_the_wal_is_started_over_under_steady_commits(
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             largest = max(largest, _wal_frames(path))
-            store.checkpoint_wal()  # the job's run about once a second
+            store.checkpoint_wal()  # a job's run once a second, beside its commits
             time.sleep(0.2)
     finally:
         stop.set()
         for t in threads:
             t.join()
     store.close()
-    rows = sqlite3.connect(path).execute("SELECT COUNT(*) FROM rows").fetchone()[0]
-    assert rows == committed[0] > 100 * CAP  # the commits went on, and all are kept
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
+    assert rows == committed[0] > 50 * CAP  # the commits went on, and all are kept
     # The WAL grows past the cap by what is committed between two checkpoints, then goes
     # back to nothing; without the restart it held more frames than there were rows.
     assert largest < rows // 4, (largest, rows)
